@@ -1,0 +1,1 @@
+"""The built-in passes, one module each; importing a module registers its pass."""

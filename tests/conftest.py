@@ -1,0 +1,73 @@
+"""Shared fixtures: a tiny random-weight BERT with the packaged MiniLM tokenizer, and its context."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from pipeline.artifact import Artifact, Format
+from pipeline.context import make_context
+from pipeline.model import ModelHandle, ModelSpec
+from pipeline.pass_base import IOSpec, PassContext
+
+TINY_BERT = {
+    "model_type": "bert", "architectures": ["BertModel"], "vocab_size": 30522, "hidden_size": 32,
+    "num_hidden_layers": 2, "num_attention_heads": 4, "intermediate_size": 64, "max_position_embeddings": 128,
+    "type_vocab_size": 2, "hidden_act": "gelu", "layer_norm_eps": 1e-12,
+}
+TEXT_NAMES = ["input_ids", "attention_mask", "token_type_ids"]
+
+
+@pytest.fixture(scope="session")
+def tiny_bert_config(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Path of a tiny BERT architecture config (random weights, seeded)."""
+    path = tmp_path_factory.mktemp("configs") / "tiny-bert.json"
+    path.write_text(json.dumps(TINY_BERT))
+    return path
+
+
+@pytest.fixture
+def tiny_handle(tiny_bert_config: Path) -> ModelHandle:
+    """Handle of the tiny BERT (feature extraction, last_hidden_state)."""
+    spec = ModelSpec(source=str(tiny_bert_config), tokenizer="packaged:all-MiniLM-L6-v2", seed=0)
+    return ModelHandle(spec, "feature-extraction", TEXT_NAMES, ["last_hidden_state"])
+
+
+@pytest.fixture
+def tiny_io() -> IOSpec:
+    """IO spec with dynamic batch and sequence axes, exported at batch 2, sequence 16."""
+    axes = {name: {0: "batch", 1: "sequence"} for name in TEXT_NAMES}
+    axes["last_hidden_state"] = {0: "batch", 1: "sequence"}
+    return IOSpec(input_names=TEXT_NAMES, output_names=["last_hidden_state"], dynamic_axes=axes,
+                  export_batch=2, export_seq=16)
+
+
+@pytest.fixture
+def tiny_ctx(tiny_handle: ModelHandle, tiny_io: IOSpec, tmp_path: Path) -> PassContext:
+    """PassContext for the tiny BERT."""
+    return make_context(tiny_handle, tiny_io, base_dir=tmp_path)
+
+
+@pytest.fixture
+def eager_artifact(tiny_handle: ModelHandle) -> Artifact:
+    """The eager source artifact of the tiny BERT."""
+    return Artifact(step="eager", format=Format.EAGER, key=tiny_handle.source_key)
+
+
+@pytest.fixture
+def tiny_onnx(tiny_ctx: PassContext, tmp_path: Path) -> Artifact:
+    """The tiny BERT exported to fp32 ONNX with dynamic batch and sequence axes (opset 17)."""
+    import torch
+
+    io = tiny_ctx.io
+    example = tiny_ctx.sample_inputs(io.export_batch, io.export_seq)
+    path = tmp_path / "tiny_onnx" / "model.onnx"
+    path.parent.mkdir()
+    module = tiny_ctx.model.load().module
+    torch.onnx.export(module, tuple(torch.from_numpy(example[n]) for n in io.input_names), str(path),
+                      input_names=io.input_names, output_names=io.output_names, dynamic_axes=io.dynamic_axes,
+                      opset_version=17, dynamo=False)
+    return Artifact(step="01_onnx_export", format=Format.ONNX, key="tiny-onnx", path=path, parent="eager",
+                    produced_by="onnx_export", meta={"precision": "fp32"})

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import functools
 import importlib
-import json
 import logging
 import os
 import socket
@@ -53,7 +52,7 @@ class ModelSpec(BaseModel):
     )
     seed: int = Field(default=0, description="Seed for random weights.")
     tokenizer: str | None = Field(
-        default=None, description="Where the tokenizer comes from when it is not beside the weights."
+        default=None, description="Tokenizer to use when the source has none offline: a folder or packaged:<name>.",
     )
     attn_implementation: Literal["eager", "sdpa"] | None = Field(
         default=None, description="Attention implementation of the Hugging Face model (default: its own)."
@@ -198,6 +197,27 @@ class ModelHandle:
         return transformers.AutoConfig.from_pretrained(where)
 
     @functools.cached_property
+    def max_positions(self) -> int | None:
+        """The model's maximum sequence length (None when unknown, as for a factory model)."""
+        if self.location[0] == "factory":
+            return None
+        return getattr(self._config(), "max_position_embeddings", None)
+
+    def describe(self) -> dict[str, Any]:
+        """A JSON-safe summary of the model for manifests and reports (no weights are loaded)."""
+        kind, where = self.location
+        info: dict[str, Any] = {"source": self.spec.source, "factory": self.spec.factory, "kind": kind,
+                                "task": self.task, "random_weights": self.spec.weights == "random",
+                                "source_key": self.source_key}
+        if info["random_weights"]:
+            info["seed"] = self.spec.seed
+        if kind != "factory":
+            config = self._config()
+            info["model_type"] = getattr(config, "model_type", None)
+            info["architectures"] = getattr(config, "architectures", None)
+        return info
+
+    @functools.cached_property
     def source_key(self) -> str:
         """sha256 identifying the eager model: weights (or config and seed), task and io names."""
         kind, where = self.location
@@ -276,13 +296,11 @@ class ModelHandle:
         if kind == "factory":
             return None
         name = self.spec.tokenizer
-        if name is None:
-            candidates = [where] if kind in ("packaged", "folder", "hub") else []
-        elif name.startswith("packaged:"):
-            candidates = [str(packaged_path(name.split(":", 1)[1]))]
-        else:
-            candidates = [name if Path(name).is_absolute() or not (self.base_dir / name).exists()
-                          else str(self.base_dir / name)]
+        candidates = [where] if kind in ("packaged", "folder", "hub") else []
+        if name is not None and name.startswith("packaged:"):
+            candidates.append(str(packaged_path(name.split(":", 1)[1])))
+        elif name is not None:
+            candidates.append(str(self.base_dir / name) if (self.base_dir / name).exists() else name)
         for candidate in candidates:
             try:
                 return AutoTokenizer.from_pretrained(candidate, local_files_only=True)
@@ -320,12 +338,3 @@ class ModelHandle:
             raise ModelError(f"inputs.names: the factory's example inputs lack {missing[0]!r}")
         return LoadedModel(module=module.float().eval(), tokenizer=None, config=None, random_weights=False,
                            example_inputs=examples, description={"factory": target, "kind": "factory"})
-
-
-def describe_config(loaded: LoadedModel) -> dict[str, Any]:
-    """A JSON-safe summary of the model for manifests and reports."""
-    info = dict(loaded.description)
-    if loaded.config is not None:
-        info["model_type"] = getattr(loaded.config, "model_type", None)
-        info["config"] = json.loads(loaded.config.to_json_string())
-    return info

@@ -98,7 +98,7 @@ class Pass(ABC):
     def run(self, parent: Artifact, ctx: PassContext, out_dir: Path) -> PassOutput:
         """Write a new artifact derived from ``parent`` into the empty folder ``out_dir``."""
 
-    def check(self, ctx: PassContext) -> None:
+    def check(self, ctx: PassContext) -> None:  # noqa: B027  (optional hook; most passes need none)
         """Raise RecipeError for problems visible before anything runs (a missing file, say)."""
 
     def data_digest(self, ctx: PassContext) -> str | None:

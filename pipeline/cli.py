@@ -1,0 +1,131 @@
+"""`python -m pipeline ...`: optimize, verify, list, schema.
+
+Exit codes: 0 done and an artifact shipped; 1 the parity gate failed and nothing was shipped;
+2 bad input (one line on stderr, no traceback); 3 a pass failed (its name in the message).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+import warnings
+from pathlib import Path
+
+from pipeline.errors import PipelineError
+
+log = logging.getLogger("pipeline")
+
+
+def _setup_logging(verbose: bool) -> None:
+    from rich.console import Console
+    from rich.logging import RichHandler
+
+    level = logging.DEBUG if verbose else logging.INFO
+    if sys.stderr.isatty() and not os.environ.get("CI"):
+        handler: logging.Handler = RichHandler(console=Console(stderr=True), show_path=False, markup=False)
+        handler.setFormatter(logging.Formatter("%(message)s"))
+    else:
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s", "%H:%M:%S"))
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(logging.WARNING)
+    logging.getLogger("pipeline").setLevel(level)
+    logging.getLogger("passes").setLevel(level)
+    if not verbose:
+        warnings.filterwarnings("ignore")
+        os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+        os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m pipeline", description=__doc__.splitlines()[0])
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging and library warnings")
+    sub = parser.add_subparsers(dest="command", required=True)
+    for name, text in (("optimize", "run a recipe's chain, verify every artifact, ship the best"),
+                       ("verify", "re-run verification of an already built recipe")):
+        cmd = sub.add_parser(name, help=text)
+        cmd.add_argument("recipe", type=Path, help="recipe YAML file")
+        cmd.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                         help="override a recipe value, e.g. --set passes[1].onnx_export.opset=18")
+        cmd.add_argument("--out", type=Path, default=None, help="output folder (default artifacts/<recipe>)")
+        if name == "optimize":
+            cmd.add_argument("--no-bench", action="store_true", help="skip benchmarking")
+            cmd.add_argument("--dry-run", action="store_true", help="print the plan and which steps are cached")
+    sub.add_parser("list", help="list recipes and passes")
+    sub.add_parser("schema", help="print the recipe JSON Schema")
+    return parser
+
+
+def _cmd_optimize(args: argparse.Namespace) -> int:
+    from pipeline import console
+    from pipeline.optimize import optimize, prepare
+    from pipeline.report import write_report
+
+    prepared = prepare(args.recipe, args.overrides, args.out)
+    if args.dry_run:
+        console.print_plan(prepared)
+        return 0
+    if prepared.ctx.model.spec.weights == "random":
+        log.warning("model weights are RANDOM (seed %d): parity is real, quality numbers are not",
+                    prepared.ctx.model.spec.seed)
+    result = optimize(prepared)
+    report = write_report(result)
+    console.print_summary(result)
+    if result.shipped is None:
+        console.print_gate_failure(result)
+        return 1
+    log.info("report: %s; shipped: %s", report, result.shipped)
+    return 0
+
+
+def _cmd_verify(args: argparse.Namespace) -> int:
+    from pipeline import console
+    from pipeline.optimize import prepare, verify_only
+    from pipeline.report import write_report
+
+    result = verify_only(prepare(args.recipe, args.overrides, args.out))
+    write_report(result)
+    console.print_summary(result)
+    if result.shipped is None:
+        console.print_gate_failure(result)
+        return 1
+    return 0
+
+
+def _cmd_list(_: argparse.Namespace) -> int:
+    from pipeline.pass_base import load_builtin_passes
+
+    for path in sorted(Path("recipes").glob("*.yaml")):
+        print(f"recipe  {path.stem}")
+    for name, cls in sorted(load_builtin_passes().items()):
+        consumes = "/".join(sorted(f.value for f in cls.consumes))
+        print(f"pass    {name:<14} {consumes} -> {cls.produces.value}")
+    return 0
+
+
+def _cmd_schema(_: argparse.Namespace) -> int:
+    from pipeline.recipe import json_schema
+
+    print(json.dumps(json_schema(), indent=2))
+    return 0
+
+
+COMMANDS = {"optimize": _cmd_optimize, "verify": _cmd_verify, "list": _cmd_list, "schema": _cmd_schema}
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point; returns the exit code."""
+    args = _parser().parse_args(argv)
+    _setup_logging(args.verbose)
+    try:
+        return COMMANDS[args.command](args)
+    except PipelineError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print("interrupted: stopped cleanly; finished steps are kept and reused by the next run", file=sys.stderr)
+        return 130

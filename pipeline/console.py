@@ -1,0 +1,72 @@
+"""What a person sees on the terminal: the plan, the summary table, and why the gate failed."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
+
+from pipeline.optimize import Prepared, RunResult
+
+console = Console(highlight=False)
+
+
+def _size(num: int | None) -> str:
+    if num is None:
+        return "-"
+    for unit in ("B", "KB", "MB", "GB"):
+        if num < 1024 or unit == "GB":
+            return f"{num:.0f} {unit}" if unit == "B" else f"{num:.1f} {unit}"
+        num /= 1024  # type: ignore[assignment]
+    return str(num)
+
+
+def print_plan(prepared: Prepared) -> None:
+    """The chain as it would run: each step, what it reads, and whether it is cached."""
+    table = Table(title=f"plan for {prepared.recipe.name} -> {prepared.out_dir}")
+    for column in ("step", "pass", "reads", "produces", "state", "key"):
+        table.add_column(column)
+    for item in prepared.planned:
+        step = item.step
+        table.add_row(step.folder, step.pass_cls.name, step.source, step.pass_cls.produces.value,
+                      "cached" if item.cached else "will run", item.key[:12])
+    console.print(table)
+
+
+def _worst(metrics: dict[str, dict[str, Any]], key: str, reducer: Any) -> Any:
+    values = [m[key] for m in metrics.values() if key in m]
+    return reducer(values) if values else None
+
+
+def print_summary(result: RunResult) -> None:
+    """One row per artifact: format, precision, size, cache state, parity verdict and error."""
+    recipe = result.prepared.recipe
+    table = Table(title=f"{recipe.name}: {len(result.prepared.steps)} steps")
+    for column in ("step", "format", "precision", "size", "built", "parity", "max abs err", "min cosine"):
+        table.add_column(column)
+    for step in result.prepared.steps:
+        art = result.artifacts[step.name]
+        parity = result.parity.get(step.name)
+        verdict = "-" if parity is None else ("pass" if parity.passed else ("exempt" if parity.exempt else "FAIL"))
+        max_abs = _worst(parity.metrics, "max_abs", max) if parity else None
+        cos_min = _worst(parity.metrics, "cos_min", min) if parity else None
+        marker = " (shipped)" if step.name == result.shipped else ""
+        table.add_row(step.folder + marker, art.format.value, art.precision, _size(art.stats.get("bytes")),
+                      "cached" if result.cached.get(step.name) else "built", verdict,
+                      "-" if max_abs is None else f"{max_abs:.2e}", "-" if cos_min is None else f"{cos_min:.6f}")
+    console.print(table)
+    if result.blame and result.blame.get("max_abs_added", 0) > 0:
+        b = result.blame
+        console.print(f"most error added by step {b['step']} (over {b['parent']}): "
+                      f"max abs {b['max_abs_added']:.2e} on {b['output']}")
+
+
+def print_gate_failure(result: RunResult) -> None:
+    """Why nothing shipped: every miss of every artifact the recipe may ship."""
+    console.print("[bold red]parity gate failed: nothing shipped[/]")
+    for step in result.prepared.steps:
+        parity = result.parity.get(step.name)
+        if parity is not None and not parity.passed:
+            for line in parity.failures:
+                console.print(f"  {step.folder}: {line}")

@@ -1,0 +1,367 @@
+"""Recipe schema (strict: an unknown key is an error that names its path and the nearest valid key),
+loading from YAML, ``--set`` overrides, chain validation, and the JSON Schema.
+"""
+
+from __future__ import annotations
+
+import copy
+import difflib
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from pipeline.artifact import Format
+from pipeline.errors import RecipeError
+from pipeline.model import TASKS, ModelSpec
+from pipeline.pass_base import Pass, PassConfig, get_pass, load_builtin_passes
+
+NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$")
+DEFAULT_OUTPUTS = {"feature-extraction": ["last_hidden_state"], "text-classification": ["logits"]}
+MAX_GRID_POINTS = 64
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class InputsSpec(Strict):
+    """Model inputs and outputs: names, dynamic axes, export shape, and the sentence corpus."""
+
+    names: list[str] = Field(default=["input_ids", "attention_mask", "token_type_ids"],
+                             description="Input names, in the order the model takes them.")
+    outputs: list[str] | None = Field(default=None, description="Output names (default by task).")
+    dynamic_axes: dict[str, dict[int, str]] | None = Field(
+        default=None, description="Dynamic axes per input/output (default: batch and sequence on every one).")
+    export_batch: int = Field(default=2, ge=1, le=1024, description="Batch size of the export example.")
+    export_seq: int = Field(default=16, ge=1, le=65536, description="Sequence length of the export example.")
+    corpus: str | None = Field(default=None, description="Sentence file (default: the corpus shipped here).")
+    seed: int = Field(default=0, description="Seed for every input the run draws.")
+
+
+class Tolerance(Strict):
+    """Bounds an artifact's outputs must keep against eager PyTorch."""
+
+    max_abs: float = Field(gt=0, description="Largest absolute error allowed at any kept position.")
+    min_cosine: float = Field(ge=-1, le=1, description="Smallest cosine similarity allowed per kept position.")
+
+
+DEFAULT_TOLERANCE = {
+    "fp32": Tolerance(max_abs=1e-4, min_cosine=0.99999),
+    "fp16": Tolerance(max_abs=2e-2, min_cosine=0.999),
+    "int8": Tolerance(max_abs=1.0, min_cosine=0.99),
+}
+
+
+class VerifySpec(Strict):
+    """Parity check of every artifact against eager PyTorch, and the gate."""
+
+    shapes: list[tuple[int, int]] = Field(default=[(1, 9), (3, 77), (4, 133)],
+                                          description="(batch, sequence) shapes of random-token inputs.")
+    sentence_batches: int = Field(default=4, ge=0, le=1000, description="Batches of corpus sentences.")
+    sentence_batch_size: int = Field(default=8, ge=1, le=1024, description="Sentences per batch.")
+    tolerance: dict[Literal["fp32", "fp16", "int8"], Tolerance] = Field(
+        default_factory=dict, description="Tolerance per precision, over the defaults.")
+    exempt: list[str] = Field(default=[], description="Steps exempted from the gate, by name.")
+
+    @field_validator("shapes")
+    @classmethod
+    def _positive(cls, shapes: list[tuple[int, int]]) -> list[tuple[int, int]]:
+        for batch, seq in shapes:
+            if batch < 1 or seq < 1:
+                raise ValueError(f"shape ({batch}, {seq}): batch and sequence must be at least 1")
+        if len(shapes) > MAX_GRID_POINTS:
+            raise ValueError(f"{len(shapes)} shapes: at most {MAX_GRID_POINTS}")
+        return shapes
+
+    def tolerance_for(self, precision: str) -> Tolerance:
+        """The tolerance in force for an artifact of this precision."""
+        return self.tolerance.get(precision, DEFAULT_TOLERANCE[precision])  # type: ignore[call-overload]
+
+
+class BenchSpec(Strict):
+    """Latency and throughput grid."""
+
+    enabled: bool = Field(default=True, description="Benchmark the eager model and every artifact.")
+    batches: list[int] = Field(default=[1, 8], description="Batch sizes.")
+    seqs: list[int] = Field(default=[16, 128], description="Sequence lengths.")
+    threads: int = Field(default=2, ge=1, le=1024, description="Intra-op threads for torch and onnxruntime.")
+
+    @model_validator(mode="after")
+    def _grid(self) -> BenchSpec:
+        for value in (*self.batches, *self.seqs):
+            if value < 1:
+                raise ValueError(f"batch sizes and sequence lengths must be at least 1, got {value}")
+        if len(self.batches) * len(self.seqs) > MAX_GRID_POINTS:
+            raise ValueError(f"{len(self.batches) * len(self.seqs)} grid points: at most {MAX_GRID_POINTS}")
+        return self
+
+
+class ShipSpec(Strict):
+    """Which artifact is shipped: a named step, or the last step of the chain that passes the gate."""
+
+    step: str | None = Field(default=None, description="Step to ship (default: the last that passes).")
+
+
+class Recipe(Strict):
+    """A whole recipe: the model, the task, the chain of passes, and what to check and ship."""
+
+    name: str = Field(description="Recipe name; names its output folder.")
+    description: str = Field(default="", description="One line on what the recipe is for.")
+    model: ModelSpec
+    task: str = Field(description=f"One of: {', '.join(TASKS)}.")
+    device: Literal["cpu", "cuda"] = Field(default="cpu", description="Device that runs and verifies artifacts.")
+    inputs: InputsSpec = Field(default_factory=InputsSpec)
+    passes: list[Any] = Field(description="Ordered steps: '- pass_name: {options}'.")
+    verify: VerifySpec = Field(default_factory=VerifySpec)
+    bench: BenchSpec = Field(default_factory=BenchSpec)
+    ship: ShipSpec = Field(default_factory=ShipSpec)
+
+    @field_validator("name")
+    @classmethod
+    def _safe_name(cls, name: str) -> str:
+        if not NAME_RE.match(name) or ".." in name:
+            raise ValueError(f"{name!r} must be letters, digits, '_', '-' or '.', and not climb out of its folder")
+        return name
+
+    @field_validator("task")
+    @classmethod
+    def _known_task(cls, task: str) -> str:
+        if task not in TASKS:
+            raise ValueError(f"unknown task {task!r} (known: {', '.join(TASKS)})")
+        return task
+
+    @property
+    def output_names(self) -> list[str]:
+        """Output names from the recipe, or the task's default."""
+        return self.inputs.outputs or DEFAULT_OUTPUTS[self.task]
+
+    @property
+    def dynamic_axes(self) -> dict[str, dict[int, str]]:
+        """Dynamic axes from the recipe, or batch and sequence on every input and output."""
+        if self.inputs.dynamic_axes is not None:
+            return self.inputs.dynamic_axes
+        axes = {name: {0: "batch", 1: "sequence"} for name in [*self.inputs.names, *self.output_names]}
+        if self.task == "text-classification":
+            axes["logits"] = {0: "batch"}
+        return axes
+
+
+@dataclass(frozen=True)
+class Step:
+    """One validated step of the chain."""
+
+    index: int
+    name: str
+    pass_cls: type[Pass]
+    config: PassConfig
+    source: str  # name of the step it reads, or "eager"
+
+    @property
+    def folder(self) -> str:
+        """Folder name of its artifact: NN_<name>."""
+        return f"{self.index:02d}_{self.name}"
+
+
+# -- errors -----------------------------------------------------------------------------------
+def _loc_text(loc: tuple[Any, ...]) -> str:
+    text = ""
+    for part in loc:
+        text += f"[{part}]" if isinstance(part, int) else (f".{part}" if text else str(part))
+    return text
+
+
+def _fields_of(cls: Any) -> dict[str, Any]:
+    if isinstance(cls, type) and issubclass(cls, BaseModel):
+        return {(f.alias or name): f.annotation for name, f in cls.model_fields.items()}
+    return {}
+
+
+def _model_at(cls: type[BaseModel], loc: tuple[Any, ...]) -> Any:
+    """The pydantic model class found by walking ``loc`` (field names) from ``cls``."""
+    current: Any = cls
+    for part in loc:
+        if isinstance(part, int):
+            continue
+        annotation = _fields_of(current).get(part)
+        if annotation is None:
+            return None
+        current = next((arg for arg in getattr(annotation, "__args__", (annotation,))
+                        if isinstance(arg, type) and issubclass(arg, BaseModel)), annotation)
+    return current
+
+
+def format_validation_error(exc: ValidationError, model: type[BaseModel], prefix: tuple[Any, ...] = ()) -> str:
+    """One line for the first error: its path, what is wrong, and for an unknown key the nearest valid one."""
+    err = exc.errors()[0]
+    loc = tuple(part for part in err["loc"] if part not in ("function-after", "function-before"))
+    where = _loc_text(prefix + loc) or "recipe"
+    if err["type"] == "extra_forbidden":
+        valid = _fields_of(_model_at(model, loc[:-1]))
+        close = difflib.get_close_matches(str(loc[-1]), list(valid), n=1, cutoff=0.5)
+        hint = f"; did you mean {close[0]}?" if close else f"; valid keys: {', '.join(sorted(valid))}"
+        return f"{where}: unknown key{hint}"
+    if err["type"] == "missing":
+        return f"{where}: missing"
+    message = err["msg"].removeprefix("Value error, ")
+    more = len(exc.errors()) - 1
+    return f"{where}: {message} (got {err.get('input')!r})" + (f" (+{more} more)" if more else "") \
+        if err["type"] not in ("value_error", "assertion_error") else f"{where}: {message}"
+
+
+# -- loading ----------------------------------------------------------------------------------
+def _parse_override(text: str) -> tuple[list[str | int], Any]:
+    key, sep, value = text.partition("=")
+    if not sep or not key.strip():
+        raise RecipeError(f"--set {text!r}: expected key=value")
+    path: list[str | int] = []
+    for part in re.split(r"\.(?![^\[]*\])", key.strip()):
+        match = re.fullmatch(r"([^\[\]]*)((?:\[\d+\])*)", part)
+        if not match:
+            raise RecipeError(f"--set {text!r}: cannot read key {key!r}")
+        if match.group(1):
+            path.append(int(match.group(1)) if match.group(1).isdigit() else match.group(1))
+        path.extend(int(i) for i in re.findall(r"\[(\d+)\]", match.group(2)))
+    try:
+        parsed = yaml.safe_load(value) if value.strip() else ""
+    except yaml.YAMLError:
+        parsed = value
+    return path, parsed
+
+
+def apply_override(raw: dict[str, Any], text: str) -> None:
+    """Apply one ``a.b[2].c=value`` override to the raw recipe (the value is read as YAML)."""
+    path, value = _parse_override(text)
+    node: Any = raw
+    for i, part in enumerate(path[:-1]):
+        nxt = path[i + 1]
+        if isinstance(node, list):
+            if not isinstance(part, int) or part >= len(node):
+                raise RecipeError(f"--set {text!r}: {_loc_text(tuple(path[:i + 1]))} is out of range")
+            if isinstance(node[part], str):
+                node[part] = {node[part]: {}}
+            node = node[part]
+            continue
+        if not isinstance(node, dict):
+            raise RecipeError(f"--set {text!r}: {_loc_text(tuple(path[:i]))} is not a mapping")
+        if node.get(part) is None:
+            node[part] = [] if isinstance(nxt, int) else {}
+        node = node[part]
+    last = path[-1]
+    if isinstance(node, list) and isinstance(last, int) and last < len(node):
+        node[last] = value
+    elif isinstance(node, dict):
+        node[last] = value
+    else:
+        raise RecipeError(f"--set {text!r}: cannot set {_loc_text(tuple(path))}")
+
+
+def load_raw(path: Path) -> dict[str, Any]:
+    """The recipe file as a mapping, read with yaml.safe_load."""
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise RecipeError(f"recipe {path}: no such file") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise RecipeError(f"recipe {path}: cannot read it ({exc})") from None
+    try:
+        raw = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" line {mark.line + 1}" if mark else ""
+        problem = getattr(exc, "problem", None) or "invalid YAML"
+        raise RecipeError(f"recipe {path}{where}: {problem}") from None
+    if not isinstance(raw, dict):
+        raise RecipeError(f"recipe {path}: the top level must be a mapping, not {type(raw).__name__}")
+    return raw
+
+
+def parse_recipe(raw: dict[str, Any], default_name: str) -> Recipe:
+    """Validate a raw recipe mapping; the first problem becomes one RecipeError line."""
+    raw = dict(raw)
+    raw.setdefault("name", default_name)
+    try:
+        return Recipe.model_validate(raw)
+    except ValidationError as exc:
+        raise RecipeError(format_validation_error(exc, Recipe)) from None
+
+
+def load_recipe(path: Path, overrides: list[str] | None = None) -> Recipe:
+    """Load, override and validate a recipe file. The chain is checked by :func:`build_steps`."""
+    raw = copy.deepcopy(load_raw(path))
+    for text in overrides or []:
+        apply_override(raw, text)
+    return parse_recipe(raw, Path(path).stem)
+
+
+# -- the chain --------------------------------------------------------------------------------
+def _step_entry(entry: Any, where: str) -> tuple[str, dict[str, Any]]:
+    if isinstance(entry, str):
+        return entry, {}
+    if isinstance(entry, dict) and len(entry) == 1:
+        name, options = next(iter(entry.items()))
+        if options is None:
+            options = {}
+        if not isinstance(options, dict):
+            raise RecipeError(f"{where}.{name}: options must be a mapping, not {type(options).__name__}")
+        return str(name), options
+    raise RecipeError(f"{where}: a step is a pass name or a one-key mapping '- pass_name: {{options}}'")
+
+
+def build_steps(recipe: Recipe) -> list[Step]:
+    """Validate every step's config and the chain's formats before anything runs."""
+    load_builtin_passes()
+    if not recipe.passes:
+        raise RecipeError("passes: the chain is empty; name at least one pass")
+    steps: list[Step] = []
+    produced: dict[str, Format] = {"eager": Format.EAGER}
+    for i, entry in enumerate(recipe.passes):
+        where = f"passes[{i}]"
+        pass_name, options = _step_entry(entry, where)
+        pass_cls = get_pass(pass_name, where)
+        try:
+            config = pass_cls.Config.model_validate(options)
+        except ValidationError as exc:
+            raise RecipeError(format_validation_error(exc, pass_cls.Config, (f"passes[{i}]", pass_name))) from None
+        name = config.name or pass_name
+        if not NAME_RE.match(name) or name == "eager":
+            raise RecipeError(f"{where}.{pass_name}.name: {name!r} is not a valid step name")
+        if name in produced:
+            raise RecipeError(f"{where}.{pass_name}: a step named {name!r} comes earlier; give this one a name")
+        source = config.from_ or (steps[-1].name if steps else "eager")
+        if source not in produced:
+            raise RecipeError(f"{where}.{pass_name}.from: no earlier step {source!r} "
+                              f"(earlier: {', '.join(produced)})")
+        if produced[source] not in pass_cls.consumes:
+            wanted = "/".join(sorted(f.value for f in pass_cls.consumes))
+            raise RecipeError(f"{where}.{pass_name}: reads {wanted}, but {source!r} produces "
+                              f"{produced[source].value}; put it after a step that produces {wanted}")
+        produced[name] = pass_cls.produces
+        steps.append(Step(index=i + 1, name=name, pass_cls=pass_cls, config=config, source=source))
+    _check_names(recipe, [s.name for s in steps])
+    return steps
+
+
+def _check_names(recipe: Recipe, names: list[str]) -> None:
+    for exempt in recipe.verify.exempt:
+        if exempt not in names:
+            raise RecipeError(f"verify.exempt: no step named {exempt!r} (steps: {', '.join(names)})")
+    if recipe.ship.step is not None and recipe.ship.step not in names:
+        raise RecipeError(f"ship.step: no step named {recipe.ship.step!r} (steps: {', '.join(names)})")
+
+
+def json_schema() -> dict[str, Any]:
+    """JSON Schema of a recipe, with every registered pass's options under ``passes``."""
+    schema = Recipe.model_json_schema()
+    variants = []
+    for name, cls in sorted(load_builtin_passes().items()):
+        options = cls.Config.model_json_schema(by_alias=True)
+        variants.append({"type": "string", "const": name})
+        variants.append({"type": "object", "additionalProperties": False, "required": [name],
+                         "properties": {name: {"anyOf": [options, {"type": "null"}]}}})
+    schema["properties"]["passes"] = {"type": "array", "minItems": 1, "items": {"anyOf": variants},
+                                      "description": "Ordered steps: '- pass_name: {options}'."}
+    return schema

@@ -1,0 +1,129 @@
+"""Golden inputs and eager outputs, computed from a freshly loaded model before any pass runs.
+
+Exporting can change the eager module's state (after ``torch.onnx.export`` the same module gave
+outputs 1.03 away from a fresh one), so the reference is taken first, saved as .npz with its seed,
+and reused while the model, the inputs and the library versions are unchanged.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from pipeline.artifact import canonical_json, read_manifest, sha256_file, sha256_text, write_json_atomic
+from pipeline.errors import RecipeError
+from pipeline.inputs import DEFAULT_CORPUS, Inputs, load_sentences, random_tokens, resize_examples, sentence_batches
+from pipeline.model import ModelHandle
+from pipeline.runtime import Outputs, Runner
+from pipeline.versions import library_versions
+
+log = logging.getLogger(__name__)
+FILE = "reference.npz"
+
+
+@dataclass
+class Case:
+    """One batch of inputs with the eager outputs for it."""
+
+    name: str
+    inputs: Inputs
+    outputs: Outputs
+
+
+def _cases_inputs(recipe: Any, handle: ModelHandle) -> dict[str, Inputs]:
+    verify, names = recipe.verify, recipe.inputs.names
+    if handle.tokenizer is None:
+        examples = handle.factory_examples
+        return {f"example_b{b}": resize_examples(examples, b) for b in sorted({1, 3, recipe.inputs.export_batch})}
+    cases: dict[str, Inputs] = {}
+    if verify.sentence_batches:
+        sentences = load_sentences(_corpus(recipe))
+        batches = sentence_batches(handle.tokenizer, sentences, names, verify.sentence_batch_size,
+                                   verify.sentence_batches, seed=recipe.inputs.seed)
+        cases.update({f"sentences_{i}": batch for i, batch in enumerate(batches)})
+    vocab = len(handle.tokenizer)
+    for i, (batch, seq) in enumerate(verify.shapes):
+        cases[f"random_b{batch}_s{seq}"] = random_tokens(names, batch, seq, vocab, seed=recipe.inputs.seed + i)
+    return cases
+
+
+def _corpus(recipe: Any) -> Path:
+    return Path(recipe.inputs.corpus) if recipe.inputs.corpus else DEFAULT_CORPUS
+
+
+def reference_key(recipe: Any, handle: ModelHandle, base_dir: Path) -> str:
+    """Cache key of the reference: model, input settings, corpus contents and library versions."""
+    corpus = _corpus(recipe)
+    corpus = corpus if corpus.is_absolute() else base_dir / corpus
+    parts = {"model": handle.source_key, "inputs": recipe.inputs.model_dump(mode="json"),
+             "verify": recipe.verify.model_dump(mode="json", include={"shapes", "sentence_batches",
+                                                                       "sentence_batch_size"}),
+             "corpus": sha256_file(corpus) if handle.tokenizer is not None and corpus.is_file() else None,
+             "versions": library_versions()}
+    return sha256_text(canonical_json(parts))
+
+
+def check_shapes(recipe: Any, max_positions: int | None) -> None:
+    """Reject sequence lengths the model cannot take, before anything is written."""
+    if not max_positions:
+        return
+    for _batch, seq in recipe.verify.shapes:
+        if seq > max_positions:
+            raise RecipeError(f"verify.shapes: sequence {seq} exceeds the model's {max_positions} positions")
+    for seq in recipe.bench.seqs:
+        if seq > max_positions:
+            raise RecipeError(f"bench.seqs: sequence {seq} exceeds the model's {max_positions} positions")
+    if recipe.inputs.export_seq > max_positions:
+        raise RecipeError(f"inputs.export_seq: {recipe.inputs.export_seq} exceeds the model's "
+                          f"{max_positions} positions")
+
+
+def _save(folder: Path, key: str, seed: int, cases: list[Case]) -> None:
+    arrays = {}
+    for case in cases:
+        arrays.update({f"{case.name}/inputs/{k}": v for k, v in case.inputs.items()})
+        arrays.update({f"{case.name}/outputs/{k}": v for k, v in case.outputs.items()})
+    buffer = io.BytesIO()
+    np.savez_compressed(buffer, **arrays)
+    folder.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{FILE}.", dir=folder)
+    with os.fdopen(fd, "wb") as handle:
+        handle.write(buffer.getvalue())
+    os.replace(tmp, folder / FILE)
+    write_json_atomic(folder / "manifest.json", {"key": key, "seed": seed, "cases": [c.name for c in cases],
+                                                 "sha256": sha256_file(folder / FILE)})
+
+
+def _load(folder: Path, key: str) -> list[Case] | None:
+    manifest = read_manifest(folder)
+    path = folder / FILE
+    if not manifest or manifest.get("key") != key or not path.is_file() or sha256_file(path) != manifest.get("sha256"):
+        return None
+    with np.load(path, allow_pickle=False) as data:
+        cases = []
+        for name in manifest["cases"]:
+            inputs = {k.split("/")[-1]: data[k] for k in data.files if k.startswith(f"{name}/inputs/")}
+            outputs = {k.split("/")[-1]: data[k] for k in data.files if k.startswith(f"{name}/outputs/")}
+            cases.append(Case(name, inputs, outputs))
+    return cases
+
+
+def reference(recipe: Any, handle: ModelHandle, folder: Path, base_dir: Path, device: str = "cpu") -> list[Case]:
+    """The reference cases, loaded from ``folder`` when still valid, else computed from a fresh model."""
+    key = reference_key(recipe, handle, base_dir)
+    cached = _load(folder, key)
+    if cached is not None:
+        log.info("reference: reused %d cases from %s", len(cached), folder)
+        return cached
+    run = Runner(handle, device).open_eager()
+    cases = [Case(name, inputs, run(inputs)) for name, inputs in _cases_inputs(recipe, handle).items()]
+    _save(folder, key, recipe.inputs.seed, cases)
+    log.info("reference: computed %d cases from a fresh eager model", len(cases))
+    return cases

@@ -1,0 +1,60 @@
+"""report.json: the machine-readable result of a run (the contract in DESIGN.md)."""
+
+from __future__ import annotations
+
+import math
+import platform
+import time
+from pathlib import Path
+from typing import Any
+
+from pipeline.artifact import write_json_atomic
+from pipeline.optimize import RunResult
+from pipeline.versions import library_versions
+
+
+def _finite(value: Any) -> Any:
+    """JSON has no Infinity or NaN: write them as strings."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_finite(v) for v in value]
+    return value
+
+
+def build_report(result: RunResult, out_dir: Path) -> dict[str, Any]:
+    """The report dict; paths relative to ``out_dir``."""
+    prepared = result.prepared
+    recipe = prepared.recipe
+    rows = []
+    for step in prepared.steps:
+        art = result.artifacts[step.name]
+        parity = result.parity.get(step.name)
+        rows.append({
+            "step": step.folder, "name": step.name, "pass": step.pass_cls.name, "format": art.format.value,
+            "precision": art.precision, "path": art.path.relative_to(out_dir).as_posix() if art.path else None,
+            "sha256": art.sha256, "parent": step.source if step.source != "eager" else None,
+            "cached": result.cached.get(step.name, False), "stats": art.stats,
+            "parity": parity.to_json() if parity else None, "bench": [],
+        })
+    model = prepared.ctx.model.describe()
+    return _finite({
+        "recipe": recipe.name, "ok": result.shipped is not None, "device": recipe.device,
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "model": model,
+        "random_weights": model["random_weights"], "task": recipe.task,
+        "eager": {"bench": []}, "artifacts": rows, "blame": result.blame,
+        "shipped": next((r["path"] for r in rows if r["name"] == result.shipped), None),
+        "shipped_step": result.shipped,
+        "environment": {"python": platform.python_version(), "machine": platform.machine(),
+                        "versions": library_versions()},
+    })
+
+
+def write_report(result: RunResult) -> Path:
+    """Write report.json into the run's output folder and return its path."""
+    out_dir = result.prepared.out_dir
+    path = out_dir / "report.json"
+    write_json_atomic(path, build_report(result, out_dir))
+    return path

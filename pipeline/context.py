@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pipeline.inputs import Inputs, load_sentences, resize_examples, sentence_batches
+from pipeline.inputs import Inputs, load_sentences, random_tokens, resize_examples, sentence_batches
 from pipeline.model import ModelHandle
 from pipeline.pass_base import IOSpec, PassContext
 
@@ -16,6 +16,8 @@ def make_context(handle: ModelHandle, io: IOSpec, base_dir: Path, corpus: Path |
     def sample_inputs(batch: int, seq: int) -> Inputs:
         if handle.tokenizer is None:
             return resize_examples(handle.factory_examples, batch)
+        if seq < 3:  # too short for a sentence between the tokenizer's two special tokens
+            return random_tokens(io.input_names, batch, seq, len(handle.tokenizer), seed=seed)
         sentences = load_sentences(corpus)
         return sentence_batches(handle.tokenizer, sentences, io.input_names, batch, 1, seed=seed, seq=seq)[0]
 

@@ -181,14 +181,17 @@ def _fields_of(cls: Any) -> dict[str, Any]:
 
 
 def _model_at(cls: type[BaseModel], loc: tuple[Any, ...]) -> Any:
-    """The pydantic model class found by walking ``loc`` (field names) from ``cls``."""
+    """The pydantic model class found by walking ``loc`` (field names, list indices, dict keys) from ``cls``."""
     current: Any = cls
+    skip_key = False
     for part in loc:
-        if isinstance(part, int):
+        if isinstance(part, int) or skip_key:
+            skip_key = False
             continue
         annotation = _fields_of(current).get(part)
         if annotation is None:
             return None
+        skip_key = getattr(annotation, "__origin__", None) is dict
         current = next((arg for arg in getattr(annotation, "__args__", (annotation,))
                         if isinstance(arg, type) and issubclass(arg, BaseModel)), annotation)
     return current
@@ -196,7 +199,8 @@ def _model_at(cls: type[BaseModel], loc: tuple[Any, ...]) -> Any:
 
 def format_validation_error(exc: ValidationError, model: type[BaseModel], prefix: tuple[Any, ...] = ()) -> str:
     """One line for the first error: its path, what is wrong, and for an unknown key the nearest valid one."""
-    err = exc.errors()[0]
+    errors = sorted(exc.errors(), key=lambda e: e["type"] != "extra_forbidden")
+    err = errors[0]
     loc = tuple(part for part in err["loc"] if part not in ("function-after", "function-before"))
     where = _loc_text(prefix + loc) or "recipe"
     if err["type"] == "extra_forbidden":
@@ -207,7 +211,7 @@ def format_validation_error(exc: ValidationError, model: type[BaseModel], prefix
     if err["type"] == "missing":
         return f"{where}: missing"
     message = err["msg"].removeprefix("Value error, ")
-    more = len(exc.errors()) - 1
+    more = len(errors) - 1
     return f"{where}: {message} (got {err.get('input')!r})" + (f" (+{more} more)" if more else "") \
         if err["type"] not in ("value_error", "assertion_error") else f"{where}: {message}"
 

@@ -1,0 +1,239 @@
+"""Small helpers the passes share: ONNX files in and out, running them, comparing outputs.
+
+Every pass checks what it wrote numerically, at the export shape and at a second shape that
+differs from it (so a dimension baked in at export shows up as a failure, not as a surprise
+in production). The shapes, the eager reference and the comparison live here.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import Counter
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx
+
+from pipeline.pass_base import Inputs, IOSpec, PassContext
+
+log = logging.getLogger(__name__)
+
+PROTOBUF_LIMIT = 2**31  # one serialized ModelProto cannot be larger than this
+EXTERNAL_THRESHOLD = 1_800_000_000  # above this many weight bytes, weights go to a .data file
+CPU = ("CPUExecutionProvider",)
+
+
+# -- files ---------------------------------------------------------------------------------------
+def load_model(path: Path, with_data: bool = True) -> onnx.ModelProto:
+    """Load an ONNX model; its external data (if any) is read from beside the file."""
+    return onnx.load(str(path), load_external_data=with_data)
+
+
+def save_model(model: onnx.ModelProto, path: Path, external: bool) -> list[Path]:
+    """Write ``model`` to ``path`` (weights in ``<name>.data`` beside it when ``external``).
+
+    Returns the files written. Raises ValueError when the model is too large to be stored
+    without external data.
+    """
+    path = Path(path)
+    if external:
+        data = path.with_name(path.name + ".data")
+        data.unlink(missing_ok=True)
+        onnx.save_model(model, str(path), save_as_external_data=True, all_tensors_to_one_file=True,
+                        location=data.name, size_threshold=1024)
+        return [path, data] if data.exists() else [path]
+    if weight_bytes(model) >= PROTOBUF_LIMIT:
+        raise ValueError(f"{path.name}: the model holds over 2 GB of weights; it needs external data")
+    onnx.save_model(model, str(path))
+    return [path]
+
+
+def weight_bytes(model: onnx.ModelProto) -> int:
+    """Bytes of the initializers held in the proto (external ones count their recorded length)."""
+    total = 0
+    for tensor in model.graph.initializer:
+        if tensor.data_location == onnx.TensorProto.EXTERNAL:
+            info = {entry.key: entry.value for entry in tensor.external_data}
+            total += int(info.get("length", 0))
+        else:
+            total += tensor.ByteSize()
+    return total
+
+
+def files_bytes(path: Path) -> int:
+    """Size of a model file plus any ``.data`` file beside it."""
+    path = Path(path)
+    data = path.with_name(path.name + ".data")
+    return path.stat().st_size + (data.stat().st_size if data.exists() else 0)
+
+
+def has_external_data(model: onnx.ModelProto) -> bool:
+    """Whether any initializer of the (structure-only) model lives in an external file."""
+    return any(t.data_location == onnx.TensorProto.EXTERNAL for t in model.graph.initializer)
+
+
+def check_model(path: Path) -> None:
+    """onnx.checker on the file (path-based, so it works for models over 2 GB)."""
+    onnx.checker.check_model(str(path))
+
+
+# -- graph facts --------------------------------------------------------------------------------
+def op_histogram(model: onnx.ModelProto, top: int | None = None) -> dict[str, int]:
+    """Count of each op type in the main graph (``domain::Op`` outside the default domain)."""
+    counts = Counter(f"{n.domain}::{n.op_type}" if n.domain not in ("", "ai.onnx") else n.op_type
+                     for n in model.graph.node)
+    return dict(counts.most_common(top))
+
+
+def opset(model: onnx.ModelProto) -> int | None:
+    """The model's opset of the default ONNX domain."""
+    return next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), None)
+
+
+def graph_dims(model: onnx.ModelProto) -> dict[str, list[int | str | None]]:
+    """Dims of every graph input and output: an int (fixed), a str (symbolic) or None (unknown)."""
+    dims: dict[str, list[int | str | None]] = {}
+    for value in [*model.graph.input, *model.graph.output]:
+        shape = value.type.tensor_type.shape
+        dims[value.name] = [d.dim_param if d.HasField("dim_param") else
+                            d.dim_value if d.HasField("dim_value") else None for d in shape.dim]
+    return dims
+
+
+def symbolic_axes(model: onnx.ModelProto) -> dict[str, dict[int, str]]:
+    """The graph's non-fixed dims, in the ``dynamic_axes`` format: name -> {axis: dim name}."""
+    axes: dict[str, dict[int, str]] = {}
+    for name, shape in graph_dims(model).items():
+        found = {axis: dim or "?" for axis, dim in enumerate(shape) if not isinstance(dim, int)}
+        if found:
+            axes[name] = found  # type: ignore[assignment]
+    return axes
+
+
+def baked_axes(model: onnx.ModelProto, dynamic_axes: Mapping[str, Mapping[int, str]]) -> list[str]:
+    """The declared dynamic axes that the graph has fixed to a number, as ``name[axis]=value``."""
+    dims = graph_dims(model)
+    baked = []
+    for name, axes in dynamic_axes.items():
+        shape = dims.get(name)
+        if shape is None:
+            continue
+        for axis in axes:
+            if axis < len(shape) and isinstance(shape[axis], int):
+                baked.append(f"{name}[{axis}]={shape[axis]}")
+    return baked
+
+
+def require_dynamic(model: onnx.ModelProto, dynamic_axes: Mapping[str, Mapping[int, str]]) -> None:
+    """Raise ValueError if any declared dynamic axis is a fixed number in the graph."""
+    baked = baked_axes(model, dynamic_axes)
+    if baked:
+        raise ValueError(f"dynamic axes were baked in as fixed sizes: {', '.join(baked)}")
+
+
+# -- running and comparing ------------------------------------------------------------------------
+def run_onnx(path: Path, inputs: Inputs, providers: Sequence[str] = CPU) -> dict[str, np.ndarray]:
+    """Run an ONNX file in onnxruntime on named inputs; returns outputs by name.
+
+    Only the inputs the graph declares are fed (an exporter may drop an unused one).
+    """
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    session = ort.InferenceSession(str(path), options, providers=list(providers))
+    wanted = [i.name for i in session.get_inputs()]
+    missing = [name for name in wanted if name not in inputs]
+    if missing:
+        raise ValueError(f"{Path(path).name}: no value for graph input(s) {', '.join(missing)}")
+    names = [o.name for o in session.get_outputs()]
+    values = session.run(names, {name: inputs[name] for name in wanted})
+    return dict(zip(names, values, strict=True))
+
+
+def run_checked(path: Path, inputs: Inputs) -> dict[str, np.ndarray]:
+    """``run_onnx``, with a failure at runtime turned into a message that names the shape."""
+    try:
+        return run_onnx(path, inputs)
+    except ValueError:
+        raise
+    except Exception as exc:  # onnxruntime raises its own exception types
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise RuntimeError(f"{Path(path).name} fails in onnxruntime at shape {shape_text(inputs)} ({first}); "
+                           f"a dimension was probably baked in") from exc
+
+
+def max_abs_diff(a: np.ndarray, b: np.ndarray, mask: np.ndarray | None = None) -> float:
+    """Largest |a - b|; with ``mask`` (batch, seq), only over positions where it is nonzero.
+
+    The mask applies only to arrays whose leading dims are the mask's shape. Raises ValueError
+    when the shapes differ (a sign that an axis was baked in).
+    """
+    if a.shape != b.shape:
+        raise ValueError(f"shape {tuple(a.shape)} != expected {tuple(b.shape)}")
+    diff = np.abs(a.astype(np.float64) - b.astype(np.float64))
+    if mask is not None and diff.shape[: mask.ndim] == mask.shape:
+        diff = diff[mask.astype(bool)]
+    if diff.size == 0:
+        return 0.0
+    return float("nan") if np.isnan(diff).any() else float(diff.max())
+
+
+def compare(got: Mapping[str, np.ndarray], want: Mapping[str, np.ndarray], names: Sequence[str],
+            tolerance: float, what: str) -> float:
+    """Max abs difference over the named outputs; ValueError on a shape mismatch, NaN or excess."""
+    worst = 0.0
+    for name in names:
+        if name not in got:
+            raise ValueError(f"{what}: output {name!r} is missing (got {', '.join(got)})")
+        try:
+            diff = max_abs_diff(np.asarray(got[name]), np.asarray(want[name]))
+        except ValueError as exc:
+            raise ValueError(f"{what}: output {name!r}: {exc}; an axis was probably baked in") from None
+        if not diff <= tolerance:  # also catches NaN
+            raise ValueError(f"{what}: output {name!r} differs by {diff:.3g} (tolerance {tolerance:g})")
+        worst = max(worst, diff)
+    return worst
+
+
+def check_shapes(io: IOSpec, max_positions: int | None) -> list[tuple[int, int]]:
+    """(batch, seq) pairs to check an artifact at: the export shape and one that differs in both."""
+    seq = io.export_seq
+    limit = max_positions or 10**9
+    other = next((s for s in (2 * seq + 3, seq + 7, seq // 2, seq - 1) if 1 <= s <= limit and s != seq), seq)
+    return [(io.export_batch, seq), (io.export_batch + 1, other)]
+
+
+def max_positions(ctx: PassContext) -> int | None:
+    """The model's longest sequence (None when it has no limit); loads the model once per context."""
+    if "max_positions" not in ctx.extra:
+        ctx.extra["max_positions"] = ctx.model.load().max_positions
+    return ctx.extra["max_positions"]
+
+
+def check_inputs(ctx: PassContext) -> list[Inputs]:
+    """Sample inputs at each of ``check_shapes`` (a factory model may keep its own sequence length)."""
+    return [ctx.sample_inputs(batch, seq) for batch, seq in check_shapes(ctx.io, max_positions(ctx))]
+
+
+def eager_outputs(module: Any, inputs: Inputs, io: IOSpec) -> dict[str, np.ndarray]:
+    """Run an eager (or TorchScript) module on numpy inputs; outputs by ``io.output_names``."""
+    import torch
+
+    args = tuple(torch.from_numpy(np.ascontiguousarray(inputs[name])) for name in io.input_names)
+    with torch.no_grad():
+        out = module(*args)
+    if torch.is_tensor(out):
+        out = (out,)
+    if len(out) != len(io.output_names):
+        raise ValueError(f"the model returned {len(out)} outputs, expected {len(io.output_names)} "
+                         f"({', '.join(io.output_names)})")
+    return {name: value.detach().cpu().numpy() for name, value in zip(io.output_names, out, strict=True)}
+
+
+def shape_text(inputs: Inputs) -> str:
+    """'batch x seq' of a dict of inputs, for messages."""
+    first = next(iter(inputs.values()))
+    return " x ".join(str(d) for d in first.shape)

@@ -1,0 +1,76 @@
+"""fp16 on the tiny BERT: half the bytes, float32 at the edges, close to its parent, blocks honoured."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+from onnx import TensorProto
+from pydantic import ValidationError
+
+from passes.fp16 import Fp16, Fp16Config, tensor_types
+from pipeline.artifact import Artifact
+from pipeline.inputs import random_tokens
+from pipeline.pass_base import PassContext
+
+NAMES = ["input_ids", "attention_mask", "token_type_ids"]
+
+
+def _run(path: Path, inputs: dict[str, np.ndarray]) -> np.ndarray:
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    return session.run(["last_hidden_state"], inputs)[0]
+
+
+def _min_cosine(a: np.ndarray, b: np.ndarray, keep: np.ndarray) -> float:
+    a, b = a[keep].astype(np.float64), b[keep].astype(np.float64)
+    return float((np.sum(a * b, -1) / np.linalg.norm(a, axis=-1) / np.linalg.norm(b, axis=-1)).min())
+
+
+def _convert(tiny_onnx: Artifact, ctx: PassContext, out: Path, **config: object):
+    out.mkdir()
+    return Fp16(Fp16Config(**config)).run(tiny_onnx, ctx, out)
+
+
+def test_halves_size_and_matches_parent(tiny_onnx: Artifact, tiny_ctx: PassContext, tmp_path: Path) -> None:
+    output = _convert(tiny_onnx, tiny_ctx, tmp_path / "fp16")
+    path = tmp_path / "fp16" / output.file
+    assert output.meta["precision"] == "fp16"
+    assert 0.4 < path.stat().st_size / tiny_onnx.path.stat().st_size < 0.6
+    assert output.stats["fp16_nodes"] > output.stats["fp32_nodes"]
+    assert output.stats["cast_nodes"] > 0
+
+    model = onnx.load(str(path))
+    assert [o.type.tensor_type.elem_type for o in model.graph.output] == [TensorProto.FLOAT]
+    assert any(t.data_type == TensorProto.FLOAT16 for t in model.graph.initializer)
+
+    inputs = random_tokens(NAMES, 3, 77, 30522)
+    keep = inputs["attention_mask"].astype(bool)
+    want, got = _run(tiny_onnx.path, inputs), _run(path, inputs)
+    assert got.dtype == np.float32 and got.shape == (3, 77, 32)
+    assert _min_cosine(got, want, keep) > 0.999
+
+
+def test_node_block_list_keeps_node_in_float32(tiny_onnx: Artifact, tiny_ctx: PassContext, tmp_path: Path) -> None:
+    source = onnx.load(str(tiny_onnx.path))
+    target = next(n for n in source.graph.node if n.op_type == "MatMul" and "attention" in n.name)
+    output = _convert(tiny_onnx, tiny_ctx, tmp_path / "fp16", node_block_list=[target.name])
+    model = onnx.load(str(tmp_path / "fp16" / output.file))
+    types = tensor_types(model)
+    node = next(n for n in model.graph.node if n.name == target.name)
+    assert {types[name] for name in [*node.input, *node.output]} == {TensorProto.FLOAT}
+    others = [n for n in model.graph.node if n.op_type == "MatMul" and n.name != target.name]
+    assert all(types[n.output[0]] == TensorProto.FLOAT16 for n in others)
+
+
+def test_unknown_block_node_fails(tiny_onnx: Artifact, tiny_ctx: PassContext, tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="no node named"):
+        _convert(tiny_onnx, tiny_ctx, tmp_path / "fp16", node_block_list=["no/such/node"])
+
+
+@pytest.mark.parametrize("bad", [{"keep_io_type": True}, {"max_finite_val": 1e6}, {"min_positive_val": 0.0}])
+def test_bad_config_is_rejected(bad: dict[str, object]) -> None:
+    with pytest.raises(ValidationError):
+        Fp16Config(**bad)

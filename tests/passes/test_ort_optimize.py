@@ -1,0 +1,63 @@
+"""ort_optimize on the tiny BERT: fusions counted, missing ones warned about, outputs unchanged."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+from pydantic import ValidationError
+
+from passes.ort_optimize import OrtOptimize, OrtOptimizeConfig
+from pipeline.artifact import Artifact
+from pipeline.inputs import random_tokens
+from pipeline.pass_base import PassContext
+
+NAMES = ["input_ids", "attention_mask", "token_type_ids"]
+
+
+def _run(path: Path, inputs: dict[str, np.ndarray]) -> np.ndarray:
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    return session.run(["last_hidden_state"], inputs)[0]
+
+
+def _optimize(tiny_onnx: Artifact, ctx: PassContext, out: Path, **config: object):
+    out.mkdir()
+    return OrtOptimize(OrtOptimizeConfig(**config)).run(tiny_onnx, ctx, out)
+
+
+def test_fuses_and_matches_parent(tiny_onnx: Artifact, tiny_ctx: PassContext, tmp_path: Path) -> None:
+    output = _optimize(tiny_onnx, tiny_ctx, tmp_path / "opt")
+    fused = output.stats["fused"]
+    assert fused.get("SkipLayerNormalization", 0) > 0
+    assert sum(fused.get(op, 0) for op in ("Gelu", "FastGelu", "BiasGelu")) > 0
+    assert output.stats["nodes_after"] < output.stats["nodes_before"]
+    assert output.meta["precision"] == "fp32"
+    attention = sum(fused.get(op, 0) for op in ("Attention", "MultiHeadAttention"))
+    missing = {w.split()[2] for w in output.warnings if w.startswith("expected fusion ")}
+    assert missing == ({"Attention"} if attention == 0 else set())
+
+    inputs = random_tokens(NAMES, 3, 77, 30522)
+    keep = inputs["attention_mask"].astype(bool)
+    want, got = _run(tiny_onnx.path, inputs), _run(tmp_path / "opt" / output.file, inputs)
+    assert got.shape == want.shape == (3, 77, 32)
+    assert np.abs(got - want)[keep].max() < 1e-4
+
+
+def test_disabled_fusion_is_warned_about(tiny_onnx: Artifact, tiny_ctx: PassContext, tmp_path: Path) -> None:
+    output = _optimize(tiny_onnx, tiny_ctx, tmp_path / "opt", disable=["gelu", "bias_gelu"])
+    assert not any(output.stats["fused"].get(op, 0) for op in ("Gelu", "FastGelu", "BiasGelu"))
+    assert any("expected fusion Gelu" in w for w in output.warnings)
+
+
+def test_parent_check_enforces_tolerance(tiny_onnx: Artifact, tiny_ctx: PassContext, tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="differs from its parent"):
+        _optimize(tiny_onnx, tiny_ctx, tmp_path / "opt", tolerance=1e-12)
+
+
+@pytest.mark.parametrize("bad", [{"disable": ["no_such_fusion"]}, {"model_type": "nope"}, {"opt_level": 3},
+                                 {"unknown_key": 1}])
+def test_bad_config_is_rejected(bad: dict[str, object]) -> None:
+    with pytest.raises(ValidationError):
+        OrtOptimizeConfig(**bad)

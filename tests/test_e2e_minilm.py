@@ -1,0 +1,73 @@
+"""End to end on the packaged, trained all-MiniLM-L6-v2: the shipped recipe, every pass, twice."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from pipeline.inputs import random_tokens
+from pipeline.runtime import onnx_session
+
+pytestmark = pytest.mark.slow
+STEPS = ["01_torchscript", "02_onnx_export", "03_onnx_simplify", "04_ort_optimize", "05_fp16", "06_int8_dynamic",
+         "07_int8_static"]
+
+
+def _optimize(out: Path) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "pipeline", "optimize", "recipes/minilm.yaml", "--no-bench",
+                           "--out", str(out)], capture_output=True, text=True, timeout=900)
+
+
+@pytest.fixture(scope="module")
+def minilm_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, subprocess.CompletedProcess]:
+    out = tmp_path_factory.mktemp("minilm")
+    return out, _optimize(out)
+
+
+def test_every_step_writes_its_artifact_and_manifest(minilm_run: tuple[Path, subprocess.CompletedProcess]) -> None:
+    out, proc = minilm_run
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert sorted(p.name for p in out.glob("[0-9]*")) == STEPS
+    for step in STEPS:
+        manifest = json.loads((out / step / "manifest.json").read_text())
+        assert (out / step / manifest["file"]).is_file() and manifest["model"]["random_weights"] is False
+    report = json.loads((out / "report.json").read_text())
+    assert report["ok"] and report["shipped"] == "04_ort_optimize/model.onnx"
+    verdicts = {a["step"]: a["parity"]["passed"] for a in report["artifacts"]}
+    assert all(verdicts[s] for s in STEPS[:5]), verdicts
+
+
+def test_onnx_artifacts_run_at_other_shapes(minilm_run: tuple[Path, subprocess.CompletedProcess]) -> None:
+    out, _ = minilm_run
+    reference = json.loads((out / "report.json").read_text())
+    fp32 = {a["step"] for a in reference["artifacts"] if a["precision"] == "fp32"}
+    inputs = random_tokens(["input_ids", "attention_mask", "token_type_ids"], 3, 77, 30522, seed=5)
+    expected = None
+    for step in STEPS[1:]:
+        session = onnx_session(out / step / "model.onnx")
+        (hidden,) = session.run(["last_hidden_state"], inputs)
+        assert hidden.shape == (3, 77, 384) and np.isfinite(hidden).all()
+        if step in fp32:
+            kept = inputs["attention_mask"].astype(bool)
+            expected = hidden if expected is None else expected
+            assert np.abs(hidden[kept] - expected[kept]).max() < 1e-4, step
+
+
+def test_second_run_rebuilds_nothing_in_under_10_seconds(
+        minilm_run: tuple[Path, subprocess.CompletedProcess]) -> None:
+    out, first = minilm_run
+    assert first.returncode == 0
+    mtimes = {p: p.stat().st_mtime_ns for p in out.glob("[0-9]*/*")}
+    start = time.perf_counter()
+    proc = _optimize(out)
+    elapsed = time.perf_counter() - start
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert elapsed < 10, f"second run took {elapsed:.1f} s"
+    assert {p: p.stat().st_mtime_ns for p in out.glob("[0-9]*/*")} == mtimes
+    assert all(a["cached"] for a in json.loads((out / "report.json").read_text())["artifacts"])

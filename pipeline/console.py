@@ -43,7 +43,9 @@ def _worst(metrics: dict[str, dict[str, Any]], key: str, reducer: Any) -> Any:
 def print_summary(result: RunResult) -> None:
     """One row per artifact: format, precision, size, cache state, parity verdict and error."""
     recipe = result.prepared.recipe
-    table = Table(title=f"{recipe.name}: {len(result.prepared.steps)} steps")
+    spec = result.prepared.ctx.model.spec
+    weights = f" (RANDOM weights, seed {spec.seed})" if spec.weights == "random" else ""
+    table = Table(title=f"{recipe.name}: {len(result.prepared.steps)} steps{weights}")
     for column in ("step", "format", "precision", "size", "built", "parity", "max abs err", "min cosine"):
         table.add_column(column)
     for step in result.prepared.steps:

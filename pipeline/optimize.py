@@ -26,7 +26,7 @@ from pipeline.pass_base import IOSpec, PassContext
 from pipeline.recipe import Recipe, Step, build_steps, load_recipe
 from pipeline.reference import check_shapes, reference
 from pipeline.runtime import Runner
-from pipeline.verify import Parity, blame, check, run_cases
+from pipeline.verify import Parity, blame, cannot_run, check, run_cases
 
 log = logging.getLogger(__name__)
 
@@ -99,21 +99,26 @@ def verify_all(prepared: Prepared, artifacts: dict[str, Artifact], cases: list[A
     verdicts = {}
     for step in prepared.steps:
         artifact = artifacts[step.name]
+        exempt = step.name in recipe.verify.exempt
         log.info("verify %s on %d cases", step.folder, len(cases))
         try:
-            outputs[step.name] = run_cases(runner.open(artifact), cases)
+            fn = runner.open(artifact)
         except PipelineError:
             raise
-        except Exception as exc:  # an artifact that cannot run fails its gate, with the reason
-            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            verdicts[step.name] = Parity(False, {}, {}, [f"does not run: {type(exc).__name__}: {first}"],
-                                         exempt=step.name in recipe.verify.exempt)
+        except Exception as exc:  # an artifact that cannot be opened fails its gate, with the reason
+            verdicts[step.name] = cannot_run([f"does not load: {type(exc).__name__}: {exc}"], exempt)
             continue
-        tol = recipe.verify.tolerance_for(artifact.precision)
-        parent = outputs.get(step.source)
-        verdicts[step.name] = check(cases, outputs[step.name], parent if step.source != "eager" else None,
-                                    tol.max_abs, tol.min_cosine, recipe.task == "text-classification",
-                                    exempt=step.name in recipe.verify.exempt)
+        results, errors = run_cases(fn, cases)
+        if errors:
+            verdicts[step.name] = cannot_run(errors, exempt)
+            continue
+        outputs[step.name] = results
+        parent = outputs.get(step.source) if step.source != "eager" else None
+        verdicts[step.name] = check(
+            cases, outputs[step.name], parent,
+            lambda output, name=step.name, precision=artifact.precision:
+                recipe.verify.tolerance_for(name, precision, output),
+            recipe.task == "text-classification", exempt=exempt)
     return verdicts
 
 

@@ -12,98 +12,16 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, Field, ValidationError, field_validator
 
 from pipeline.artifact import Format
 from pipeline.errors import RecipeError
 from pipeline.model import TASKS, ModelSpec
 from pipeline.pass_base import Pass, PassConfig, get_pass, load_builtin_passes
+from pipeline.schema import BenchSpec, InputsSpec, ShipSpec, Strict, VerifySpec
 
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$")
 DEFAULT_OUTPUTS = {"feature-extraction": ["last_hidden_state"], "text-classification": ["logits"]}
-MAX_GRID_POINTS = 64
-
-
-class Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-
-class InputsSpec(Strict):
-    """Model inputs and outputs: names, dynamic axes, export shape, and the sentence corpus."""
-
-    names: list[str] = Field(default=["input_ids", "attention_mask", "token_type_ids"],
-                             description="Input names, in the order the model takes them.")
-    outputs: list[str] | None = Field(default=None, description="Output names (default by task).")
-    dynamic_axes: dict[str, dict[int, str]] | None = Field(
-        default=None, description="Dynamic axes per input/output (default: batch and sequence on every one).")
-    export_batch: int = Field(default=2, ge=1, le=1024, description="Batch size of the export example.")
-    export_seq: int = Field(default=16, ge=1, le=65536, description="Sequence length of the export example.")
-    corpus: str | None = Field(default=None, description="Sentence file (default: the corpus shipped here).")
-    seed: int = Field(default=0, description="Seed for every input the run draws.")
-
-
-class Tolerance(Strict):
-    """Bounds an artifact's outputs must keep against eager PyTorch."""
-
-    max_abs: float = Field(gt=0, description="Largest absolute error allowed at any kept position.")
-    min_cosine: float = Field(ge=-1, le=1, description="Smallest cosine similarity allowed per kept position.")
-
-
-DEFAULT_TOLERANCE = {
-    "fp32": Tolerance(max_abs=1e-4, min_cosine=0.99999),
-    "fp16": Tolerance(max_abs=2e-2, min_cosine=0.999),
-    "int8": Tolerance(max_abs=1.0, min_cosine=0.99),
-}
-
-
-class VerifySpec(Strict):
-    """Parity check of every artifact against eager PyTorch, and the gate."""
-
-    shapes: list[tuple[int, int]] = Field(default=[(1, 9), (3, 77), (4, 133)],
-                                          description="(batch, sequence) shapes of random-token inputs.")
-    sentence_batches: int = Field(default=4, ge=0, le=1000, description="Batches of corpus sentences.")
-    sentence_batch_size: int = Field(default=8, ge=1, le=1024, description="Sentences per batch.")
-    tolerance: dict[Literal["fp32", "fp16", "int8"], Tolerance] = Field(
-        default_factory=dict, description="Tolerance per precision, over the defaults.")
-    exempt: list[str] = Field(default=[], description="Steps exempted from the gate, by name.")
-
-    @field_validator("shapes")
-    @classmethod
-    def _positive(cls, shapes: list[tuple[int, int]]) -> list[tuple[int, int]]:
-        for batch, seq in shapes:
-            if batch < 1 or seq < 1:
-                raise ValueError(f"shape ({batch}, {seq}): batch and sequence must be at least 1")
-        if len(shapes) > MAX_GRID_POINTS:
-            raise ValueError(f"{len(shapes)} shapes: at most {MAX_GRID_POINTS}")
-        return shapes
-
-    def tolerance_for(self, precision: str) -> Tolerance:
-        """The tolerance in force for an artifact of this precision."""
-        return self.tolerance.get(precision, DEFAULT_TOLERANCE[precision])  # type: ignore[call-overload]
-
-
-class BenchSpec(Strict):
-    """Latency and throughput grid."""
-
-    enabled: bool = Field(default=True, description="Benchmark the eager model and every artifact.")
-    batches: list[int] = Field(default=[1, 8], description="Batch sizes.")
-    seqs: list[int] = Field(default=[16, 128], description="Sequence lengths.")
-    threads: int = Field(default=2, ge=1, le=1024, description="Intra-op threads for torch and onnxruntime.")
-
-    @model_validator(mode="after")
-    def _grid(self) -> BenchSpec:
-        for value in (*self.batches, *self.seqs):
-            if value < 1:
-                raise ValueError(f"batch sizes and sequence lengths must be at least 1, got {value}")
-        if len(self.batches) * len(self.seqs) > MAX_GRID_POINTS:
-            raise ValueError(f"{len(self.batches) * len(self.seqs)} grid points: at most {MAX_GRID_POINTS}")
-        return self
-
-
-class ShipSpec(Strict):
-    """Which artifact is shipped: a named step, or the last step of the chain that passes the gate."""
-
-    step: str | None = Field(default=None, description="Step to ship (default: the last that passes).")
 
 
 class Recipe(Strict):
@@ -353,6 +271,15 @@ def _check_names(recipe: Recipe, names: list[str]) -> None:
     for exempt in recipe.verify.exempt:
         if exempt not in names:
             raise RecipeError(f"verify.exempt: no step named {exempt!r} (steps: {', '.join(names)})")
+    for step in recipe.verify.steps:
+        if step not in names:
+            raise RecipeError(f"verify.steps.{step}: no step of that name (steps: {', '.join(names)})")
+        for output in recipe.verify.steps[step].outputs:
+            if output not in recipe.output_names:
+                raise RecipeError(f"verify.steps.{step}.outputs.{output}: not an output "
+                                  f"({', '.join(recipe.output_names)})")
+    if recipe.verify.accuracy is not None and recipe.task != "text-classification":
+        raise RecipeError(f"verify.accuracy: task accuracy needs task text-classification, not {recipe.task}")
     if recipe.ship.step is not None and recipe.ship.step not in names:
         raise RecipeError(f"ship.step: no step named {recipe.ship.step!r} (steps: {', '.join(names)})")
 

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import logging
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 from pipeline.metrics import combine, compare
 from pipeline.reference import Case
 from pipeline.runtime import ModelFn, Outputs
+from pipeline.schema import Tolerance
 
 log = logging.getLogger(__name__)
 MASK = "attention_mask"
@@ -21,65 +23,96 @@ class Parity:
 
     passed: bool
     metrics: dict[str, dict[str, Any]]
-    tolerance: dict[str, float]
+    tolerance: dict[str, dict[str, float | None]]
     failures: list[str] = field(default_factory=list)
     exempt: bool = False
     vs_parent: dict[str, dict[str, Any]] = field(default_factory=dict)
+    per_case: dict[str, dict[str, dict[str, Any]]] = field(default_factory=dict)
 
     def to_json(self) -> dict[str, Any]:
         """The ``parity`` entry of report.json."""
         out: dict[str, Any] = {"passed": self.passed, "metrics": self.metrics, "tolerance": self.tolerance,
-                               "failures": self.failures, "vs_parent": self.vs_parent}
+                               "failures": self.failures, "vs_parent": self.vs_parent, "cases": self.per_case}
         if self.exempt:
             out["exempt"] = True
         return out
 
 
-def run_cases(fn: ModelFn, cases: list[Case]) -> list[Outputs]:
-    """Outputs of a model on every reference case, in order."""
-    return [fn(case.inputs) for case in cases]
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return f"{type(exc).__name__}: {text.splitlines()[0]}" if text else type(exc).__name__
 
 
-def _metrics(cases: list[Case], expected: list[Outputs], actual: list[Outputs], classification: bool
-             ) -> dict[str, dict[str, Any]]:
-    per_output: dict[str, list[dict[str, Any]]] = {}
+def run_cases(fn: ModelFn, cases: list[Case]) -> tuple[list[Outputs], list[str]]:
+    """Outputs of a model on every reference case, and one line per case it could not run."""
+    outputs, errors = [], []
+    for case in cases:
+        shape = "x".join(str(d) for d in next(iter(case.inputs.values())).shape)
+        try:
+            outputs.append(fn(case.inputs))
+        except Exception as exc:  # an artifact that cannot run on an input fails there, with the reason
+            errors.append(f"case {case.name} ({shape}): does not run: {_first_line(exc)}")
+            outputs.append({})
+    return outputs, errors
+
+
+def cannot_run(errors: list[str], exempt: bool) -> Parity:
+    """The verdict of an artifact that failed to open or to run on some cases."""
+    return Parity(passed=False, metrics={}, tolerance={}, failures=errors, exempt=exempt)
+
+
+def _per_case(cases: list[Case], expected: list[Outputs], actual: list[Outputs], classification: bool
+              ) -> dict[str, dict[str, dict[str, Any]]]:
+    """Metrics by output, then by case name."""
+    table: dict[str, dict[str, dict[str, Any]]] = {}
     for case, ref, out in zip(cases, expected, actual, strict=True):
         mask = case.inputs.get(MASK)
         for name, value in ref.items():
-            if name not in out:
-                per_output.setdefault(name, []).append({"shape_mismatch": "missing output", "max_abs": math.inf})
-                continue
-            per_output.setdefault(name, []).append(compare(value, out[name], mask, classification))
-    return {name: combine(values) for name, values in per_output.items()}
+            metrics = (compare(value, out[name], mask, classification) if name in out
+                       else {"shape_mismatch": "missing output", "max_abs": math.inf})
+            table.setdefault(name, {})[case.name] = metrics
+    return table
 
 
-def failures(metrics: dict[str, dict[str, Any]], max_abs: float, min_cosine: float) -> list[str]:
-    """Each way the metrics miss the tolerance, as 'output metric value vs bound (by how much)'."""
+def _combined(per_case: dict[str, dict[str, dict[str, Any]]]) -> dict[str, dict[str, Any]]:
+    return {name: combine(list(cases.values())) for name, cases in per_case.items()}
+
+
+def failures(metrics: dict[str, dict[str, Any]], tolerance: dict[str, Tolerance]) -> list[str]:
+    """Each way the metrics miss their output's tolerance: 'output: metric value vs bound (by how much)'."""
     missed = []
     for name, m in metrics.items():
+        tol = tolerance[name]
         if "shape_mismatch" in m:
             missed.append(f"{name}: shape {m['shape_mismatch']}")
             continue
         for bad in ("nan", "inf"):
             if m.get(bad):
                 missed.append(f"{name}: {m[bad]} {bad.upper()} values")
-        if m["max_abs"] > max_abs:
-            missed.append(f"{name}: max_abs {m['max_abs']:.3g} > {max_abs:.3g} (by {m['max_abs'] - max_abs:.3g})")
-        if m["cos_min"] < min_cosine:
-            missed.append(f"{name}: cos_min {m['cos_min']:.6f} < {min_cosine:.6f} "
-                          f"(by {min_cosine - m['cos_min']:.3g})")
+        if tol.max_abs is not None and m["max_abs"] > tol.max_abs:
+            missed.append(f"{name}: max_abs {m['max_abs']:.3g} > {tol.max_abs:.3g} "
+                          f"(by {m['max_abs'] - tol.max_abs:.3g})")
+        if tol.min_cosine is not None and m["cos_min"] < tol.min_cosine:
+            missed.append(f"{name}: cos_min {m['cos_min']:.6f} < {tol.min_cosine:.6f} "
+                          f"(by {tol.min_cosine - m['cos_min']:.3g})")
+        if tol.min_top1 is not None and m.get("top1_agreement", 1.0) < tol.min_top1:
+            missed.append(f"{name}: top1_agreement {m['top1_agreement']:.4f} < {tol.min_top1:.4f} "
+                          f"(by {tol.min_top1 - m['top1_agreement']:.3g})")
     return missed
 
 
-def check(cases: list[Case], actual: list[Outputs], parent: list[Outputs] | None, max_abs: float,
-          min_cosine: float, classification: bool = False, exempt: bool = False) -> Parity:
+def check(cases: list[Case], actual: list[Outputs], parent: list[Outputs] | None,
+          tolerance_of: Callable[[str], Tolerance], classification: bool = False, exempt: bool = False) -> Parity:
     """Compare an artifact's outputs with eager (the gate) and with its parent artifact (blame)."""
     eager = [case.outputs for case in cases]
-    metrics = _metrics(cases, eager, actual, classification)
-    missed = failures(metrics, max_abs, min_cosine)
-    vs_parent = _metrics(cases, parent, actual, classification) if parent is not None else {}
-    return Parity(passed=not missed, metrics=metrics, tolerance={"max_abs": max_abs, "min_cosine": min_cosine},
-                  failures=missed, exempt=exempt, vs_parent=vs_parent)
+    per_case = _per_case(cases, eager, actual, classification)
+    metrics = _combined(per_case)
+    tolerance = {name: tolerance_of(name) for name in metrics}
+    missed = failures(metrics, tolerance)
+    vs_parent = _combined(_per_case(cases, parent, actual, classification)) if parent is not None else {}
+    return Parity(passed=not missed, metrics=metrics,
+                  tolerance={name: tol.model_dump() for name, tol in tolerance.items()},
+                  failures=missed, exempt=exempt, vs_parent=vs_parent, per_case=per_case)
 
 
 def blame(parities: dict[str, Parity], parents: dict[str, str]) -> dict[str, Any] | None:

@@ -1,0 +1,131 @@
+"""The sections of a recipe besides the chain: inputs, verify (tolerances, the gate), bench, ship."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+MAX_GRID_POINTS = 64
+PRECISIONS = ("fp32", "fp16", "int8")
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class InputsSpec(Strict):
+    """Model inputs and outputs: names, dynamic axes, export shape, and the sentence corpus."""
+
+    names: list[str] = Field(default=["input_ids", "attention_mask", "token_type_ids"],
+                             description="Input names, in the order the model takes them.")
+    outputs: list[str] | None = Field(default=None, description="Output names (default by task).")
+    dynamic_axes: dict[str, dict[int, str]] | None = Field(
+        default=None, description="Dynamic axes per input/output (default: batch and sequence on every one).")
+    export_batch: int = Field(default=2, ge=1, le=1024, description="Batch size of the export example.")
+    export_seq: int = Field(default=16, ge=1, le=65536, description="Sequence length of the export example.")
+    corpus: str | None = Field(default=None, description="Sentence file (default: the corpus shipped here).")
+    seed: int = Field(default=0, description="Seed for every input the run draws.")
+
+
+class Tolerance(Strict):
+    """Bounds an artifact's outputs must keep against eager PyTorch; None leaves a bound unchecked."""
+
+    max_abs: float | None = Field(default=None, gt=0,
+                                  description="Largest absolute error allowed at any kept position.")
+    min_cosine: float | None = Field(default=None, ge=-1, le=1,
+                                     description="Smallest cosine similarity allowed at any kept position.")
+    min_top1: float | None = Field(default=None, ge=0, le=1,
+                                   description="Smallest share of rows whose arg-max class matches eager "
+                                               "(classification outputs).")
+
+    def over(self, base: Tolerance) -> Tolerance:
+        """This tolerance's bounds where set, ``base``'s elsewhere."""
+        return base.model_copy(update=self.model_dump(exclude_none=True))
+
+
+# The reasoning behind each preset is in the README ("Parity").
+DEFAULT_TOLERANCE = {
+    "fp32": Tolerance(max_abs=1e-4, min_cosine=0.99999, min_top1=1.0),
+    "fp16": Tolerance(max_abs=2e-2, min_cosine=0.999, min_top1=0.99),
+    "int8": Tolerance(max_abs=None, min_cosine=0.99, min_top1=0.98),
+}
+
+
+class StepVerify(Strict):
+    """Tolerance of one step, over its precision's; and of single outputs of it."""
+
+    tolerance: Tolerance = Field(default_factory=Tolerance, description="Bounds for every output of the step.")
+    outputs: dict[str, Tolerance] = Field(default_factory=dict, description="Bounds for one output, by name.")
+
+
+class AccuracySpec(Strict):
+    """Task accuracy on a labeled file (text-classification)."""
+
+    file: str = Field(description="CSV (with a header) or JSONL file of texts and labels.")
+    text: str = Field(default="text", description="Column / key holding the text.")
+    label: str = Field(default="label", description="Column / key holding the label (name or class index).")
+    limit: int | None = Field(default=None, ge=1, description="Use only the first N examples.")
+    batch: int = Field(default=16, ge=1, le=1024, description="Examples per batch.")
+
+
+class VerifySpec(Strict):
+    """Parity check of every artifact against eager PyTorch, and the gate."""
+
+    shapes: list[tuple[int, int]] = Field(default=[(1, 9), (3, 77), (4, 133)],
+                                          description="(batch, sequence) shapes of random-token inputs.")
+    sentence_batches: int = Field(default=4, ge=0, le=1000, description="Batches of corpus sentences.")
+    sentence_batch_size: int = Field(default=8, ge=1, le=1024, description="Sentences per batch.")
+    tolerance: dict[Literal["fp32", "fp16", "int8"], Tolerance] = Field(
+        default_factory=dict, description="Tolerance per precision, over the built-in presets.")
+    steps: dict[str, StepVerify] = Field(default_factory=dict,
+                                         description="Tolerance per step and per output of a step, by step name.")
+    exempt: list[str] = Field(default=[], description="Steps exempted from the gate, by name.")
+    accuracy: AccuracySpec | None = Field(default=None, description="Task accuracy on a labeled file.")
+
+    @field_validator("shapes")
+    @classmethod
+    def _positive(cls, shapes: list[tuple[int, int]]) -> list[tuple[int, int]]:
+        for batch, seq in shapes:
+            if batch < 1 or seq < 1:
+                raise ValueError(f"shape ({batch}, {seq}): batch and sequence must be at least 1")
+        if len(shapes) > MAX_GRID_POINTS:
+            raise ValueError(f"{len(shapes)} shapes: at most {MAX_GRID_POINTS}")
+        return shapes
+
+    def tolerance_for(self, step: str, precision: str, output: str) -> Tolerance:
+        """The bounds in force: precision preset, then recipe precision, then step, then step output."""
+        tol = DEFAULT_TOLERANCE[precision]
+        if precision in self.tolerance:
+            tol = self.tolerance[precision].over(tol)  # type: ignore[index]
+        if step in self.steps:
+            tol = self.steps[step].tolerance.over(tol)
+            if output in self.steps[step].outputs:
+                tol = self.steps[step].outputs[output].over(tol)
+        return tol
+
+
+class BenchSpec(Strict):
+    """Latency and throughput grid."""
+
+    enabled: bool = Field(default=True, description="Benchmark the eager model and every artifact.")
+    batches: list[int] = Field(default=[1, 8], description="Batch sizes.")
+    seqs: list[int] = Field(default=[16, 128], description="Sequence lengths.")
+    threads: int = Field(default=2, ge=1, le=1024, description="Intra-op threads for torch and onnxruntime.")
+
+    @model_validator(mode="after")
+    def _grid(self) -> BenchSpec:
+        for value in (*self.batches, *self.seqs):
+            if value < 1:
+                raise ValueError(f"batch sizes and sequence lengths must be at least 1, got {value}")
+        if len(self.batches) * len(self.seqs) > MAX_GRID_POINTS:
+            raise ValueError(f"{len(self.batches) * len(self.seqs)} grid points: at most {MAX_GRID_POINTS}")
+        return self
+
+
+class ShipSpec(Strict):
+    """Which artifact is shipped: a named step, or the last step of the chain that passes the gate."""
+
+    step: str | None = Field(default=None, description="Step to ship (default: the last that passes).")
+
+

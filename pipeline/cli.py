@@ -14,7 +14,7 @@ import sys
 import warnings
 from pathlib import Path
 
-from pipeline.errors import PipelineError
+from pipeline.errors import BadInputError, PipelineError
 
 log = logging.getLogger("pipeline")
 
@@ -52,6 +52,8 @@ def _parser() -> argparse.ArgumentParser:
         cmd.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                          help="override a recipe value, e.g. --set passes[1].onnx_export.opset=18")
         cmd.add_argument("--out", type=Path, default=None, help="output folder (default artifacts/<recipe>)")
+        cmd.add_argument("--limit", type=int, default=None, metavar="N",
+                         help="task accuracy on the first N labeled examples only")
         if name == "optimize":
             cmd.add_argument("--no-bench", action="store_true", help="skip benchmarking")
             cmd.add_argument("--dry-run", action="store_true", help="print the plan and which steps are cached")
@@ -60,12 +62,20 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _overrides(args: argparse.Namespace) -> list[str]:
+    if args.limit is None:
+        return args.overrides
+    if args.limit < 1:
+        raise BadInputError(f"--limit: must be at least 1, got {args.limit}")
+    return [*args.overrides, f"verify.accuracy.limit={args.limit}"]
+
+
 def _cmd_optimize(args: argparse.Namespace) -> int:
     from pipeline import console
     from pipeline.optimize import optimize, prepare
     from pipeline.report import write_report
 
-    prepared = prepare(args.recipe, args.overrides, args.out)
+    prepared = prepare(args.recipe, _overrides(args), args.out)
     if args.dry_run:
         console.print_plan(prepared)
         return 0
@@ -87,7 +97,7 @@ def _cmd_verify(args: argparse.Namespace) -> int:
     from pipeline.optimize import prepare, verify_only
     from pipeline.report import write_report
 
-    result = verify_only(prepare(args.recipe, args.overrides, args.out))
+    result = verify_only(prepare(args.recipe, _overrides(args), args.out))
     write_report(result)
     console.print_summary(result)
     if result.shipped is None:

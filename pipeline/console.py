@@ -59,6 +59,11 @@ def print_summary(result: RunResult) -> None:
                       "cached" if result.cached.get(step.name) else "built", verdict,
                       "-" if max_abs is None else f"{max_abs:.2e}", "-" if cos_min is None else f"{cos_min:.6f}")
     console.print(table)
+    if result.accuracy:
+        parts = [f"eager {result.accuracy['eager']['accuracy']:.3f}"] + [
+            f"{name} {s['accuracy']:.3f} (agrees {s['agreement']:.3f})"
+            for name, s in result.accuracy.items() if name != "eager"]
+        console.print(f"accuracy on {result.accuracy['eager']['examples']} labeled examples: " + "; ".join(parts))
     if result.blame and result.blame.get("max_abs_added", 0) > 0:
         b = result.blame
         console.print(f"most error added by step {b['step']} (over {b['parent']}): "

@@ -197,6 +197,11 @@ class ModelHandle:
         return transformers.AutoConfig.from_pretrained(where)
 
     @functools.cached_property
+    def hf_config(self) -> Any | None:
+        """The model's transformers config, without loading weights (None for a factory model)."""
+        return None if self.location[0] == "factory" else self._config()
+
+    @functools.cached_property
     def max_positions(self) -> int | None:
         """The model's maximum sequence length (None when unknown, as for a factory model)."""
         if self.location[0] == "factory":

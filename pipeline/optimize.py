@@ -16,6 +16,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from pipeline.accuracy import PREFIX as ACCURACY_PREFIX
+from pipeline.accuracy import label_ids, load_labeled, score
 from pipeline.artifact import Artifact
 from pipeline.context import make_context
 from pipeline.errors import PipelineError, RecipeError
@@ -26,6 +28,7 @@ from pipeline.pass_base import IOSpec, PassContext
 from pipeline.recipe import Recipe, Step, build_steps, load_recipe
 from pipeline.reference import check_shapes, reference
 from pipeline.runtime import Runner
+from pipeline.schema import AccuracySpec
 from pipeline.verify import Parity, blame, cannot_run, check, run_cases
 
 log = logging.getLogger(__name__)
@@ -52,6 +55,7 @@ class RunResult:
     shipped: str | None = None
     cached: dict[str, bool] = field(default_factory=dict)
     blame: dict[str, Any] | None = None
+    accuracy: dict[str, Any] = field(default_factory=dict)
 
 
 def prepare(recipe_path: Path, overrides: list[str] | None = None, out: Path | None = None) -> Prepared:
@@ -70,9 +74,27 @@ def prepare(recipe_path: Path, overrides: list[str] | None = None, out: Path | N
         raise RecipeError(f"inputs.corpus: file {recipe.inputs.corpus} does not exist")
     ctx = make_context(handle, io, base_dir, corpus=corpus, seed=recipe.inputs.seed, device=recipe.device)
     check_shapes(recipe, handle.max_positions)
+    if recipe.verify.accuracy is not None:
+        labels_of(recipe.verify.accuracy, handle)
     check_steps(steps, ctx)
+    _warn_on_weak_grid(recipe, handle)
     out_dir = out if out is not None else Path("artifacts") / recipe.name
     return Prepared(recipe, steps, ctx, plan(steps, ctx, out_dir), out_dir)
+
+
+def _warn_on_weak_grid(recipe: Recipe, handle: ModelHandle) -> None:
+    """A grid that only repeats the export shape, or hits a hidden size, can hide a baked-in axis."""
+    seqs = {seq for _, seq in recipe.verify.shapes}
+    config = handle.hf_config
+    sizes = {getattr(config, key, None) for key in ("hidden_size", "dim", "num_attention_heads")} - {None}
+    if recipe.verify.shapes and not seqs - {recipe.inputs.export_seq}:
+        log.warning("verify.shapes: every sequence length equals the export length %d; a baked-in "
+                    "sequence axis would go unnoticed", recipe.inputs.export_seq)
+    if seqs & sizes:
+        log.warning("verify.shapes: sequence length %s equals a hidden size of the model; a swapped axis "
+                    "could go unnoticed", sorted(seqs & sizes))
+    if recipe.verify.shapes and min(batch for batch, _ in recipe.verify.shapes) > 1:
+        log.warning("verify.shapes: no shape at batch 1")
 
 
 @contextmanager
@@ -91,8 +113,9 @@ def run_lock(out_dir: Path) -> Iterator[None]:
         os.close(fd)
 
 
-def verify_all(prepared: Prepared, artifacts: dict[str, Artifact], cases: list[Any]) -> dict[str, Parity]:
-    """Parity of every step's artifact against eager, and against its parent artifact."""
+def verify_all(prepared: Prepared, artifacts: dict[str, Artifact], cases: list[Any]
+               ) -> tuple[dict[str, Parity], dict[str, list[Any]]]:
+    """Parity of every step's artifact against eager and against its parent; and every output computed."""
     recipe = prepared.recipe
     runner = Runner(prepared.ctx.model, recipe.device, threads=recipe.bench.threads)
     outputs: dict[str, list[Any]] = {"eager": [case.outputs for case in cases]}
@@ -119,7 +142,30 @@ def verify_all(prepared: Prepared, artifacts: dict[str, Artifact], cases: list[A
             lambda output, name=step.name, precision=artifact.precision:
                 recipe.verify.tolerance_for(name, precision, output),
             recipe.task == "text-classification", exempt=exempt)
-    return verdicts
+    return verdicts, outputs
+
+
+def labels_of(spec: AccuracySpec, handle: ModelHandle) -> Any:
+    """Class indices of the labeled file's examples (bad labels are bad input)."""
+    _, raw = load_labeled(handle.base_dir / spec.file, spec)
+    config = handle.hf_config
+    return label_ids(raw, getattr(config, "label2id", None), int(getattr(config, "num_labels", 2)))
+
+
+def measure_accuracy(prepared: Prepared, cases: list[Any], outputs: dict[str, list[Any]]) -> dict[str, Any]:
+    """Task accuracy of eager and of every artifact that ran, on the recipe's labeled file."""
+    spec = prepared.recipe.verify.accuracy
+    if spec is None:
+        return {}
+    labels = labels_of(spec, prepared.ctx.model)
+    picked = [i for i, case in enumerate(cases) if case.name.startswith(ACCURACY_PREFIX)]
+    output = prepared.recipe.output_names[0]
+    eager = [outputs["eager"][i][output] for i in picked]
+    scores = {"eager": score(eager, labels)}
+    for name, results in outputs.items():
+        if name != "eager":
+            scores[name] = score([results[i][output] for i in picked], labels, eager)
+    return scores
 
 
 def choose_shipped(prepared: Prepared, parity: dict[str, Parity]) -> str | None:
@@ -142,9 +188,10 @@ def optimize(prepared: Prepared) -> RunResult:
         ctx.extra["model"] = ctx.model.describe()
         cached: dict[str, bool] = {}
         artifacts = run_chain(prepared.planned, ctx, lambda item, _a, hit: cached.__setitem__(item.step.name, hit))
-        parity = verify_all(prepared, artifacts, cases)
+        parity, outputs = verify_all(prepared, artifacts, cases)
         result = RunResult(prepared, artifacts, parity, choose_shipped(prepared, parity), cached,
-                           blame(parity, {s.name: s.source for s in prepared.steps}))
+                           blame(parity, {s.name: s.source for s in prepared.steps}),
+                           measure_accuracy(prepared, cases, outputs))
     return result
 
 
@@ -163,7 +210,8 @@ def verify_only(prepared: Prepared) -> RunResult:
             artifact = load_cached(item.folder, item.key)
             assert artifact is not None
             artifacts[item.step.name] = artifact
-        parity = verify_all(prepared, artifacts, cases)
+        parity, outputs = verify_all(prepared, artifacts, cases)
         return RunResult(prepared, artifacts, parity, choose_shipped(prepared, parity),
                          {s.name: True for s in prepared.steps},
-                         blame(parity, {s.name: s.source for s in prepared.steps}))
+                         blame(parity, {s.name: s.source for s in prepared.steps}),
+                         measure_accuracy(prepared, cases, outputs))

@@ -17,6 +17,8 @@ from typing import Any
 
 import numpy as np
 
+from pipeline.accuracy import PREFIX as ACCURACY_PREFIX
+from pipeline.accuracy import accuracy_batches, load_labeled
 from pipeline.artifact import canonical_json, read_manifest, sha256_file, sha256_text, write_json_atomic
 from pipeline.errors import RecipeError
 from pipeline.inputs import DEFAULT_CORPUS, Inputs, load_sentences, random_tokens, resize_examples, sentence_batches
@@ -51,11 +53,25 @@ def _cases_inputs(recipe: Any, handle: ModelHandle) -> dict[str, Inputs]:
     vocab = len(handle.tokenizer)
     for i, (batch, seq) in enumerate(verify.shapes):
         cases[f"random_b{batch}_s{seq}"] = random_tokens(names, batch, seq, vocab, seed=recipe.inputs.seed + i)
+    if verify.accuracy is not None:
+        texts, _ = load_labeled(handle.base_dir / verify.accuracy.file, verify.accuracy)
+        batches = accuracy_batches(handle.tokenizer, texts, names, verify.accuracy.batch)
+        cases.update({f"{ACCURACY_PREFIX}{i}": batch for i, batch in enumerate(batches)})
     return cases
 
 
 def _corpus(recipe: Any) -> Path:
     return Path(recipe.inputs.corpus) if recipe.inputs.corpus else DEFAULT_CORPUS
+
+
+def _accuracy_digest(recipe: Any, base_dir: Path) -> str | None:
+    spec = recipe.verify.accuracy
+    if spec is None:
+        return None
+    path = base_dir / spec.file
+    if not path.is_file():
+        raise RecipeError(f"verify.accuracy.file: {spec.file} does not exist")
+    return sha256_text(canonical_json(spec.model_dump()) + sha256_file(path))
 
 
 def reference_key(recipe: Any, handle: ModelHandle, base_dir: Path) -> str:
@@ -66,6 +82,7 @@ def reference_key(recipe: Any, handle: ModelHandle, base_dir: Path) -> str:
              "verify": recipe.verify.model_dump(mode="json", include={"shapes", "sentence_batches",
                                                                        "sentence_batch_size"}),
              "corpus": sha256_file(corpus) if handle.tokenizer is not None and corpus.is_file() else None,
+             "accuracy": _accuracy_digest(recipe, base_dir),
              "versions": library_versions()}
     return sha256_text(canonical_json(parts))
 

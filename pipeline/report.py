@@ -38,13 +38,14 @@ def build_report(result: RunResult, out_dir: Path) -> dict[str, Any]:
             "sha256": art.sha256, "parent": step.source if step.source != "eager" else None,
             "cached": result.cached.get(step.name, False), "stats": art.stats,
             "parity": parity.to_json() if parity else None, "bench": [],
+            "accuracy": result.accuracy.get(step.name),
         })
     model = prepared.ctx.model.describe()
     return _finite({
         "recipe": recipe.name, "ok": result.shipped is not None, "device": recipe.device,
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "model": model,
         "random_weights": model["random_weights"], "task": recipe.task,
-        "eager": {"bench": []}, "artifacts": rows, "blame": result.blame,
+        "eager": {"bench": [], "accuracy": result.accuracy.get("eager")}, "artifacts": rows, "blame": result.blame,
         "shipped": next((r["path"] for r in rows if r["name"] == result.shipped), None),
         "shipped_step": result.shipped,
         "environment": {"python": platform.python_version(), "machine": platform.machine(),

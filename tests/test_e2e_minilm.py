@@ -43,6 +43,17 @@ def test_every_step_writes_its_artifact_and_manifest(minilm_run: tuple[Path, sub
     assert all(verdicts[s] for s in STEPS[:5]), verdicts
 
 
+def test_fp32_onnx_matches_eager_to_1e_5_on_every_case(minilm_run: tuple[Path, subprocess.CompletedProcess]) -> None:
+    out, _ = minilm_run
+    report = json.loads((out / "report.json").read_text())
+    for artifact in report["artifacts"]:
+        if artifact["format"] == "onnx" and artifact["precision"] == "fp32":
+            cases = artifact["parity"]["cases"]["last_hidden_state"]
+            assert {"sentences_0", "random_b1_s9", "random_b3_s77", "random_b4_s133"} <= set(cases)
+            worst = max(case["max_abs"] for case in cases.values())
+            assert worst < 2e-5, (artifact["step"], worst)
+
+
 def test_onnx_artifacts_run_at_other_shapes(minilm_run: tuple[Path, subprocess.CompletedProcess]) -> None:
     out, _ = minilm_run
     reference = json.loads((out / "report.json").read_text())

@@ -46,7 +46,8 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging and library warnings")
     sub = parser.add_subparsers(dest="command", required=True)
     for name, text in (("optimize", "run a recipe's chain, verify every artifact, ship the best"),
-                       ("verify", "re-run verification of an already built recipe")):
+                       ("verify", "re-run verification of an already built recipe"),
+                       ("bench", "re-measure latency and throughput of an already built recipe")):
         cmd = sub.add_parser(name, help=text)
         cmd.add_argument("recipe", type=Path, help="recipe YAML file")
         cmd.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
@@ -83,8 +84,14 @@ def _cmd_optimize(args: argparse.Namespace) -> int:
         log.warning("model weights are RANDOM (seed %d): parity is real, quality numbers are not",
                     prepared.ctx.model.spec.seed)
     result = optimize(prepared)
+    if prepared.recipe.bench.enabled and not args.no_bench:
+        from pipeline.bench import benchmark
+
+        result.bench = benchmark(prepared, result.artifacts)
     report = write_report(result)
     console.print_summary(result)
+    if result.bench:
+        console.print_bench(result)
     if result.shipped is None:
         console.print_gate_failure(result)
         return 1
@@ -106,6 +113,19 @@ def _cmd_verify(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_bench(args: argparse.Namespace) -> int:
+    from pipeline import console
+    from pipeline.bench import benchmark
+    from pipeline.optimize import prepare, verify_only
+    from pipeline.report import write_report
+
+    result = verify_only(prepare(args.recipe, _overrides(args), args.out))
+    result.bench = benchmark(result.prepared, result.artifacts, force=True)
+    write_report(result)
+    console.print_bench(result)
+    return 0 if result.shipped is not None else 1
+
+
 def _cmd_list(_: argparse.Namespace) -> int:
     from pipeline.pass_base import load_builtin_passes
 
@@ -124,7 +144,8 @@ def _cmd_schema(_: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS = {"optimize": _cmd_optimize, "verify": _cmd_verify, "list": _cmd_list, "schema": _cmd_schema}
+COMMANDS = {"optimize": _cmd_optimize, "verify": _cmd_verify, "bench": _cmd_bench, "list": _cmd_list,
+            "schema": _cmd_schema}
 
 
 def main(argv: list[str] | None = None) -> int:

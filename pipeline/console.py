@@ -78,3 +78,40 @@ def print_gate_failure(result: RunResult) -> None:
         if parity is not None and not parity.passed:
             for line in parity.failures:
                 console.print(f"  {step.folder}: {line}")
+
+
+def _fmt(value: float | None, digits: int = 2) -> str:
+    return "-" if value is None else f"{value:.{digits}f}"
+
+
+def print_bench(result: RunResult) -> None:
+    """Latency percentiles, spread and measured throughput of every target at every grid point."""
+    bench = result.bench
+    eager = {(r["batch"], r["seq"]): r["p50_ms"] for r in bench.get("eager", {}).get("rows", [])}
+    env = next((b["fingerprint"] for b in bench.values() if "fingerprint" in b), {})
+    table = Table(title=f"{result.prepared.recipe.name}: latency (ms) and throughput, "
+                        f"{env.get('threads')} threads on {env.get('cpu')}")
+    for column in ("target", "batch", "seq", "p50", "p90", "p99", "cv", "samples/s", "tokens/s", "vs eager",
+                   "peak RSS MB", ""):
+        table.add_column(column, justify="left" if column in ("target", "") else "right")
+    for target, res in bench.items():
+        if res.get("error"):
+            table.add_row(target, "-", "-", "-", "-", "-", "-", "-", "-", "-", "-", f"failed: {res['error']}")
+            continue
+        for row in res["rows"]:
+            base = eager.get((row["batch"], row["seq"]))
+            speedup = f"{base / row['p50_ms']:.2f}x" if base else "-"
+            table.add_row(target, str(row["batch"]), str(row["seq"]), _fmt(row["p50_ms"]), _fmt(row["p90_ms"]),
+                          _fmt(row["p99_ms"]), _fmt(row["cv"]), f"{row['throughput']:.1f}",
+                          f"{row['tokens_per_s']:.0f}", speedup, f"{row['peak_rss_mb']:.0f}",
+                          "UNSTABLE" if row.get("unstable") else "")
+    console.print(table)
+    extra = Table(title="best batch and real-data throughput (sentences/s, tokenize + run)")
+    for column in ("target", "best batch", "at seq", "samples/s", "stopped by", "padded", "by length", "gain"):
+        extra.add_column(column)
+    for target, res in bench.items():
+        best, real = res.get("best_batch") or {}, res.get("real_data") or {}
+        extra.add_row(target, str(best.get("batch", "-")), str(best.get("seq", "-")), _fmt(best.get("throughput"), 1),
+                      str(best.get("stopped_by", "-")), _fmt(real.get("padded_sentences_per_s"), 1),
+                      _fmt(real.get("sorted_sentences_per_s"), 1), _fmt(real.get("speedup_sorted_over_padded")))
+    console.print(extra)

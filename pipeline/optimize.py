@@ -56,6 +56,7 @@ class RunResult:
     cached: dict[str, bool] = field(default_factory=dict)
     blame: dict[str, Any] | None = None
     accuracy: dict[str, Any] = field(default_factory=dict)
+    bench: dict[str, dict[str, Any]] = field(default_factory=dict)
 
 
 def prepare(recipe_path: Path, overrides: list[str] | None = None, out: Path | None = None) -> Prepared:

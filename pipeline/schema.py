@@ -105,21 +105,60 @@ class VerifySpec(Strict):
         return tol
 
 
+class BestBatchSpec(Strict):
+    """Search for the batch size with the highest throughput at one sequence length."""
+
+    seq: int = Field(default=128, ge=1, description="Sequence length of the search.")
+    max_batch: int = Field(default=256, ge=1, le=65536, description="Largest batch tried.")
+    plateau: float = Field(default=0.05, ge=0, description="Gain below which a doubling counts as no gain "
+                                                           "(two in a row stop the search).")
+    memory_limit_mb: float | None = Field(default=None, gt=0, description="Stop above this resident memory "
+                                                                          "(default: 60% of available memory).")
+
+
+class RealDataSpec(Strict):
+    """The sentence corpus through tokenize and run: fixed padding against batching by length."""
+
+    batch: int = Field(default=16, ge=1, le=4096, description="Sentences per batch.")
+    max_length: int = Field(default=128, ge=1, description="Length every batch is padded to in the fixed mode.")
+
+
 class BenchSpec(Strict):
-    """Latency and throughput grid."""
+    """Latency and throughput protocol and grid."""
 
     enabled: bool = Field(default=True, description="Benchmark the eager model and every artifact.")
     batches: list[int] = Field(default=[1, 8], description="Batch sizes.")
     seqs: list[int] = Field(default=[16, 128], description="Sequence lengths.")
-    threads: int = Field(default=2, ge=1, le=1024, description="Intra-op threads for torch and onnxruntime.")
+    threads: int = Field(default=2, ge=1, le=1024, description="Intra-op threads for torch and onnxruntime "
+                                                               "(inter-op: 1).")
+    warmup: int = Field(default=5, ge=0, le=100000, description="Warm-up calls, at least.")
+    warmup_seconds: float = Field(default=0.5, ge=0, le=600, description="Warm-up time, at least.")
+    min_repeats: int = Field(default=30, ge=1, le=1000000, description="Timed calls per point, at least.")
+    min_seconds: float = Field(default=1.0, ge=0, le=3600, description="Timed seconds per point, at least.")
+    max_seconds: float = Field(default=20.0, gt=0, le=3600, description="Timed seconds per point, at most.")
+    throughput_seconds: float = Field(default=1.0, gt=0, le=3600,
+                                      description="Seconds of back-to-back calls for measured throughput.")
+    cv_threshold: float = Field(default=0.10, gt=0, description="Coefficient of variation above which a point "
+                                                                "is flagged unstable.")
+    rerun_tolerance: float = Field(default=0.10, gt=0, description="p50 change from the previous run above "
+                                                                   "which a point is flagged unstable.")
+    best_batch: BestBatchSpec | None = Field(default_factory=BestBatchSpec,
+                                             description="Best batch size search (null: skip).")
+    real_data: RealDataSpec | None = Field(
+        default_factory=RealDataSpec, description="Corpus throughput, fixed padding against by length (null: skip).")
+    timeout_seconds: float = Field(default=1800, gt=0, description="Time limit of one target's benchmark.")
 
     @model_validator(mode="after")
     def _grid(self) -> BenchSpec:
         for value in (*self.batches, *self.seqs):
             if value < 1:
                 raise ValueError(f"batch sizes and sequence lengths must be at least 1, got {value}")
+        if not self.batches or not self.seqs:
+            raise ValueError("the grid needs at least one batch size and one sequence length")
         if len(self.batches) * len(self.seqs) > MAX_GRID_POINTS:
             raise ValueError(f"{len(self.batches) * len(self.seqs)} grid points: at most {MAX_GRID_POINTS}")
+        if max(self.batches) > 4096:
+            raise ValueError(f"batch {max(self.batches)}: at most 4096")
         return self
 
 

@@ -1,0 +1,184 @@
+"""One benchmark target in its own process: `python -m pipeline.bench_worker SPEC.json OUT.json`.
+
+Each target (the eager model, or one artifact) gets a fresh process, so memory and thread pools
+do not leak from one to the next: onnxruntime's intra-op threads keep spinning after a run, and an
+eager call timed right after one in the same process ran at half speed.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import resource
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from pipeline.fingerprint import fingerprint
+from pipeline.inputs import Inputs, load_sentences, random_tokens, tokenize
+from pipeline.timing import Protocol, latencies, summarize, throughput, warm_up
+
+
+def peak_rss_mb() -> float:
+    """Peak resident memory of this process so far, in MB."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def current_rss_mb() -> float:
+    """Resident memory of this process now, in MB."""
+    with open("/proc/self/statm", encoding="ascii") as handle:
+        return int(handle.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+
+
+def gpu_peak_mb(device: str) -> float | None:
+    """Peak GPU memory allocated by torch in this process (None on CPU)."""
+    if device != "cuda":
+        return None
+    import torch
+
+    return torch.cuda.max_memory_allocated() / 2**20
+
+
+def _open_engine(spec: dict[str, Any]) -> Any:
+    from pipeline.engines import OrtEngine, TorchEngine
+    from pipeline.model import ModelHandle, ModelSpec
+
+    device, threads = spec["device"], spec["threads"]
+    if spec["format"] == "onnx":
+        return OrtEngine(Path(spec["path"]), device, threads)
+    import torch
+
+    if spec["format"] == "torchscript":
+        module = torch.jit.load(spec["path"], map_location=device)
+    else:
+        handle = ModelHandle(ModelSpec(**spec["model"]), spec["task"], spec["input_names"], spec["output_names"],
+                             Path(spec["base_dir"]))
+        module = handle.load().module
+    return TorchEngine(module, spec["input_names"], device)
+
+
+def _grid_inputs(spec: dict[str, Any], batch: int, seq: int) -> Inputs:
+    if spec.get("examples"):
+        from pipeline.inputs import resize_examples
+
+        return resize_examples({k: np.asarray(v) for k, v in spec["examples"].items()}, batch)
+    return random_tokens(spec["input_names"], batch, seq, spec["vocab_size"], seed=batch * 1000 + seq, pad_fraction=0)
+
+
+def measure_point(engine: Any, inputs: Inputs, protocol: Protocol, tokens: int) -> dict[str, Any]:
+    """Latency percentiles and measured throughput at one (batch, seq) point."""
+    call = engine.stage(inputs)
+    warm_up(call, engine.timer, protocol)
+    row = summarize(latencies(call, engine.timer, protocol), protocol.cv_threshold)
+    calls, seconds = throughput(call, engine.sync, protocol)
+    batch = next(iter(inputs.values())).shape[0]
+    row.update(throughput=calls * batch / seconds, tokens_per_s=calls * tokens / seconds, throughput_calls=calls)
+    return row
+
+
+def best_batch(engine: Any, spec: dict[str, Any], protocol: Protocol) -> dict[str, Any]:
+    """Double the batch from 1 until throughput stops rising (plateau), memory runs out, or the cap."""
+    cfg = spec["best_batch"]
+    seq, limit = cfg["seq"], cfg["memory_limit_mb"]
+    quick = Protocol(warmup=2, warmup_seconds=0.1, throughput_seconds=protocol.throughput_seconds)
+    curve, best, stalls, batch, stop = [], None, 0, 1, "max_batch"
+    while batch <= cfg["max_batch"]:
+        try:
+            call = engine.stage(_grid_inputs(spec, batch, seq))
+            warm_up(call, engine.timer, quick)
+            calls, seconds = throughput(call, engine.sync, quick)
+        except MemoryError:
+            stop = "out of memory"
+            break
+        except RuntimeError as exc:  # CUDA and onnxruntime report allocation failures as RuntimeError
+            if "memory" not in str(exc).lower() and "alloc" not in str(exc).lower():
+                raise
+            stop = "out of memory"
+            break
+        point = {"batch": batch, "throughput": calls * batch / seconds, "rss_mb": current_rss_mb()}
+        curve.append(point)
+        if best is None or point["throughput"] > best["throughput"] * (1 + cfg["plateau"]):
+            best, stalls = point, 0
+        else:
+            stalls += 1
+        if stalls >= 2:
+            stop = "plateau"
+            break
+        if point["rss_mb"] > limit:
+            stop = f"memory limit {limit:.0f} MB"
+            break
+        batch *= 2
+    assert best is not None
+    return {"seq": seq, "batch": best["batch"], "throughput": best["throughput"], "stopped_by": stop, "curve": curve}
+
+
+def real_data(engine: Any, spec: dict[str, Any], protocol: Protocol) -> dict[str, Any]:
+    """Sentences per second through tokenize and run: fixed padding against batching by length."""
+    from transformers import AutoTokenizer
+
+    cfg = spec["real_data"]
+    tokenizer = AutoTokenizer.from_pretrained(spec["tokenizer_dir"], local_files_only=True)
+    sentences = load_sentences(Path(cfg["corpus"]))
+    names, batch, max_len = spec["input_names"], cfg["batch"], cfg["max_length"]
+
+    def padded() -> None:
+        for i in range(0, len(sentences), batch):
+            engine.run_host(tokenize(tokenizer, sentences[i:i + batch], names, seq=max_len))
+
+    def by_length() -> None:
+        lengths = [len(ids) for ids in tokenizer(sentences, truncation=True, max_length=max_len)["input_ids"]]
+        order = sorted(range(len(sentences)), key=lengths.__getitem__)
+        for i in range(0, len(order), batch):
+            picked = [sentences[j] for j in order[i:i + batch]]
+            engine.run_host(tokenize(tokenizer, picked, names, max_length=max_len))
+
+    out: dict[str, Any] = {"sentences": len(sentences), "batch": batch, "max_length": max_len}
+    for name, run in (("padded", padded), ("sorted", by_length)):
+        run()  # warm-up pass
+        passes, start = 0, time.perf_counter()
+        while passes < 1 or time.perf_counter() - start < protocol.min_seconds:
+            run()
+            passes += 1
+        out[f"{name}_sentences_per_s"] = passes * len(sentences) / (time.perf_counter() - start)
+    out["speedup_sorted_over_padded"] = out["sorted_sentences_per_s"] / out["padded_sentences_per_s"]
+    return out
+
+
+def run(spec: dict[str, Any]) -> dict[str, Any]:
+    """Benchmark one target as the spec says; returns rows in the report's ROW shape plus extras."""
+    import torch
+
+    threads = spec["threads"]
+    torch.set_num_threads(threads)
+    protocol = Protocol(**spec["protocol"])
+    start = time.perf_counter()
+    engine = _open_engine(spec)
+    result: dict[str, Any] = {"target": spec["target"], "load_seconds": time.perf_counter() - start,
+                              "fingerprint": fingerprint(threads, spec["device"]), "rows": []}
+    for batch, seq in spec["grid"]:
+        row = measure_point(engine, _grid_inputs(spec, batch, seq), protocol, tokens=batch * seq)
+        row.update(batch=batch, seq=seq, peak_rss_mb=peak_rss_mb(), peak_gpu_mb=gpu_peak_mb(spec["device"]))
+        result["rows"].append(row)
+    if spec.get("best_batch"):
+        result["best_batch"] = best_batch(engine, spec, protocol)
+    if spec.get("real_data") and spec.get("tokenizer_dir"):
+        result["real_data"] = real_data(engine, spec, protocol)
+    result["peak_rss_mb"] = peak_rss_mb()
+    result["peak_gpu_mb"] = gpu_peak_mb(spec["device"])
+    return result
+
+
+def main(argv: list[str]) -> int:
+    """Read the spec, benchmark, write the result JSON."""
+    spec = json.loads(Path(argv[0]).read_text(encoding="utf-8"))
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    result = run(spec)
+    Path(argv[1]).write_text(json.dumps(result, indent=1), encoding="utf-8")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

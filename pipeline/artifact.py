@@ -88,6 +88,19 @@ def write_json_atomic(path: Path, value: Any) -> None:
         raise
 
 
+def write_text_atomic(path: Path, text: str) -> None:
+    """Write text to a temporary file beside ``path`` and rename it into place."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            handle.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
 def file_hashes(folder: Path) -> dict[str, str]:
     """sha256 of every file under ``folder`` except the manifest, by relative POSIX path."""
     hashes = {}

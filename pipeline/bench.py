@@ -19,7 +19,7 @@ from typing import Any
 from pipeline.artifact import Artifact, canonical_json, sha256_text, write_json_atomic
 from pipeline.fingerprint import fingerprint
 from pipeline.inputs import DEFAULT_CORPUS
-from pipeline.optimize import Prepared
+from pipeline.results import Prepared
 
 log = logging.getLogger(__name__)
 PROTOCOL_KEYS = ("warmup", "warmup_seconds", "min_repeats", "min_seconds", "max_seconds", "throughput_seconds",
@@ -110,8 +110,10 @@ def _read_json(path: Path) -> dict[str, Any] | None:
         return None
 
 
-def benchmark(prepared: Prepared, artifacts: dict[str, Artifact], force: bool = False) -> dict[str, dict[str, Any]]:
-    """Benchmark results by target ('eager' and every step name), re-used from cache unless ``force``."""
+def benchmark(prepared: Prepared, artifacts: dict[str, Artifact], force: bool = False,
+              measure: bool = True) -> dict[str, dict[str, Any]]:
+    """Benchmark results by target ('eager' and every step name): re-used from cache unless ``force``;
+    without ``measure``, only cached results are returned."""
     folder = prepared.out_dir / "bench"
     targets = ["eager", *[step.name for step in prepared.steps]]
     results: dict[str, dict[str, Any]] = {}
@@ -123,6 +125,8 @@ def benchmark(prepared: Prepared, artifacts: dict[str, Artifact], force: bool = 
         if not force and previous is not None and previous.get("key") == key and not previous.get("error"):
             log.info("bench %s (%d/%d): cached", target, i, len(targets))
             results[target] = previous
+            continue
+        if not measure:
             continue
         log.info("bench %s (%d/%d): measuring in a fresh process", target, i, len(targets))
         result = run_worker(worker_spec(prepared, target, artifact), prepared.recipe.bench.timeout_seconds)

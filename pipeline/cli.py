@@ -13,8 +13,12 @@ import os
 import sys
 import warnings
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from pipeline.errors import BadInputError, PipelineError
+
+if TYPE_CHECKING:
+    from pipeline.results import RunResult
 
 log = logging.getLogger("pipeline")
 
@@ -58,6 +62,11 @@ def _parser() -> argparse.ArgumentParser:
         if name == "optimize":
             cmd.add_argument("--no-bench", action="store_true", help="skip benchmarking")
             cmd.add_argument("--dry-run", action="store_true", help="print the plan and which steps are cached")
+    ship = sub.add_parser("ship", help="bundle the shipped artifact of a built recipe, or check a bundle")
+    ship.add_argument("recipe", type=Path, nargs="?", help="recipe YAML file")
+    ship.add_argument("--check", type=Path, metavar="DIR", help="verify a bundle against its manifest")
+    ship.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    ship.add_argument("--out", type=Path, default=None)
     sub.add_parser("list", help="list recipes and passes")
     sub.add_parser("schema", help="print the recipe JSON Schema")
     return parser
@@ -71,10 +80,22 @@ def _overrides(args: argparse.Namespace) -> list[str]:
     return [*args.overrides, f"verify.accuracy.limit={args.limit}"]
 
 
+def _finish(result: RunResult) -> int:
+    from pipeline import console
+
+    console.print_summary(result)
+    if result.bench:
+        console.print_bench(result)
+    if result.shipped is None:
+        console.print_gate_failure(result)
+        return 1
+    log.info("shipped %s to %s; report: %s", result.shipped, result.bundle, result.prepared.out_dir / "report.md")
+    return 0
+
+
 def _cmd_optimize(args: argparse.Namespace) -> int:
     from pipeline import console
-    from pipeline.optimize import optimize, prepare
-    from pipeline.report import write_report
+    from pipeline.optimize import prepare, run
 
     prepared = prepare(args.recipe, _overrides(args), args.out)
     if args.dry_run:
@@ -83,47 +104,36 @@ def _cmd_optimize(args: argparse.Namespace) -> int:
     if prepared.ctx.model.spec.weights == "random":
         log.warning("model weights are RANDOM (seed %d): parity is real, quality numbers are not",
                     prepared.ctx.model.spec.seed)
-    result = optimize(prepared)
-    if prepared.recipe.bench.enabled and not args.no_bench:
-        from pipeline.bench import benchmark
-
-        result.bench = benchmark(prepared, result.artifacts)
-    report = write_report(result)
-    console.print_summary(result)
-    if result.bench:
-        console.print_bench(result)
-    if result.shipped is None:
-        console.print_gate_failure(result)
-        return 1
-    log.info("report: %s; shipped: %s", report, result.shipped)
-    return 0
+    return _finish(run(prepared, build=True, bench="skip" if args.no_bench else "cached"))
 
 
 def _cmd_verify(args: argparse.Namespace) -> int:
-    from pipeline import console
-    from pipeline.optimize import prepare, verify_only
-    from pipeline.report import write_report
+    from pipeline.optimize import prepare, run
 
-    result = verify_only(prepare(args.recipe, _overrides(args), args.out))
-    write_report(result)
-    console.print_summary(result)
-    if result.shipped is None:
-        console.print_gate_failure(result)
-        return 1
-    return 0
+    return _finish(run(prepare(args.recipe, _overrides(args), args.out), build=False, bench="reuse"))
 
 
 def _cmd_bench(args: argparse.Namespace) -> int:
-    from pipeline import console
-    from pipeline.bench import benchmark
-    from pipeline.optimize import prepare, verify_only
-    from pipeline.report import write_report
+    from pipeline.optimize import prepare, run
 
-    result = verify_only(prepare(args.recipe, _overrides(args), args.out))
-    result.bench = benchmark(result.prepared, result.artifacts, force=True)
-    write_report(result)
-    console.print_bench(result)
-    return 0 if result.shipped is not None else 1
+    return _finish(run(prepare(args.recipe, _overrides(args), args.out), build=False, bench="force"))
+
+
+def _cmd_ship(args: argparse.Namespace) -> int:
+    if args.check is not None:
+        from pipeline.ship import check_bundle
+
+        problems = check_bundle(args.check)
+        for line in problems:
+            print(f"{args.check}: {line}", file=sys.stderr)
+        if not problems:
+            print(f"{args.check}: bundle intact")
+        return 1 if problems else 0
+    if args.recipe is None:
+        raise BadInputError("ship: give a recipe, or --check DIR")
+    from pipeline.optimize import prepare, run
+
+    return _finish(run(prepare(args.recipe, args.overrides, args.out), build=False, bench="reuse"))
 
 
 def _cmd_list(_: argparse.Namespace) -> int:
@@ -144,7 +154,7 @@ def _cmd_schema(_: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS = {"optimize": _cmd_optimize, "verify": _cmd_verify, "bench": _cmd_bench, "list": _cmd_list,
+COMMANDS = {"optimize": _cmd_optimize, "verify": _cmd_verify, "bench": _cmd_bench, "ship": _cmd_ship, "list": _cmd_list,
             "schema": _cmd_schema}
 
 

@@ -3,24 +3,14 @@
 from __future__ import annotations
 
 import sys
-from typing import Any
 
 from rich.console import Console
 from rich.table import Table
 
-from pipeline.optimize import Prepared, RunResult
+from pipeline.results import Prepared, RunResult
+from pipeline.summary import headline_point, size_text, summary_rows
 
 console = Console(highlight=False, width=None if sys.stdout.isatty() else 160)
-
-
-def _size(num: int | None) -> str:
-    if num is None:
-        return "-"
-    for unit in ("B", "KB", "MB", "GB"):
-        if num < 1024 or unit == "GB":
-            return f"{num:.0f} {unit}" if unit == "B" else f"{num:.1f} {unit}"
-        num /= 1024  # type: ignore[assignment]
-    return str(num)
 
 
 def print_plan(prepared: Prepared) -> None:
@@ -35,29 +25,21 @@ def print_plan(prepared: Prepared) -> None:
     console.print(table)
 
 
-def _worst(metrics: dict[str, dict[str, Any]], key: str, reducer: Any) -> Any:
-    values = [m[key] for m in metrics.values() if key in m]
-    return reducer(values) if values else None
-
-
 def print_summary(result: RunResult) -> None:
-    """One row per artifact: format, precision, size, cache state, parity verdict and error."""
-    recipe = result.prepared.recipe
+    """The summary table: artifact, format, precision, size, parity, error vs eager, p50, throughput, speed-up."""
     spec = result.prepared.ctx.model.spec
     weights = f" (RANDOM weights, seed {spec.seed})" if spec.weights == "random" else ""
-    table = Table(title=f"{recipe.name}: {len(result.prepared.steps)} steps{weights}")
-    for column in ("step", "format", "precision", "size", "built", "parity", "max abs err", "min cosine"):
-        table.add_column(column)
-    for step in result.prepared.steps:
-        art = result.artifacts[step.name]
-        parity = result.parity.get(step.name)
-        verdict = "-" if parity is None else ("pass" if parity.passed else ("exempt" if parity.exempt else "FAIL"))
-        max_abs = _worst(parity.metrics, "max_abs", max) if parity else None
-        cos_min = _worst(parity.metrics, "cos_min", min) if parity else None
-        marker = " (shipped)" if step.name == result.shipped else ""
-        table.add_row(step.folder + marker, art.format.value, art.precision, _size(art.stats.get("bytes")),
-                      "cached" if result.cached.get(step.name) else "built", verdict,
-                      "-" if max_abs is None else f"{max_abs:.2e}", "-" if cos_min is None else f"{cos_min:.6f}")
+    point = headline_point(result)
+    at = f" b{point[0]} s{point[1]}" if point else ""
+    table = Table(title=f"{result.prepared.recipe.name}: {len(result.prepared.steps)} steps{weights}")
+    for column in ("artifact", "format", "precision", "size", "built", "parity", "max abs err", "min cosine",
+                   f"p50 ms{at}", "best samples/s", "vs eager"):
+        table.add_column(column, justify="left" if column in ("artifact", "format", "parity") else "right")
+    for r in summary_rows(result):
+        table.add_row(r["step"] + (" (shipped)" if r["shipped"] else ""), r["format"], r["precision"],
+                      size_text(r["bytes"]), "cached" if r["cached"] else "built", r["verdict"],
+                      _fmt(r["max_abs"], 2, "e"), _fmt(r["cos_min"], 6), _fmt(r["p50_ms"]),
+                      _fmt(r["best_throughput"], 1), f"{r['speedup']:.2f}x" if r["speedup"] else "-")
     console.print(table)
     if result.accuracy:
         parts = [f"eager {result.accuracy['eager']['accuracy']:.3f}"] + [
@@ -80,8 +62,8 @@ def print_gate_failure(result: RunResult) -> None:
                 console.print(f"  {step.folder}: {line}")
 
 
-def _fmt(value: float | None, digits: int = 2) -> str:
-    return "-" if value is None else f"{value:.{digits}f}"
+def _fmt(value: float | None, digits: int = 2, kind: str = "f") -> str:
+    return "-" if value is None else f"{value:.{digits}{kind}}"
 
 
 def print_bench(result: RunResult) -> None:

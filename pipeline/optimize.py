@@ -12,51 +12,25 @@ import logging
 import os
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
-from pipeline.accuracy import PREFIX as ACCURACY_PREFIX
-from pipeline.accuracy import label_ids, load_labeled, score
-from pipeline.artifact import Artifact
+from pipeline.artifact import Artifact, Format, load_cached
+from pipeline.bench import benchmark
 from pipeline.context import make_context
-from pipeline.errors import PipelineError, RecipeError
+from pipeline.errors import RecipeError
 from pipeline.inputs import DEFAULT_CORPUS
-from pipeline.manager import PlannedStep, check_steps, plan, run_chain
+from pipeline.manager import check_steps, plan, run_chain
 from pipeline.model import ModelHandle
-from pipeline.pass_base import IOSpec, PassContext
-from pipeline.recipe import Recipe, Step, build_steps, load_recipe
+from pipeline.pass_base import IOSpec
+from pipeline.recipe import Recipe, build_steps, load_recipe
 from pipeline.reference import check_shapes, reference
-from pipeline.runtime import Runner
-from pipeline.schema import AccuracySpec
-from pipeline.verify import Parity, blame, cannot_run, check, run_cases
+from pipeline.report import write_reports
+from pipeline.results import Prepared, RunResult
+from pipeline.ship import build_bundle
+from pipeline.verify import Parity, blame, labels_of, measure_accuracy, verify_all
 
 log = logging.getLogger(__name__)
-
-
-@dataclass
-class Prepared:
-    """A recipe validated in full, with its context and plan; nothing written yet."""
-
-    recipe: Recipe
-    steps: list[Step]
-    ctx: PassContext
-    planned: list[PlannedStep]
-    out_dir: Path
-
-
-@dataclass
-class RunResult:
-    """What a run produced: artifacts, parity verdicts, the shipped step, and the report dict."""
-
-    prepared: Prepared
-    artifacts: dict[str, Artifact]
-    parity: dict[str, Parity] = field(default_factory=dict)
-    shipped: str | None = None
-    cached: dict[str, bool] = field(default_factory=dict)
-    blame: dict[str, Any] | None = None
-    accuracy: dict[str, Any] = field(default_factory=dict)
-    bench: dict[str, dict[str, Any]] = field(default_factory=dict)
 
 
 def prepare(recipe_path: Path, overrides: list[str] | None = None, out: Path | None = None) -> Prepared:
@@ -114,105 +88,74 @@ def run_lock(out_dir: Path) -> Iterator[None]:
         os.close(fd)
 
 
-def verify_all(prepared: Prepared, artifacts: dict[str, Artifact], cases: list[Any]
-               ) -> tuple[dict[str, Parity], dict[str, list[Any]]]:
-    """Parity of every step's artifact against eager and against its parent; and every output computed."""
-    recipe = prepared.recipe
-    runner = Runner(prepared.ctx.model, recipe.device, threads=recipe.bench.threads)
-    outputs: dict[str, list[Any]] = {"eager": [case.outputs for case in cases]}
-    verdicts = {}
-    for step in prepared.steps:
-        artifact = artifacts[step.name]
-        exempt = step.name in recipe.verify.exempt
-        log.info("verify %s on %d cases", step.folder, len(cases))
-        try:
-            fn = runner.open(artifact)
-        except PipelineError:
-            raise
-        except Exception as exc:  # an artifact that cannot be opened fails its gate, with the reason
-            verdicts[step.name] = cannot_run([f"does not load: {type(exc).__name__}: {exc}"], exempt)
-            continue
-        results, errors = run_cases(fn, cases)
-        if errors:
-            verdicts[step.name] = cannot_run(errors, exempt)
-            continue
-        outputs[step.name] = results
-        parent = outputs.get(step.source) if step.source != "eager" else None
-        verdicts[step.name] = check(
-            cases, outputs[step.name], parent,
-            lambda output, name=step.name, precision=artifact.precision:
-                recipe.verify.tolerance_for(name, precision, output),
-            recipe.task == "text-classification", exempt=exempt)
-    return verdicts, outputs
+def _allowed(parity: dict[str, Parity], name: str) -> bool:
+    verdict = parity.get(name)
+    return verdict is not None and (verdict.passed or verdict.exempt)
 
 
-def labels_of(spec: AccuracySpec, handle: ModelHandle) -> Any:
-    """Class indices of the labeled file's examples (bad labels are bad input)."""
-    _, raw = load_labeled(handle.base_dir / spec.file, spec)
-    config = handle.hf_config
-    return label_ids(raw, getattr(config, "label2id", None), int(getattr(config, "num_labels", 2)))
+def choose_shipped(prepared: Prepared, parity: dict[str, Parity], bench: dict[str, dict[str, Any]]) -> str | None:
+    """The step to ship, among those that pass the gate (or are exempt); None when none may ship.
+
+    ``ship.step`` names it; ``ship.fastest_at: [batch, seq]`` takes the lowest p50 there; otherwise
+    the last step of the chain that passes.
+    """
+    spec = prepared.recipe.ship
+    if spec.step:
+        return spec.step if _allowed(parity, spec.step) else None
+    allowed = [s.name for s in prepared.steps if _allowed(parity, s.name)]
+    if spec.fastest_at is not None:
+        point = tuple(spec.fastest_at)
+        timed = {name: row["p50_ms"] for name in allowed for row in bench.get(name, {}).get("rows", [])
+                 if (row["batch"], row["seq"]) == point}
+        if timed:
+            return min(timed, key=timed.__getitem__)
+        if allowed:
+            log.warning("ship.fastest_at %s: no benchmark at that point; shipping the last passing step", point)
+    return allowed[-1] if allowed else None
 
 
-def measure_accuracy(prepared: Prepared, cases: list[Any], outputs: dict[str, list[Any]]) -> dict[str, Any]:
-    """Task accuracy of eager and of every artifact that ran, on the recipe's labeled file."""
-    spec = prepared.recipe.verify.accuracy
-    if spec is None:
-        return {}
-    labels = labels_of(spec, prepared.ctx.model)
-    picked = [i for i, case in enumerate(cases) if case.name.startswith(ACCURACY_PREFIX)]
-    output = prepared.recipe.output_names[0]
-    eager = [outputs["eager"][i][output] for i in picked]
-    scores = {"eager": score(eager, labels)}
-    for name, results in outputs.items():
-        if name != "eager":
-            scores[name] = score([results[i][output] for i in picked], labels, eager)
-    return scores
+def _load_built(prepared: Prepared) -> dict[str, Artifact]:
+    missing = [item.step.folder for item in prepared.planned if not item.cached]
+    if missing:
+        raise RecipeError(f"{prepared.out_dir}: no valid artifact for {', '.join(missing)}; run optimize first")
+    artifacts = {"eager": Artifact(step="eager", format=Format.EAGER, key=prepared.ctx.model.source_key)}
+    for item in prepared.planned:
+        artifact = load_cached(item.folder, item.key)
+        if artifact is None:
+            raise RecipeError(f"{item.folder}: the artifact changed since it was planned; run optimize again")
+        artifacts[item.step.name] = artifact
+    return artifacts
 
 
-def choose_shipped(prepared: Prepared, parity: dict[str, Parity]) -> str | None:
-    """The step to ship: the one the recipe names, else the last step that passes; None if it fails."""
-    wanted = prepared.recipe.ship.step
-    candidates = [wanted] if wanted else [s.name for s in reversed(prepared.steps)]
-    for name in candidates:
-        verdict = parity.get(name)
-        if verdict is not None and (verdict.passed or verdict.exempt):
-            return name
-    return None
+BenchMode = Literal["skip", "reuse", "cached", "force"]
 
 
-def optimize(prepared: Prepared) -> RunResult:
-    """Run the chain, verify every artifact, choose what ships. Writes under ``prepared.out_dir``."""
+def run(prepared: Prepared, build: bool = True, bench: BenchMode = "cached") -> RunResult:
+    """Build (or load) every artifact, verify, benchmark, choose what ships, bundle it, write reports.
+
+    ``bench``: skip; reuse cached results only; cached results else measure; force a new measurement.
+    """
     recipe, ctx = prepared.recipe, prepared.ctx
     with run_lock(prepared.out_dir):
         # The reference comes first: a fresh eager model, before any exporter has touched one.
         cases = reference(recipe, ctx.model, prepared.out_dir / "reference", ctx.base_dir, recipe.device)
         ctx.extra["model"] = ctx.model.describe()
         cached: dict[str, bool] = {}
-        artifacts = run_chain(prepared.planned, ctx, lambda item, _a, hit: cached.__setitem__(item.step.name, hit))
+        if build:
+            artifacts = run_chain(prepared.planned, ctx, lambda item, _a, hit: cached.__setitem__(item.step.name, hit))
+        else:
+            artifacts = _load_built(prepared)
+            cached = {step.name: True for step in prepared.steps}
+        # Verification runs even on cached artifacts: the reference may be new.
         parity, outputs = verify_all(prepared, artifacts, cases)
-        result = RunResult(prepared, artifacts, parity, choose_shipped(prepared, parity), cached,
+        result = RunResult(prepared, artifacts, parity, None, cached,
                            blame(parity, {s.name: s.source for s in prepared.steps}),
                            measure_accuracy(prepared, cases, outputs))
+        # Benchmarks come after verification and before the choice: the fastest passing step may ship.
+        if bench != "skip" and recipe.bench.enabled:
+            result.bench = benchmark(prepared, artifacts, force=bench == "force", measure=bench != "reuse")
+        result.shipped = choose_shipped(prepared, parity, result.bench)
+        if result.shipped is not None:
+            result.bundle = build_bundle(result)
+        write_reports(result)
     return result
-
-
-def verify_only(prepared: Prepared) -> RunResult:
-    """Verify the artifacts an earlier run built, without running any pass."""
-    from pipeline.artifact import Format, load_cached
-
-    missing = [item.step.folder for item in prepared.planned if not item.cached]
-    if missing:
-        raise RecipeError(f"{prepared.out_dir}: no valid artifact for {', '.join(missing)}; run optimize first")
-    recipe, ctx = prepared.recipe, prepared.ctx
-    with run_lock(prepared.out_dir):
-        cases = reference(recipe, ctx.model, prepared.out_dir / "reference", ctx.base_dir, recipe.device)
-        artifacts = {"eager": Artifact(step="eager", format=Format.EAGER, key=ctx.model.source_key)}
-        for item in prepared.planned:
-            artifact = load_cached(item.folder, item.key)
-            assert artifact is not None
-            artifacts[item.step.name] = artifact
-        parity, outputs = verify_all(prepared, artifacts, cases)
-        return RunResult(prepared, artifacts, parity, choose_shipped(prepared, parity),
-                         {s.name: True for s in prepared.steps},
-                         blame(parity, {s.name: s.source for s in prepared.steps}),
-                         measure_accuracy(prepared, cases, outputs))

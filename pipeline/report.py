@@ -1,15 +1,20 @@
-"""report.json: the machine-readable result of a run (the contract in DESIGN.md)."""
+"""The run's results on disk: report.json (the contract in DESIGN.md), results.csv, report.md, plots."""
 
 from __future__ import annotations
 
+import csv
+import io
 import math
 import platform
 import time
 from pathlib import Path
 from typing import Any
 
-from pipeline.artifact import write_json_atomic
-from pipeline.optimize import RunResult
+from pipeline.artifact import write_json_atomic, write_text_atomic
+from pipeline.markdown import markdown
+from pipeline.plots import write_plots
+from pipeline.results import RunResult
+from pipeline.summary import summary_rows
 from pipeline.versions import library_versions
 
 
@@ -67,14 +72,48 @@ def build_report(result: RunResult, out_dir: Path) -> dict[str, Any]:
         "artifacts": rows, "blame": result.blame,
         "shipped": next((r["path"] for r in rows if r["name"] == result.shipped), None),
         "shipped_step": result.shipped,
+        "bundle": result.bundle.relative_to(out_dir).as_posix() if result.bundle else None,
         "environment": {"python": platform.python_version(), "machine": platform.machine(),
                         "versions": library_versions()},
     })
 
 
-def write_report(result: RunResult) -> Path:
-    """Write report.json into the run's output folder and return its path."""
+def csv_rows(result: RunResult) -> list[dict[str, Any]]:
+    """results.csv: one row per artifact and benchmarked shape (one row without shape when not benched)."""
+    rows = []
+    summary = {row["name"]: row for row in summary_rows(result)}
+    for name in ["eager", *[s.name for s in result.prepared.steps]]:
+        info = summary.get(name, {"step": "eager", "format": "eager", "precision": "fp32", "bytes": None,
+                                  "verdict": "reference", "max_abs": 0.0, "cos_min": 1.0})
+        accuracy = (result.accuracy.get(name) or {}).get("accuracy")
+        base = {"artifact": info["step"], "format": info["format"], "precision": info["precision"],
+                "size_bytes": info["bytes"], "parity": info["verdict"], "max_abs": info["max_abs"],
+                "cos_min": info["cos_min"], "accuracy": accuracy}
+        points = (result.bench.get(name) or {}).get("rows", [])
+        for point in points or [{}]:
+            rows.append({**base, **{key: point.get(key) for key in CSV_BENCH_KEYS}})
+    return rows
+
+
+CSV_BENCH_KEYS = ("batch", "seq", "p50_ms", "p90_ms", "p99_ms", "cv", "unstable", "throughput", "tokens_per_s",
+                  "peak_rss_mb")
+
+
+def write_csv(path: Path, rows: list[dict[str, Any]]) -> None:
+    """Write rows as CSV atomically."""
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=list(rows[0]) if rows else ["artifact"])
+    writer.writeheader()
+    writer.writerows(rows)
+    write_text_atomic(path, buffer.getvalue())
+
+
+def write_reports(result: RunResult) -> Path:
+    """Write report.json, results.csv, report.md and plots/ into the run's folder; returns report.json."""
     out_dir = result.prepared.out_dir
     path = out_dir / "report.json"
     write_json_atomic(path, build_report(result, out_dir))
+    write_csv(out_dir / "results.csv", csv_rows(result))
+    write_text_atomic(out_dir / "report.md", markdown(result))
+    write_plots(result, out_dir / "plots")
     return path

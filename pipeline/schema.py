@@ -131,11 +131,11 @@ class BenchSpec(Strict):
     seqs: list[int] = Field(default=[16, 128], description="Sequence lengths.")
     threads: int = Field(default=2, ge=1, le=1024, description="Intra-op threads for torch and onnxruntime "
                                                                "(inter-op: 1).")
-    warmup: int = Field(default=5, ge=0, le=100000, description="Warm-up calls, at least.")
+    warmup: int = Field(default=3, ge=0, le=100000, description="Warm-up calls, at least.")
     warmup_seconds: float = Field(default=0.5, ge=0, le=600, description="Warm-up time, at least.")
-    min_repeats: int = Field(default=30, ge=1, le=1000000, description="Timed calls per point, at least.")
+    min_repeats: int = Field(default=20, ge=1, le=1000000, description="Timed calls per point, at least.")
     min_seconds: float = Field(default=1.0, ge=0, le=3600, description="Timed seconds per point, at least.")
-    max_seconds: float = Field(default=20.0, gt=0, le=3600, description="Timed seconds per point, at most.")
+    max_seconds: float = Field(default=8.0, gt=0, le=3600, description="Timed seconds per point, at most.")
     throughput_seconds: float = Field(default=1.0, gt=0, le=3600,
                                       description="Seconds of back-to-back calls for measured throughput.")
     cv_threshold: float = Field(default=0.10, gt=0, description="Coefficient of variation above which a point "
@@ -163,8 +163,16 @@ class BenchSpec(Strict):
 
 
 class ShipSpec(Strict):
-    """Which artifact is shipped: a named step, or the last step of the chain that passes the gate."""
+    """Which artifact is shipped: a named step, the fastest that passes at a point, or the last that passes."""
 
     step: str | None = Field(default=None, description="Step to ship (default: the last that passes).")
+    fastest_at: tuple[int, int] | None = Field(
+        default=None, description="[batch, seq]: ship the passing step with the lowest p50 at this bench point.")
+
+    @model_validator(mode="after")
+    def _one_rule(self) -> ShipSpec:
+        if self.step and self.fastest_at:
+            raise ValueError("give ship.step or ship.fastest_at, not both")
+        return self
 
 

@@ -22,11 +22,11 @@ Call = Callable[[], Any]
 class Protocol:
     """How long to warm up and how much to measure at each point."""
 
-    warmup: int = 5
+    warmup: int = 3
     warmup_seconds: float = 0.5
-    min_repeats: int = 30
+    min_repeats: int = 20
     min_seconds: float = 1.0
-    max_seconds: float = 20.0
+    max_seconds: float = 8.0
     throughput_seconds: float = 1.0
     cv_threshold: float = 0.10
 

@@ -6,12 +6,20 @@ import logging
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+from pipeline.accuracy import PREFIX as ACCURACY_PREFIX
+from pipeline.accuracy import label_ids, load_labeled, score
+from pipeline.artifact import Artifact
+from pipeline.errors import PipelineError
 from pipeline.metrics import combine, compare
+from pipeline.model import ModelHandle
 from pipeline.reference import Case
-from pipeline.runtime import ModelFn, Outputs
-from pipeline.schema import Tolerance
+from pipeline.runtime import ModelFn, Outputs, Runner
+from pipeline.schema import AccuracySpec, Tolerance
+
+if TYPE_CHECKING:
+    from pipeline.results import Prepared
 
 log = logging.getLogger(__name__)
 MASK = "attention_mask"
@@ -127,3 +135,58 @@ def blame(parities: dict[str, Parity], parents: dict[str, str]) -> dict[str, Any
         return None
     added, step, output = worst
     return {"step": step, "parent": parents.get(step), "output": output, "max_abs_added": added}
+
+
+def verify_all(prepared: Prepared, artifacts: dict[str, Artifact], cases: list[Any]
+               ) -> tuple[dict[str, Parity], dict[str, list[Any]]]:
+    """Parity of every step's artifact against eager and against its parent; and every output computed."""
+    recipe = prepared.recipe
+    runner = Runner(prepared.ctx.model, recipe.device, threads=recipe.bench.threads)
+    outputs: dict[str, list[Any]] = {"eager": [case.outputs for case in cases]}
+    verdicts = {}
+    for step in prepared.steps:
+        artifact = artifacts[step.name]
+        exempt = step.name in recipe.verify.exempt
+        log.info("verify %s on %d cases", step.folder, len(cases))
+        try:
+            fn = runner.open(artifact)
+        except PipelineError:
+            raise
+        except Exception as exc:  # an artifact that cannot be opened fails its gate, with the reason
+            verdicts[step.name] = cannot_run([f"does not load: {type(exc).__name__}: {exc}"], exempt)
+            continue
+        results, errors = run_cases(fn, cases)
+        if errors:
+            verdicts[step.name] = cannot_run(errors, exempt)
+            continue
+        outputs[step.name] = results
+        parent = outputs.get(step.source) if step.source != "eager" else None
+        verdicts[step.name] = check(
+            cases, outputs[step.name], parent,
+            lambda output, name=step.name, precision=artifact.precision:
+                recipe.verify.tolerance_for(name, precision, output),
+            recipe.task == "text-classification", exempt=exempt)
+    return verdicts, outputs
+
+
+def labels_of(spec: AccuracySpec, handle: ModelHandle) -> Any:
+    """Class indices of the labeled file's examples (bad labels are bad input)."""
+    _, raw = load_labeled(handle.base_dir / spec.file, spec)
+    config = handle.hf_config
+    return label_ids(raw, getattr(config, "label2id", None), int(getattr(config, "num_labels", 2)))
+
+
+def measure_accuracy(prepared: Prepared, cases: list[Any], outputs: dict[str, list[Any]]) -> dict[str, Any]:
+    """Task accuracy of eager and of every artifact that ran, on the recipe's labeled file."""
+    spec = prepared.recipe.verify.accuracy
+    if spec is None:
+        return {}
+    labels = labels_of(spec, prepared.ctx.model)
+    picked = [i for i, case in enumerate(cases) if case.name.startswith(ACCURACY_PREFIX)]
+    output = prepared.recipe.output_names[0]
+    eager = [outputs["eager"][i][output] for i in picked]
+    scores = {"eager": score(eager, labels)}
+    for name, results in outputs.items():
+        if name != "eager":
+            scores[name] = score([results[i][output] for i in picked], labels, eager)
+    return scores

@@ -1,0 +1,112 @@
+"""report.md: one summary table a person reads at a glance, then the details."""
+
+from __future__ import annotations
+
+from pipeline.results import RunResult
+from pipeline.summary import headline_point, size_text, summary_rows
+
+
+def _num(value: float | None, fmt: str) -> str:
+    return "-" if value is None else format(value, fmt)
+
+
+def _table(header: list[str], rows: list[list[str]]) -> list[str]:
+    return ["| " + " | ".join(header) + " |", "|" + "---|" * len(header),
+            *["| " + " | ".join(row) + " |" for row in rows]]
+
+
+def _summary(result: RunResult) -> list[str]:
+    point = headline_point(result)
+    at = f"b{point[0]} s{point[1]}" if point else "-"
+    rows = []
+    for r in summary_rows(result):
+        name = f"**{r['step']}** (shipped)" if r["shipped"] else r["step"]
+        rows.append([name, r["format"], r["precision"], size_text(r["bytes"]), r["verdict"],
+                     _num(r["max_abs"], ".2e"), _num(r["cos_min"], ".6f"), _num(r["p50_ms"], ".2f"),
+                     _num(r["best_throughput"], ".1f"), _num(r["speedup"], ".2f") + ("x" if r["speedup"] else "")])
+    header = ["artifact", "format", "precision", "size", "parity", "max abs err vs eager", "min cosine",
+              f"p50 ms ({at})", "best samples/s", f"speed-up over eager ({at})"]
+    return _table(header, rows)
+
+
+def _parity(result: RunResult) -> list[str]:
+    lines = ["## Parity against eager PyTorch", ""]
+    for step in result.prepared.steps:
+        parity = result.parity.get(step.name)
+        if parity is None:
+            continue
+        state = "passed" if parity.passed else ("failed, exempt from the gate" if parity.exempt else "FAILED")
+        lines += [f"### {step.folder}: {state}", ""]
+        lines += [f"- {failure}" for failure in parity.failures]
+        rows = [[output, _num(m.get("max_abs"), ".2e"), _num(m.get("mean_abs"), ".2e"), _num(m.get("p99_abs"), ".2e"),
+                 _num(m.get("max_rel"), ".2e"), _num(m.get("cos_min"), ".6f"), _num(m.get("cos_mean"), ".6f"),
+                 _num(m.get("sqnr_db"), ".1f"), str(m.get("nan", 0)), str(m.get("inf", 0)),
+                 _num(m.get("top1_agreement"), ".4f")] for output, m in parity.metrics.items()]
+        if rows:
+            lines += ["", *_table(["output", "max abs", "mean abs", "p99 abs", "max rel", "min cos", "mean cos",
+                                   "SQNR dB", "NaN", "Inf", "top-1"], rows)]
+        lines.append("")
+    if result.blame:
+        b = result.blame
+        lines += [f"Most error added by **{b['step']}** over {b['parent']}: max abs {b['max_abs_added']:.2e} "
+                  f"on {b['output']}.", ""]
+    return lines
+
+
+def _accuracy(result: RunResult) -> list[str]:
+    if not result.accuracy:
+        return []
+    rows = [[name, f"{s['accuracy']:.4f}", _num(s.get("agreement"), ".4f"), str(s["examples"])]
+            for name, s in result.accuracy.items()]
+    return ["## Task accuracy", "", *_table(["model", "accuracy", "agreement with eager", "examples"], rows), ""]
+
+
+def _bench(result: RunResult) -> list[str]:
+    if not result.bench:
+        return []
+    rows = []
+    for target, res in result.bench.items():
+        if res.get("error"):
+            rows.append([target, "-", "-", "-", "-", "-", "-", "-", "-", f"failed: {res['error']}"])
+        for r in res.get("rows", []):
+            rows.append([target, str(r["batch"]), str(r["seq"]), f"{r['p50_ms']:.2f}", f"{r['p90_ms']:.2f}",
+                         f"{r['p99_ms']:.2f}", f"{r['cv']:.3f}", f"{r['throughput']:.1f}", f"{r['peak_rss_mb']:.0f}",
+                         "unstable" if r.get("unstable") else ""])
+    lines = ["## Latency and throughput", "",
+             *_table(["target", "batch", "seq", "p50 ms", "p90 ms", "p99 ms", "CV", "samples/s", "peak RSS MB",
+                      "flag"], rows), ""]
+    extra = []
+    for target, res in result.bench.items():
+        best, real = res.get("best_batch") or {}, res.get("real_data") or {}
+        extra.append([target, str(best.get("batch", "-")), _num(best.get("throughput"), ".1f"),
+                      str(best.get("stopped_by", "-")), _num(real.get("padded_sentences_per_s"), ".1f"),
+                      _num(real.get("sorted_sentences_per_s"), ".1f")])
+    lines += ["Best batch size and real-data throughput (the corpus through tokenize and run; sentences/s):", "",
+              *_table(["target", "best batch", "samples/s", "search stopped by", "padded to max length",
+                       "sorted by length"], extra), ""]
+    env = next((b["fingerprint"] for b in result.bench.values() if "fingerprint" in b), None)
+    if env:
+        gpu = env.get("gpu") or {}
+        lines += [f"Measured on {env['cpu']} ({env['usable_cores']} usable cores), {env['threads']} intra-op threads, "
+                  f"device {env['device']}{', ' + gpu.get('name', '') if gpu else ''}; "
+                  + ", ".join(f"{k} {v}" for k, v in env["versions"].items()) + ".", ""]
+    return lines
+
+
+def markdown(result: RunResult) -> str:
+    """The whole report.md."""
+    recipe, model = result.prepared.recipe, result.prepared.ctx.model
+    random = model.spec.weights == "random"
+    lines = [f"# {recipe.name}", "", recipe.description, "",
+             f"Model: `{model.spec.source or model.spec.factory}` ({recipe.task})"
+             + (f", **random weights** (seed {model.spec.seed}): parity is real, task quality is not" if random else "")
+             + ".", "",
+             f"Shipped: **{result.shipped}** (bundle `ship/`)." if result.shipped
+             else "**Nothing shipped: no artifact the recipe may ship passed the parity gate.**", "",
+             *_summary(result), ""]
+    plots = ["latency_vs_batch", "throughput_vs_seq", "speedup", "parity_error", "memory"]
+    if result.bench:
+        lines += ["![latency](plots/latency_vs_batch.png) ![throughput](plots/throughput_vs_seq.png)", ""]
+    lines += _parity(result) + _accuracy(result) + _bench(result)
+    lines += ["Plots: " + ", ".join(f"[{p}](plots/{p}.png)" for p in plots), ""]
+    return "\n".join(line for line in lines if line is not None) + "\n"

@@ -1,0 +1,139 @@
+"""plots/*.png, each readable without the table: titles, axis labels with units, legends."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402  (the backend is chosen first)
+
+from pipeline.results import RunResult  # noqa: E402
+from pipeline.summary import headline_point, summary_rows, worst  # noqa: E402
+
+
+def _targets(result: RunResult) -> list[tuple[str, dict[str, Any]]]:
+    return [(name, res) for name, res in result.bench.items() if res.get("rows")]
+
+
+def _save(fig: Any, path: Path) -> None:
+    fig.tight_layout()
+    tmp = path.with_name(f".{path.name}.tmp.png")
+    fig.savefig(tmp, dpi=110)
+    plt.close(fig)
+    os.replace(tmp, path)
+
+
+def _title(result: RunResult, what: str) -> str:
+    env = next((b["fingerprint"] for b in result.bench.values() if "fingerprint" in b), {})
+    where = f"{env.get('threads')} threads, {env.get('device')}" if env else ""
+    return f"{result.prepared.recipe.name}: {what}" + (f" ({where})" if where else "")
+
+
+def latency_vs_batch(result: RunResult, path: Path) -> None:
+    """p50 latency against batch size, one panel per sequence length, a line per target (p90 dashed)."""
+    seqs = sorted({r["seq"] for _, res in _targets(result) for r in res["rows"]})
+    fig, axes = plt.subplots(1, len(seqs), figsize=(5 * len(seqs), 4.2), squeeze=False)
+    for ax, seq in zip(axes[0], seqs, strict=True):
+        for i, (name, res) in enumerate(_targets(result)):
+            rows = sorted((r for r in res["rows"] if r["seq"] == seq), key=lambda r: r["batch"])
+            color = f"C{i % 10}"
+            ax.plot([r["batch"] for r in rows], [r["p50_ms"] for r in rows], "o-", color=color, label=name)
+            ax.plot([r["batch"] for r in rows], [r["p90_ms"] for r in rows], "--", color=color, alpha=0.5)
+        ax.set(xscale="log", yscale="log", xlabel="batch size", ylabel="latency p50 (ms); dashed: p90",
+               title=f"sequence length {seq}")
+        ax.grid(True, which="both", alpha=0.3)
+    axes[0][-1].legend(fontsize=8)
+    fig.suptitle(_title(result, "latency against batch size"))
+    _save(fig, path)
+
+
+def throughput_vs_seq(result: RunResult, path: Path) -> None:
+    """Measured samples per second against sequence length, one panel per batch size."""
+    batches = sorted({r["batch"] for _, res in _targets(result) for r in res["rows"]})
+    fig, axes = plt.subplots(1, len(batches), figsize=(5 * len(batches), 4.2), squeeze=False)
+    for ax, batch in zip(axes[0], batches, strict=True):
+        for name, res in _targets(result):
+            rows = sorted((r for r in res["rows"] if r["batch"] == batch), key=lambda r: r["seq"])
+            ax.plot([r["seq"] for r in rows], [r["throughput"] for r in rows], "o-", label=name)
+        ax.set(xscale="log", yscale="log", xlabel="sequence length (tokens)", ylabel="throughput (samples/s)",
+               title=f"batch size {batch}")
+        ax.grid(True, which="both", alpha=0.3)
+    axes[0][-1].legend(fontsize=8)
+    fig.suptitle(_title(result, "measured throughput against sequence length"))
+    _save(fig, path)
+
+
+def speedup(result: RunResult, path: Path) -> None:
+    """Speed-up over eager per artifact: p50 at the headline point, and best throughput."""
+    rows = [r for r in summary_rows(result) if r["speedup"] or r["best_throughput"]]
+    eager = result.bench.get("eager", {})
+    eager_best = max([r["throughput"] for r in eager.get("rows", [])]
+                     + ([eager["best_batch"]["throughput"]] if eager.get("best_batch") else []), default=None)
+    point = headline_point(result)
+    fig, ax = plt.subplots(figsize=(9, 0.5 * len(rows) + 1.8))
+    ys = range(len(rows))
+    latency = [r["speedup"] or 0 for r in rows]
+    best = [(r["best_throughput"] / eager_best) if eager_best and r["best_throughput"] else 0 for r in rows]
+    ax.barh([y + 0.2 for y in ys], latency, height=0.4, label=f"p50 latency at batch {point[0]}, seq {point[1]}"
+            if point else "p50 latency")
+    ax.barh([y - 0.2 for y in ys], best, height=0.4, label="best throughput (any batch)")
+    ax.axvline(1.0, color="black", linewidth=1)
+    ax.set_yticks(list(ys), [f"{r['step']} ({r['verdict']})" for r in rows])
+    ax.set(xlabel="speed-up over eager PyTorch (x, higher is better)", title=_title(result, "speed-up over eager"))
+    ax.legend(fontsize=8)
+    _save(fig, path)
+
+
+def parity_error(result: RunResult, path: Path) -> None:
+    """Worst max-abs error and 1 - min cosine per artifact against eager, log scale, with the verdict."""
+    rows = []
+    for step in result.prepared.steps:
+        parity = result.parity.get(step.name)
+        if parity and parity.metrics:
+            rows.append((step.folder, "pass" if parity.passed else "FAIL", worst(parity.metrics, "max_abs", max),
+                         max(1e-12, 1 - worst(parity.metrics, "cos_min", min))))
+    fig, ax = plt.subplots(figsize=(9, 0.5 * len(rows) + 1.8))
+    ys = range(len(rows))
+    colors = ["tab:green" if v == "pass" else "tab:red" for _, v, _, _ in rows]
+    ax.barh([y + 0.2 for y in ys], [max(1e-12, r[2]) for r in rows], height=0.4, color=colors, label="max abs error")
+    ax.barh([y - 0.2 for y in ys], [r[3] for r in rows], height=0.4, color=colors, alpha=0.45,
+            label="1 - min cosine")
+    ax.set_xscale("log")
+    ax.set_yticks(list(ys), [f"{name} ({v})" for name, v, _, _ in rows])
+    ax.set(xlabel="error against eager PyTorch (log scale, lower is better)",
+           title=f"{result.prepared.recipe.name}: parity error per artifact (green pass, red fail)")
+    ax.legend(fontsize=8)
+    _save(fig, path)
+
+
+def memory(result: RunResult, path: Path) -> None:
+    """Peak resident memory of each target's benchmark process, and each artifact's file size."""
+    names = [name for name, res in result.bench.items() if res.get("peak_rss_mb")]
+    sizes = {r["name"]: (r["bytes"] or 0) / 2**20 for r in summary_rows(result)}
+    fig, ax = plt.subplots(figsize=(9, 0.5 * len(names) + 1.8))
+    ys = range(len(names))
+    ax.barh([y + 0.2 for y in ys], [result.bench[n]["peak_rss_mb"] for n in names], height=0.4,
+            label="peak RSS of the benchmark process")
+    ax.barh([y - 0.2 for y in ys], [sizes.get(n, 0) for n in names], height=0.4, label="artifact file size")
+    ax.set_yticks(list(ys), names)
+    ax.set(xlabel="memory (MB)", title=_title(result, "memory per target"))
+    ax.legend(fontsize=8)
+    _save(fig, path)
+
+
+def write_plots(result: RunResult, folder: Path) -> list[Path]:
+    """Write every plot the results allow; returns their paths."""
+    folder.mkdir(parents=True, exist_ok=True)
+    makers = [("parity_error", parity_error)]
+    if _targets(result):
+        makers += [("latency_vs_batch", latency_vs_batch), ("throughput_vs_seq", throughput_vs_seq),
+                   ("speedup", speedup), ("memory", memory)]
+    written = []
+    for name, maker in makers:
+        maker(result, folder / f"{name}.png")
+        written.append(folder / f"{name}.png")
+    return written

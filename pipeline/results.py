@@ -1,0 +1,39 @@
+"""What a run carries from stage to stage: the prepared recipe, and everything it produced."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from pipeline.artifact import Artifact
+from pipeline.manager import PlannedStep
+from pipeline.pass_base import PassContext
+from pipeline.recipe import Recipe, Step
+from pipeline.verify import Parity
+
+
+@dataclass
+class Prepared:
+    """A recipe validated in full, with its context and plan; nothing written yet."""
+
+    recipe: Recipe
+    steps: list[Step]
+    ctx: PassContext
+    planned: list[PlannedStep]
+    out_dir: Path
+
+
+@dataclass
+class RunResult:
+    """What a run produced: artifacts, parity verdicts, the shipped step, and the report dict."""
+
+    prepared: Prepared
+    artifacts: dict[str, Artifact]
+    parity: dict[str, Parity] = field(default_factory=dict)
+    shipped: str | None = None
+    cached: dict[str, bool] = field(default_factory=dict)
+    blame: dict[str, Any] | None = None
+    accuracy: dict[str, Any] = field(default_factory=dict)
+    bench: dict[str, dict[str, Any]] = field(default_factory=dict)
+    bundle: Path | None = None

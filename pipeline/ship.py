@@ -1,0 +1,239 @@
+"""The deployment bundle: the shipped artifact with what it takes to serve it, and proof that it is whole.
+
+``<out>/ship/`` holds the model file(s), ``config.json`` and the tokenizer files (so transformers and
+Optimum's ORTModel classes load the folder as it is), ``manifest.json`` (the sha256 of every file, the
+lineage from the source model, library versions, the parity verdict and any benchmark rows) and, for
+ONNX, a Triton Inference Server model repository under ``triton/``. Every path in it is relative, so
+the folder can be moved or copied anywhere.
+
+The bundle is built in a staging folder and swapped in with one rename: a bundle shipped before
+stays whole if anything fails midway.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import shutil
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from pipeline.artifact import (
+    MANIFEST,
+    Artifact,
+    Format,
+    read_manifest,
+    sha256_file,
+    staging_folder,
+    verify_folder,
+    write_json_atomic,
+)
+from pipeline.errors import ArtifactError, ParityError
+from pipeline.model import ModelHandle, _auto_class
+from pipeline.triton import DEFAULT_MAX_BATCH, write_repository
+from pipeline.versions import library_versions
+
+if TYPE_CHECKING:  # optimize may come to import this module; the types are only for annotations
+    from pipeline.results import RunResult
+    from pipeline.verify import Parity
+
+log = logging.getLogger(__name__)
+
+SHIP_DIR = "ship"
+TRITON_DIR = "triton"
+CONFIG_FILE = "config.json"
+BUNDLE_VERSION = 1
+SHIPPABLE = (Format.ONNX, Format.TORCHSCRIPT)
+ROW_KEYS = ("batch", "seq", "p50_ms", "p90_ms", "p99_ms", "mean_ms", "cv", "throughput", "peak_rss_mb")
+BENCH_KEYS = ("best_batch", "real_data", "peak_rss_mb", "peak_gpu_mb", "fingerprint", "error")
+
+
+def build_bundle(result: RunResult, max_batch_size: int = DEFAULT_MAX_BATCH) -> Path:
+    """Write the bundle of ``result.shipped`` to ``<out_dir>/ship``, atomically; returns that folder."""
+    name = result.shipped
+    if name is None:
+        raise ParityError("nothing to ship: no artifact the recipe may ship passed its parity gate")
+    artifact = result.artifacts[name]
+    if artifact.path is None or artifact.format not in SHIPPABLE:
+        raise ArtifactError(f"step {name}: a {artifact.format.value} artifact cannot be shipped")
+    prepared = result.prepared
+    handle = prepared.ctx.model
+    final = prepared.out_dir / SHIP_DIR
+    with staging_folder(final) as tmp:
+        copied = copy_artifact(artifact, tmp)
+        write_config(handle, tmp)
+        write_tokenizer(handle, tmp)
+        triton = None
+        if artifact.format is Format.ONNX:
+            triton = write_repository(tmp / artifact.path.name, tmp / TRITON_DIR, prepared.recipe.name,
+                                      prepared.recipe.device, max_batch_size)
+        files = bundle_files(tmp)
+        changed = sorted(rel for rel, digest in copied.items() if files.get(rel) != digest)
+        if changed:
+            raise ArtifactError(f"ship: {', '.join(changed)} in the bundle no longer match the step's artifact")
+        manifest = bundle_manifest(result, name, files, triton.relative_to(tmp) if triton else None)
+        write_json_atomic(tmp / MANIFEST, manifest)
+        make_readable(tmp)
+    log.info("shipped %s to %s (%d files)", artifact.path.parent.name, final, len(files))
+    return final
+
+
+def check_bundle(path: Path) -> list[str]:
+    """Every way the bundle at ``path`` differs from its manifest, one line each; empty when intact."""
+    path = Path(path)
+    if not path.is_dir():
+        return [f"{path}: not a folder"]
+    manifest = read_manifest(path)
+    if not isinstance(manifest, dict):
+        return [f"{MANIFEST}: missing or not valid JSON"]
+    listed = manifest.get("files")
+    if not isinstance(listed, dict) or not listed:
+        return [f"{MANIFEST}: no files table"]
+    actual = bundle_files(path)
+    problems = []
+    for rel, digest in sorted(listed.items()):
+        if rel not in actual:
+            problems.append(f"{rel}: missing")
+        elif actual[rel] != digest:
+            problems.append(f"{rel}: changed (sha256 {actual[rel][:12]}..., the manifest says {str(digest)[:12]}...)")
+    problems += [f"{rel}: not listed in {MANIFEST}" for rel in sorted(set(actual) - set(listed))]
+    if manifest.get("model_file") not in listed:
+        problems.append(f"{MANIFEST}: its model_file {manifest.get('model_file')!r} is not among its files")
+    return problems
+
+
+def bundle_files(folder: Path) -> dict[str, str]:
+    """sha256 of every file under ``folder`` but the top-level manifest, by relative POSIX path."""
+    hashes = {}
+    for path in sorted(folder.rglob("*")):
+        rel = path.relative_to(folder).as_posix()
+        if path.is_file() and rel != MANIFEST:
+            hashes[rel] = sha256_file(path)
+    return hashes
+
+
+def make_readable(folder: Path) -> None:
+    """Folders 755, files 644: the staging folder and atomic writes are owner-only, a server reads as another user."""
+    folder.chmod(0o755)
+    for path in folder.rglob("*"):
+        path.chmod(0o755 if path.is_dir() else 0o644)
+
+
+# -- contents ---------------------------------------------------------------------------------
+def copy_artifact(artifact: Artifact, dest: Path) -> dict[str, str]:
+    """Copy the files of the artifact's step folder (checked against its manifest first); their sha256."""
+    assert artifact.path is not None
+    folder = artifact.path.parent
+    manifest = read_manifest(folder)
+    if manifest is None:
+        raise ArtifactError(f"{folder}: no readable {MANIFEST}; run the recipe again")
+    verify_folder(folder, manifest)
+    files: dict[str, str] = manifest["files"]
+    for rel in files:
+        target = dest / rel
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(folder / rel, target)
+    return files
+
+
+def exported_config(handle: ModelHandle) -> dict[str, Any] | None:
+    """The model's transformers config as config.json holds it, naming the class that was exported.
+
+    ``architectures`` becomes the task's model class (what was traced), and a classifier always
+    carries its labels, so older transformers (Optimum's 4.57) read the same labels.
+    """
+    config = handle.hf_config
+    if config is None:
+        return None
+    data: dict[str, Any] = config.to_diff_dict()
+    try:
+        data["architectures"] = [_auto_class(handle.task)._model_mapping[type(config)].__name__]
+    except (KeyError, AttributeError, ValueError):
+        log.debug("no %s class for %s; config.json keeps its architectures", handle.task, type(config).__name__)
+    if handle.task == "text-classification":
+        data["id2label"] = {str(k): v for k, v in config.id2label.items()}
+        data["label2id"] = {str(k): int(v) for k, v in config.label2id.items()}
+    return data
+
+
+def write_config(handle: ModelHandle, dest: Path) -> None:
+    """config.json for a Hugging Face model (a factory model has none)."""
+    data = exported_config(handle)
+    if data is not None:
+        write_json_atomic(dest / CONFIG_FILE, json_safe(data))
+
+
+def write_tokenizer(handle: ModelHandle, dest: Path) -> None:
+    """The tokenizer's files, when the model has a tokenizer."""
+    tokenizer = handle.tokenizer
+    if tokenizer is not None:
+        tokenizer.save_pretrained(str(dest))
+
+
+# -- manifest ---------------------------------------------------------------------------------
+def bundle_manifest(result: RunResult, name: str, files: dict[str, str], triton: Path | None) -> dict[str, Any]:
+    """manifest.json of the bundle: what it holds, where it came from, and how it was checked."""
+    prepared = result.prepared
+    recipe, handle = prepared.recipe, prepared.ctx.model
+    artifact = result.artifacts[name]
+    assert artifact.path is not None
+    step = next(s for s in prepared.steps if s.name == name)
+    return json_safe({
+        "bundle": BUNDLE_VERSION, "recipe": recipe.name, "step": step.folder, "name": name,
+        "format": artifact.format.value, "precision": artifact.precision, "model_file": artifact.path.name,
+        "files": files, "lineage": lineage(result, name), "versions": library_versions(),
+        "parity": parity_summary(result.parity.get(name)), "bench": bench_summary(result, name),
+        "task": recipe.task, "device": recipe.device, "inputs": list(handle.input_names),
+        "outputs": list(handle.output_names), "random_weights": handle.spec.weights == "random",
+        "triton": {"model": recipe.name, "path": triton.as_posix()} if triton else None,
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+    })
+
+
+def lineage(result: RunResult, name: str) -> list[dict[str, Any]]:
+    """The path from the source model to step ``name``: the source, then each step in order."""
+    steps = {s.name: s for s in result.prepared.steps}
+    chain = []
+    current = name
+    while current != "eager":
+        step = steps[current]
+        artifact = result.artifacts[current]
+        chain.append({"step": step.folder, "name": step.name, "pass": step.pass_cls.name,
+                      "config": step.config.cache_config(), "sha256": artifact.sha256, "key": artifact.key})
+        current = step.source
+    return [{"source": result.prepared.ctx.model.describe()}, *reversed(chain)]
+
+
+def parity_summary(parity: Parity | None) -> dict[str, Any] | None:
+    """The parity verdict without the per-case table: passed, exempt, worst metrics, tolerance."""
+    if parity is None:
+        return None
+    summary = parity.to_json()
+    summary.pop("cases", None)
+    summary["exempt"] = parity.exempt
+    return summary
+
+
+def bench_summary(result: RunResult, name: str) -> dict[str, Any] | None:
+    """The step's benchmark, when the run measured it: DESIGN.md's rows, best batch, real data, machine."""
+    bench = getattr(result, "bench", None) or {}
+    measured = bench.get(name) if isinstance(bench, dict) else None
+    if not isinstance(measured, dict):
+        return None
+    summary = {key: measured[key] for key in BENCH_KEYS if measured.get(key) is not None}
+    summary["rows"] = [{key: row[key] for key in ROW_KEYS if key in row} for row in measured.get("rows", [])]
+    if isinstance(summary.get("best_batch"), dict):
+        summary["best_batch"] = {k: v for k, v in summary["best_batch"].items() if k != "curve"}
+    return summary
+
+
+def json_safe(value: Any) -> Any:
+    """Plain JSON: Infinity and NaN become strings, tuples lists, keys strings."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)
+    if isinstance(value, dict):
+        return {str(k): json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [json_safe(v) for v in value]
+    return value

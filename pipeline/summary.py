@@ -1,0 +1,78 @@
+"""One row per artifact for people: what it is, whether it passed, how far from eager, how fast."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pipeline.results import RunResult
+
+
+def size_text(num: float | None) -> str:
+    """Bytes as B, KB, MB or GB."""
+    if num is None:
+        return "-"
+    for unit in ("B", "KB", "MB"):
+        if num < 1024:
+            return f"{num:.0f} {unit}" if unit == "B" else f"{num:.1f} {unit}"
+        num /= 1024
+    return f"{num:.2f} GB"
+
+
+def worst(metrics: dict[str, dict[str, Any]], key: str, reducer: Any) -> Any:
+    """The worst value of one metric over every output (None when absent)."""
+    values = [m[key] for m in metrics.values() if key in m]
+    return reducer(values) if values else None
+
+
+def headline_point(result: RunResult) -> tuple[int, int] | None:
+    """The (batch, seq) the summary quotes: the ship point, else batch 1 at the longest benched sequence."""
+    bench = result.prepared.recipe.bench
+    if result.prepared.recipe.ship.fastest_at is not None:
+        return tuple(result.prepared.recipe.ship.fastest_at)  # type: ignore[return-value]
+    return (min(bench.batches), max(bench.seqs)) if result.bench else None
+
+
+def _p50(bench: dict[str, Any] | None, point: tuple[int, int] | None) -> float | None:
+    for row in (bench or {}).get("rows", []):
+        if point and (row["batch"], row["seq"]) == point:
+            return row["p50_ms"]
+    return None
+
+
+def best_throughput(bench: dict[str, Any] | None) -> float | None:
+    """Highest samples/s seen: the best-batch search or any grid point."""
+    if not bench:
+        return None
+    values = [row["throughput"] for row in bench.get("rows", [])]
+    if bench.get("best_batch"):
+        values.append(bench["best_batch"]["throughput"])
+    return max(values) if values else None
+
+
+def verdict(result: RunResult, name: str) -> str:
+    """pass, FAIL, exempt (failed but exempt from the gate), or '-'."""
+    parity = result.parity.get(name)
+    if parity is None:
+        return "-"
+    return "pass" if parity.passed else ("exempt" if parity.exempt else "FAIL")
+
+
+def summary_rows(result: RunResult) -> list[dict[str, Any]]:
+    """The summary table: artifact, format, precision, size, verdict, error, p50, throughput, speed-up."""
+    point = headline_point(result)
+    eager_p50 = _p50(result.bench.get("eager"), point)
+    rows = []
+    for step in result.prepared.steps:
+        art = result.artifacts[step.name]
+        parity = result.parity.get(step.name)
+        metrics = parity.metrics if parity else {}
+        p50 = _p50(result.bench.get(step.name), point)
+        rows.append({
+            "step": step.folder, "name": step.name, "format": art.format.value, "precision": art.precision,
+            "bytes": art.stats.get("bytes"), "verdict": verdict(result, step.name),
+            "max_abs": worst(metrics, "max_abs", max), "cos_min": worst(metrics, "cos_min", min),
+            "p50_ms": p50, "best_throughput": best_throughput(result.bench.get(step.name)),
+            "speedup": eager_p50 / p50 if eager_p50 and p50 else None,
+            "shipped": step.name == result.shipped, "cached": result.cached.get(step.name, False),
+        })
+    return rows

@@ -19,6 +19,7 @@ from typing import Any
 from pipeline.artifact import Artifact, canonical_json, sha256_text, write_json_atomic
 from pipeline.fingerprint import fingerprint
 from pipeline.inputs import DEFAULT_CORPUS
+from pipeline.progress import stage
 from pipeline.results import Prepared
 
 log = logging.getLogger(__name__)
@@ -117,24 +118,29 @@ def benchmark(prepared: Prepared, artifacts: dict[str, Artifact], force: bool = 
     folder = prepared.out_dir / "bench"
     targets = ["eager", *[step.name for step in prepared.steps]]
     results: dict[str, dict[str, Any]] = {}
-    for i, target in enumerate(targets, 1):
-        artifact = artifacts[target]
-        key = bench_key(prepared, artifact)
-        path = folder / f"{target}.json"
-        previous = _read_json(path)
-        if not force and previous is not None and previous.get("key") == key and not previous.get("error"):
-            log.info("bench %s (%d/%d): cached", target, i, len(targets))
-            results[target] = previous
-            continue
-        if not measure:
-            continue
-        log.info("bench %s (%d/%d): measuring in a fresh process", target, i, len(targets))
-        result = run_worker(worker_spec(prepared, target, artifact), prepared.recipe.bench.timeout_seconds)
-        result["key"] = key
-        result["cv_threshold"] = prepared.recipe.bench.cv_threshold
-        flag_reruns(result, previous, prepared.recipe.bench.rerun_tolerance)
-        if result.get("error"):
-            log.warning("bench %s failed: %s", target, result["error"])
-        write_json_atomic(path, result)
-        results[target] = result
+    with stage("bench", len(targets)) as advance:
+        for target in targets:
+            advance(f"{target} (own process)")
+            _bench_target(prepared, target, artifacts[target], folder, results, force, measure)
     return results
+
+
+def _bench_target(prepared: Prepared, target: str, artifact: Artifact, folder: Path,
+                  results: dict[str, dict[str, Any]], force: bool, measure: bool) -> None:
+    """Reuse or measure one target; a measurement is compared with the one it replaces."""
+    key = bench_key(prepared, artifact)
+    path = folder / f"{target}.json"
+    previous = _read_json(path)
+    if not force and previous is not None and previous.get("key") == key and not previous.get("error"):
+        results[target] = previous
+        return
+    if not measure:
+        return
+    result = run_worker(worker_spec(prepared, target, artifact), prepared.recipe.bench.timeout_seconds)
+    result["key"] = key
+    result["cv_threshold"] = prepared.recipe.bench.cv_threshold
+    flag_reruns(result, previous, prepared.recipe.bench.rerun_tolerance)
+    if result.get("error"):
+        log.warning("bench %s failed: %s", target, result["error"])
+    write_json_atomic(path, result)
+    results[target] = result

@@ -28,6 +28,7 @@ from pipeline.artifact import (
 )
 from pipeline.errors import PassError, PipelineError
 from pipeline.pass_base import PassContext
+from pipeline.progress import stage
 from pipeline.recipe import Step
 from pipeline.versions import library_versions
 
@@ -110,15 +111,16 @@ def run_chain(planned: list[PlannedStep], ctx: PassContext,
               on_step: Callable[[PlannedStep, Artifact, bool], None] | None = None) -> dict[str, Artifact]:
     """Run (or reuse) every step in order; returns the artifacts by step name, 'eager' included."""
     artifacts = {"eager": Artifact(step="eager", format=Format.EAGER, key=ctx.model.source_key)}
-    for item in planned:
-        parent = artifacts[item.step.source]
-        cached = load_cached(item.folder, item.key)
-        if cached is not None:
-            log.info("%s: cached (%s)", item.folder, item.key[:12])
-            artifacts[item.step.name] = cached
-        else:
-            log.info("%s: running %s on %s", item.folder, item.step.pass_cls.name, parent.step)
-            artifacts[item.step.name] = _run_step(item, parent, ctx)
-        if on_step is not None:
-            on_step(item, artifacts[item.step.name], cached is not None)
+    with stage("build", len(planned)) as advance:
+        for item in planned:
+            parent = artifacts[item.step.source]
+            cached = load_cached(item.folder, item.key)
+            if cached is not None:
+                advance(f"{item.step.folder} cached ({item.key[:12]})")
+                artifacts[item.step.name] = cached
+            else:
+                advance(f"{item.step.folder}: {item.step.pass_cls.name} on {parent.step}")
+                artifacts[item.step.name] = _run_step(item, parent, ctx)
+            if on_step is not None:
+                on_step(item, artifacts[item.step.name], cached is not None)
     return artifacts

@@ -14,11 +14,13 @@ from pipeline.artifact import Artifact
 from pipeline.errors import PipelineError
 from pipeline.metrics import combine, compare
 from pipeline.model import ModelHandle
+from pipeline.progress import stage
 from pipeline.reference import Case
 from pipeline.runtime import ModelFn, Outputs, Runner
 from pipeline.schema import AccuracySpec, Tolerance
 
 if TYPE_CHECKING:
+    from pipeline.recipe import Recipe, Step
     from pipeline.results import Prepared
 
 log = logging.getLogger(__name__)
@@ -144,29 +146,31 @@ def verify_all(prepared: Prepared, artifacts: dict[str, Artifact], cases: list[A
     runner = Runner(prepared.ctx.model, recipe.device, threads=recipe.bench.threads)
     outputs: dict[str, list[Any]] = {"eager": [case.outputs for case in cases]}
     verdicts = {}
-    for step in prepared.steps:
-        artifact = artifacts[step.name]
-        exempt = step.name in recipe.verify.exempt
-        log.info("verify %s on %d cases", step.folder, len(cases))
-        try:
-            fn = runner.open(artifact)
-        except PipelineError:
-            raise
-        except Exception as exc:  # an artifact that cannot be opened fails its gate, with the reason
-            verdicts[step.name] = cannot_run([f"does not load: {type(exc).__name__}: {exc}"], exempt)
-            continue
-        results, errors = run_cases(fn, cases)
-        if errors:
-            verdicts[step.name] = cannot_run(errors, exempt)
-            continue
-        outputs[step.name] = results
-        parent = outputs.get(step.source) if step.source != "eager" else None
-        verdicts[step.name] = check(
-            cases, outputs[step.name], parent,
-            lambda output, name=step.name, precision=artifact.precision:
-                recipe.verify.tolerance_for(name, precision, output),
-            recipe.task == "text-classification", exempt=exempt)
+    with stage("verify", len(prepared.steps)) as advance:
+        for step in prepared.steps:
+            advance(f"{step.folder} on {len(cases)} cases")
+            verdicts[step.name] = _verify_step(step, artifacts[step.name], runner, cases, outputs, recipe)
     return verdicts, outputs
+
+
+def _verify_step(step: Step, artifact: Artifact, runner: Runner, cases: list[Case], outputs: dict[str, list[Any]],
+                 recipe: Recipe) -> Parity:
+    """One step's verdict; its outputs join ``outputs`` so its children can be compared with it."""
+    exempt = step.name in recipe.verify.exempt
+    try:
+        fn = runner.open(artifact)
+    except PipelineError:
+        raise
+    except Exception as exc:  # an artifact that cannot be opened fails its gate, with the reason
+        return cannot_run([f"does not load: {type(exc).__name__}: {exc}"], exempt)
+    results, errors = run_cases(fn, cases)
+    if errors:
+        return cannot_run(errors, exempt)
+    outputs[step.name] = results
+    parent = outputs.get(step.source) if step.source != "eager" else None
+    return check(cases, results, parent,
+                 lambda output: recipe.verify.tolerance_for(step.name, artifact.precision, output),
+                 recipe.task == "text-classification", exempt=exempt)
 
 
 def labels_of(spec: AccuracySpec, handle: ModelHandle) -> Any:

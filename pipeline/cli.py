@@ -7,6 +7,7 @@ Exit codes: 0 done and an artifact shipped; 1 the parity gate failed and nothing
 from __future__ import annotations
 
 import argparse
+import errno
 import json
 import logging
 import os
@@ -167,6 +168,10 @@ def main(argv: list[str] | None = None) -> int:
     except PipelineError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return exc.exit_code
+    except OSError as exc:  # the disk, not the model: full, read-only, or not ours to write
+        where = f" {exc.filename}" if exc.filename else ""
+        print(f"error: cannot write{where}: {exc.strerror or exc}; finished steps are kept", file=sys.stderr)
+        return 2 if exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS) else 3
     except KeyboardInterrupt:
         print("interrupted: stopped cleanly; finished steps are kept and reused by the next run", file=sys.stderr)
         return 130

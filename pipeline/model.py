@@ -14,6 +14,7 @@ import functools
 import importlib
 import logging
 import os
+import re
 import socket
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -62,6 +63,8 @@ class ModelSpec(BaseModel):
     def _one_source(self) -> ModelSpec:
         if (self.source is None) == (self.factory is None):
             raise ValueError("give exactly one of model.source and model.factory")
+        if self.factory is not None and not re.fullmatch(r"[A-Za-z_][\w.]*:[A-Za-z_]\w*", self.factory):
+            raise ValueError(f"model.factory {self.factory!r} is not of the form 'pkg.mod:fn'")
         if self.source and self.source.endswith(".json"):
             self.weights = "random"
         return self
@@ -156,6 +159,7 @@ class ModelHandle:
         """(kind, where): kind is packaged, folder, config, hub or factory."""
         spec = self.spec
         if spec.factory:
+            self._factory_function()
             return "factory", spec.factory
         source = spec.source or ""
         if source.startswith("packaged:"):
@@ -324,15 +328,17 @@ class ModelHandle:
             raise ModelError("model.factory: only a factory model has example inputs")
         return examples
 
-    def _load_factory(self, target: str) -> LoadedModel:
+    def _factory_function(self) -> Any:
+        """The factory the recipe names under model.factory (imported only then)."""
+        target = self.spec.factory or ""
         module_name, _, fn_name = target.partition(":")
-        if not module_name or not fn_name:
-            raise ModelError(f"model.factory: {target!r} is not of the form 'pkg.mod:fn'")
         try:
-            fn = getattr(importlib.import_module(module_name), fn_name)
+            return getattr(importlib.import_module(module_name), fn_name)
         except (ImportError, AttributeError) as exc:
             raise ModelError(f"model.factory: cannot import {target!r}: {exc}") from exc
-        result = fn()
+
+    def _load_factory(self, target: str) -> LoadedModel:
+        result = self._factory_function()()
         if not (isinstance(result, tuple) and len(result) == 2 and isinstance(result[0], torch.nn.Module)):
             raise ModelError(f"model.factory: {target} must return (torch.nn.Module, dict of example inputs)")
         module, examples = result

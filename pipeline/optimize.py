@@ -10,6 +10,7 @@ from __future__ import annotations
 import fcntl
 import logging
 import os
+import shutil
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -54,7 +55,27 @@ def prepare(recipe_path: Path, overrides: list[str] | None = None, out: Path | N
     check_steps(steps, ctx)
     _warn_on_weak_grid(recipe, handle)
     out_dir = out if out is not None else Path("artifacts") / recipe.name
+    if not out_dir.is_absolute() and not out_dir.resolve().is_relative_to(base_dir.resolve()):
+        raise RecipeError(f"--out {out}: a relative output path must stay inside {base_dir}")
     return Prepared(recipe, steps, ctx, plan(steps, ctx, out_dir), out_dir)
+
+
+def remove_leftovers(out_dir: Path) -> None:
+    """Delete the temporary files and folders an interrupted run left behind.
+
+    Every write goes to a dot-named temporary and is renamed into place, so under the run lock a
+    dot-named entry (other than the lock) can only be such a leftover; none is ever read.
+    """
+    for folder in (out_dir, out_dir / "reference", out_dir / "bench", out_dir / "plots"):
+        if not folder.is_dir():
+            continue
+        for path in folder.iterdir():
+            if path.name.startswith(".") and path.name != ".lock":
+                log.info("removing %s, left by an interrupted run", path)
+                if path.is_dir():
+                    shutil.rmtree(path, ignore_errors=True)
+                else:
+                    path.unlink(missing_ok=True)
 
 
 def _warn_on_weak_grid(recipe: Recipe, handle: ModelHandle) -> None:
@@ -137,6 +158,8 @@ def run(prepared: Prepared, build: bool = True, bench: BenchMode = "cached") -> 
     """
     recipe, ctx = prepared.recipe, prepared.ctx
     with run_lock(prepared.out_dir):
+        # Under the lock, any temporary file or folder is what a killed run left behind.
+        remove_leftovers(prepared.out_dir)
         # The reference comes first: a fresh eager model, before any exporter has touched one.
         cases = reference(recipe, ctx.model, prepared.out_dir / "reference", ctx.base_dir, recipe.device)
         ctx.extra["model"] = ctx.model.describe()

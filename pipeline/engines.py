@@ -11,11 +11,10 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 
 from pipeline.errors import DeviceError
 from pipeline.inputs import Inputs
-from pipeline.runtime import check_device, onnx_session
+from pipeline.ort_session import onnx_session
 from pipeline.timing import CudaEventTimer, Timer
 
 Call = Callable[[], Any]
@@ -25,6 +24,11 @@ class TorchEngine:
     """Eager or TorchScript module; CUDA events time it on GPU."""
 
     def __init__(self, module: Any, input_names: list[str], device: str) -> None:
+        import torch
+
+        from pipeline.runtime import check_device
+
+        self.torch = torch
         self.device = check_device(device)
         self.module = module.to(self.device) if isinstance(module, torch.nn.Module) else module
         if isinstance(self.module, torch.nn.Module):
@@ -38,10 +42,11 @@ class TorchEngine:
     def sync(self) -> None:
         """Wait for queued device work."""
         if self.device.type == "cuda":
-            torch.cuda.synchronize()
+            self.torch.cuda.synchronize()
 
     def stage(self, inputs: Inputs) -> Call:
         """Copy inputs to the device now; return a call that runs the model on them."""
+        torch = self.torch
         tensors = [torch.from_numpy(np.ascontiguousarray(inputs[name])).to(self.device) for name in self.input_names]
         for name, tensor in zip(self.input_names, tensors, strict=True):
             if tensor.device.type != self.device.type:

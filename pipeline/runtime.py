@@ -19,12 +19,12 @@ from pipeline.artifact import Artifact, Format
 from pipeline.errors import DeviceError
 from pipeline.inputs import Inputs
 from pipeline.model import ModelHandle
+from pipeline.ort_session import PROVIDERS, onnx_session
 
 log = logging.getLogger(__name__)
 
 Outputs = dict[str, np.ndarray]
 ModelFn = Callable[[Inputs], Outputs]
-PROVIDERS = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider"}
 
 
 def check_device(device: str) -> torch.device:
@@ -53,38 +53,6 @@ def _torch_fn(module: Any, input_names: list[str], output_names: list[str], devi
         return {name: value.detach().float().cpu().numpy() for name, value in zip(output_names, result, strict=False)}
 
     return run
-
-
-def onnx_session(path: Path, device: str = "cpu", threads: int | None = None, strict_device: bool = False) -> Any:
-    """An onnxruntime session on ``device``; raises DeviceError if it did not get that provider.
-
-    With ``strict_device`` on CUDA, a graph with any node that would fall back to the CPU is
-    refused (session.disable_cpu_ep_fallback), so a benchmark never times a half-CPU model.
-    """
-    import onnxruntime as ort
-
-    if device not in PROVIDERS:
-        raise DeviceError(f"unknown device {device!r} (known: {', '.join(PROVIDERS)})")
-    options = ort.SessionOptions()
-    if threads:
-        options.intra_op_num_threads = threads
-        options.inter_op_num_threads = 1
-    if strict_device and device == "cuda":
-        options.add_session_config_entry("session.disable_cpu_ep_fallback", "1")
-    wanted = PROVIDERS[device]
-    if wanted not in ort.get_available_providers():
-        raise DeviceError(f"onnxruntime has no {wanted} here (available: {', '.join(ort.get_available_providers())});"
-                          f" install the gpu extra for CUDA")
-    providers = [wanted] if device == "cpu" else [wanted, "CPUExecutionProvider"]
-    try:
-        session = ort.InferenceSession(str(path), sess_options=options, providers=providers)
-    except Exception as exc:  # onnxruntime raises its own types; the fallback refusal is one of them
-        if strict_device and "fallback" in str(exc).lower():
-            raise DeviceError(f"{path}: some nodes would run on the CPU though {wanted} was asked for") from exc
-        raise
-    if session.get_providers()[0] != wanted:
-        raise DeviceError(f"{path}: onnxruntime session got {session.get_providers()[0]}, not {wanted}")
-    return session
 
 
 def _onnx_fn(path: Path, device: str, threads: int | None) -> ModelFn:

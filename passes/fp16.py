@@ -18,8 +18,9 @@ from onnx.external_data_helper import load_external_data_for_model
 from pydantic import Field
 
 from passes.onnx_utils import EXTERNAL_THRESHOLD, files_bytes, has_external_data, load_model, save_model, weight_bytes
+from passes.repairing import RepairOptions, convert_with_repair
 from pipeline.artifact import Artifact, Format
-from pipeline.pass_base import Pass, PassConfig, PassContext, PassOutput, register
+from pipeline.pass_base import Pass, PassContext, PassOutput, register
 
 log = logging.getLogger(__name__)
 
@@ -27,7 +28,7 @@ FP16_MIN_POSITIVE = 5.96e-08  # smallest positive (subnormal) float16
 FP16_MAX = 65504.0
 
 
-class Fp16Config(PassConfig):
+class Fp16Config(RepairOptions):
     """Options of onnxruntime.transformers.float16.convert_float_to_float16."""
 
     keep_io_types: bool = Field(default=True, description="Keep float32 graph inputs and outputs (Casts inside).")
@@ -97,8 +98,10 @@ def shape_inferred(path: Path) -> onnx.ModelProto:
     return model
 
 
-def convert(path: Path, config: Fp16Config) -> onnx.ModelProto:
-    """The model at ``path`` converted to float16 as ``config`` says."""
+def convert(path: Path, config: Fp16Config, kept: list[str] | None = None,
+            kept_ops: set[str] | None = None) -> onnx.ModelProto:
+    """The model at ``path`` converted to float16 as ``config`` says; ``kept`` nodes and every node
+    of ``kept_ops`` stay float32."""
     from onnxruntime.transformers.float16 import DEFAULT_OP_BLOCK_LIST, convert_float_to_float16
 
     return convert_float_to_float16(
@@ -107,8 +110,8 @@ def convert(path: Path, config: Fp16Config) -> onnx.ModelProto:
         max_finite_val=config.max_finite_val,
         keep_io_types=config.keep_io_types,
         disable_shape_infer=True,
-        op_block_list=sorted(set(DEFAULT_OP_BLOCK_LIST) | set(config.op_block_list)),
-        node_block_list=list(config.node_block_list),
+        op_block_list=sorted(set(DEFAULT_OP_BLOCK_LIST) | set(config.op_block_list) | (kept_ops or set())),
+        node_block_list=[*config.node_block_list, *(kept or [])],
         force_fp16_initializers=config.force_fp16_initializers,
     )
 
@@ -134,13 +137,26 @@ class Fp16(Pass):
         unknown = [name for name in config.node_block_list if name not in names]
         if unknown:
             raise ValueError(f"node_block_list: the model has no node named {unknown[0]!r}")
-        model = convert(parent.path, config)
+        external = has_external_data(source)
+
+        op_of = {node.name: node.op_type for node in source.graph.node}
+
+        def build(target: Path, kept: list[str]) -> None:
+            # The error a node adds in fp16 is usually its op type's (its range or its accumulation),
+            # so a repair blocks the op types of the nodes it keeps, not only the nodes.
+            converted = convert(parent.path, config, kept, {op_of[name] for name in kept if name in op_of})
+            save_model(converted, target, external or weight_bytes(converted) >= EXTERNAL_THRESHOLD)
+
+        blockable = {node.name: node.op_type for node in source.graph.node
+                     if node.op_type not in ("Cast", "Constant", "Shape") and node.name not in config.node_block_list}
+        repaired, warnings = convert_with_repair(ctx, parent.path, out_dir, "fp16", build, blockable, config,
+                                                 method="localize")
         out = out_dir / "model.onnx"
-        save_model(model, out, has_external_data(source) or weight_bytes(model) >= EXTERNAL_THRESHOLD)
-        stats = {**precision_counts(model), "nodes_before": len(source.graph.node),
+        model = load_model(out, with_data=False)
+        stats = {**repaired, **precision_counts(model), "nodes_before": len(source.graph.node),
                  "nodes_after": len(model.graph.node), "bytes_before": files_bytes(parent.path),
                  "bytes_after": files_bytes(out)}
         log.info("fp16: %d nodes in float16, %d in float32, %d Casts; %d -> %d bytes", stats["fp16_nodes"],
                  stats["fp32_nodes"], stats["cast_nodes"], stats["bytes_before"], stats["bytes_after"])
         return PassOutput(file=out.name, meta={"precision": "fp16", "keep_io_types": config.keep_io_types},
-                          stats=stats)
+                          stats=stats, warnings=warnings)

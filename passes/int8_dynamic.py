@@ -21,8 +21,9 @@ import onnx
 from pydantic import Field, field_validator
 
 from passes.onnx_utils import EXTERNAL_THRESHOLD, files_bytes, has_external_data, load_model, weight_bytes
+from passes.repairing import RepairOptions, convert_with_repair, exclusion_names, weight_nodes
 from pipeline.artifact import Artifact, Format
-from pipeline.pass_base import Pass, PassConfig, PassContext, PassOutput, register
+from pipeline.pass_base import Pass, PassContext, PassOutput, register
 
 log = logging.getLogger(__name__)
 
@@ -32,7 +33,7 @@ QUANTIZED_OPS = ("MatMulInteger", "DynamicQuantizeLinear", "DynamicQuantizeMatMu
                  "DequantizeLinear")
 
 
-class Int8DynamicConfig(PassConfig):
+class Int8DynamicConfig(RepairOptions):
     """Options of onnxruntime.quantization.quantize_dynamic."""
 
     per_channel: bool = Field(default=False, description="One scale per output channel of each weight.")
@@ -94,6 +95,7 @@ class Int8Dynamic(Pass):
     def run(self, parent: Artifact, ctx: PassContext, out_dir: Path) -> PassOutput:
         """Write the dynamically quantized model to ``out_dir/model.onnx``."""
         from onnxruntime.quantization import QuantType, quantize_dynamic
+        from onnxruntime.quantization.registry import IntegerOpsRegistry
 
         config = cast(Int8DynamicConfig, self.config)
         if parent.path is None:
@@ -103,24 +105,32 @@ class Int8Dynamic(Pass):
         source = load_model(parent.path, with_data=False)
         excluded = select_nodes(source, config.nodes_to_exclude, "nodes_to_exclude")
         out = out_dir / "model.onnx"
-        quantize_dynamic(
-            parent.path, out,
-            op_types_to_quantize=config.op_types or None,
-            per_channel=config.per_channel,
-            reduce_range=config.reduce_range,
-            weight_type=QuantType.QInt8 if config.weight_type == "qint8" else QuantType.QUInt8,
-            nodes_to_exclude=excluded or None,
-            use_external_data_format=has_external_data(source) or weight_bytes(source) >= EXTERNAL_THRESHOLD,
-            extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT},
-        )
+        external = has_external_data(source) or weight_bytes(source) >= EXTERNAL_THRESHOLD
+
+        def convert(target: Path, kept: list[str]) -> None:
+            quantize_dynamic(
+                parent.path, target,
+                op_types_to_quantize=config.op_types or None,
+                per_channel=config.per_channel,
+                reduce_range=config.reduce_range,
+                weight_type=QuantType.QInt8 if config.weight_type == "qint8" else QuantType.QUInt8,
+                nodes_to_exclude=exclusion_names(source, [*excluded, *kept]) or None,
+                use_external_data_format=external,
+                extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT},
+            )
+
+        ops = set(config.op_types or IntegerOpsRegistry) | ({"Gemm"} if not config.op_types else set())
+        candidates = {name: op for name, op in weight_nodes(source, ops).items() if name not in excluded}
+        repaired, repair_warnings = convert_with_repair(ctx, parent.path, out_dir, "int8", convert, candidates, config)
         model = load_model(out, with_data=False)
-        stats = {"quantized_ops": quantized_counts(model),
+        stats = {**repaired, "quantized_ops": quantized_counts(model),
                  "excluded_nodes": len(excluded),
                  "float_matmuls": sum(node.op_type == "MatMul" for node in model.graph.node),
                  "nodes_before": len(source.graph.node), "nodes_after": len(model.graph.node),
                  "bytes_before": files_bytes(parent.path), "bytes_after": files_bytes(out)}
         log.info("int8_dynamic: quantized %s, %d MatMuls left in float; %d -> %d bytes", stats["quantized_ops"],
                  stats["float_matmuls"], stats["bytes_before"], stats["bytes_after"])
-        warnings = [] if stats["quantized_ops"] else ["nothing was quantized (check op_types and nodes_to_exclude)"]
+        warnings = repair_warnings + ([] if stats["quantized_ops"] else
+                                      ["nothing was quantized (check op_types and nodes_to_exclude)"])
         return PassOutput(file=out.name, meta={"precision": "int8", "weight_type": config.weight_type},
                           stats=stats, warnings=warnings)

@@ -33,10 +33,11 @@ from pydantic import Field, model_validator
 
 from passes.int8_dynamic import select_nodes
 from passes.onnx_utils import EXTERNAL_THRESHOLD, files_bytes, has_external_data, load_model, weight_bytes
+from passes.repairing import RepairOptions, convert_with_repair, exclusion_names, weight_nodes
 from pipeline.artifact import Artifact, Format, canonical_json, sha256_file, sha256_text
 from pipeline.errors import RecipeError
 from pipeline.inputs import DEFAULT_CORPUS, Inputs, load_sentences
-from pipeline.pass_base import Pass, PassConfig, PassContext, PassOutput, register
+from pipeline.pass_base import Pass, PassContext, PassOutput, register
 
 log = logging.getLogger(__name__)
 
@@ -45,7 +46,7 @@ QUANTIZED_OPS = ("QuantizeLinear", "DequantizeLinear", "QLinearMatMul", "QLinear
                  "QLinearMul", "QGemm", "QAttention", "QEmbedLayerNormalization")
 
 
-class Int8StaticConfig(PassConfig):
+class Int8StaticConfig(RepairOptions):
     """Options of onnxruntime.quantization.quantize_static and of its calibration data."""
 
     calibration: str | None = Field(
@@ -264,9 +265,19 @@ class Int8Static(Pass):
             if prepared == "skipped":
                 warnings.append("quant_pre_process failed; MatMuls after fused operators may be left in float")
             warnings += vanished(excluded, model_path)
-            quantize(model_path, out, batches, config, excluded, external)
+            prepared_model = load_model(model_path, with_data=False)
+
+            def convert(target: Path, kept: list[str]) -> None:
+                quantize(model_path, target, batches, config, exclusion_names(prepared_model, [*excluded, *kept]),
+                         external)
+
+            ops = set(config.op_types or ("MatMul", "Gather")) | {"Gemm"}
+            candidates = {name: op for name, op in weight_nodes(prepared_model, ops).items() if name not in excluded}
+            repaired, repair_warnings = convert_with_repair(ctx, model_path, out_dir, "int8", convert, candidates,
+                                                            config, method="localize")
+            warnings += repair_warnings
         model = load_model(out, with_data=False)
-        stats = {"quantized_ops": quantized_counts(model), "preprocess": prepared, **matmul_counts(model),
+        stats = {**repaired, "quantized_ops": quantized_counts(model), "preprocess": prepared, **matmul_counts(model),
                  "excluded_nodes": len(excluded), **calibration_stats(batches),
                  "nodes_before": len(source.graph.node), "nodes_after": len(model.graph.node),
                  "bytes_before": files_bytes(parent.path), "bytes_after": files_bytes(out)}

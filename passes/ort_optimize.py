@@ -57,8 +57,9 @@ class OrtOptimizeConfig(PassConfig):
     """Options of onnxruntime.transformers.optimizer.optimize_model."""
 
     model_type: str = Field(default="bert", description="Optimizer model type (bert, gpt2, t5, vit, ...).")
-    num_heads: int = Field(default=0, ge=0, description="Attention heads; 0 lets onnxruntime detect them.")
-    hidden_size: int = Field(default=0, ge=0, description="Hidden size; 0 lets onnxruntime detect it.")
+    num_heads: int = Field(default=0, ge=0, description="Attention heads; 0 takes them from the model's "
+                                                         "config (onnxruntime's own detection often fails).")
+    hidden_size: int = Field(default=0, ge=0, description="Hidden size; 0 takes it from the model's config.")
     opt_level: Literal[0, 1, 2, 99] = Field(
         default=1,
         description="onnxruntime graph optimization before the fusions: 0 none (fusions only), 1 basic; "
@@ -107,6 +108,18 @@ def fusion_options(config: OrtOptimizeConfig) -> object:
     return options
 
 
+def attention_shape(config: OrtOptimizeConfig, ctx: PassContext) -> tuple[int, int]:
+    """(num_heads, hidden_size): from the pass config, else from the model's config, else 0 (detect).
+
+    Without them onnxruntime's detection fails on current transformers exports ("Failed to detect
+    num_heads and hidden_size") and no Attention fuses.
+    """
+    hf = getattr(ctx.model, "hf_config", None)
+    heads = config.num_heads or int(getattr(hf, "num_attention_heads", 0) or getattr(hf, "n_heads", 0) or 0)
+    hidden = config.hidden_size or int(getattr(hf, "hidden_size", 0) or getattr(hf, "dim", 0) or 0)
+    return heads, hidden
+
+
 def missing_fusions(counts: dict[str, int], expect: list[str]) -> list[str]:
     """The expected fusions of which no operator (nor an accepted variant) appears in ``counts``."""
     return [name for name in expect
@@ -144,9 +157,10 @@ class OrtOptimize(Pass):
         if parent.path is None:
             raise ValueError(f"{parent.step} has no model file")
         source = load_model(parent.path, with_data=False)
+        num_heads, hidden_size = attention_shape(config, ctx)
         optimizer = optimize_model(
-            str(parent.path), model_type=config.model_type, num_heads=config.num_heads,
-            hidden_size=config.hidden_size, optimization_options=fusion_options(config),
+            str(parent.path), model_type=config.model_type, num_heads=num_heads,
+            hidden_size=hidden_size, optimization_options=fusion_options(config),
             opt_level=config.opt_level, use_gpu=config.use_gpu, only_onnxruntime=config.only_onnxruntime,
         )
         counts = {op: int(n) for op, n in optimizer.get_fused_operator_statistics().items()}
@@ -155,7 +169,8 @@ class OrtOptimize(Pass):
         save_model(optimizer.model, out, external)
         warnings = self._warnings(counts, config, ctx)
         stats: dict[str, object] = {
-            "nodes_before": len(source.graph.node), "nodes_after": len(optimizer.model.graph.node),
+            "num_heads": num_heads, "hidden_size": hidden_size, "nodes_before": len(source.graph.node),
+            "nodes_after": len(optimizer.model.graph.node),
             "fused": {op: n for op, n in counts.items() if n},
             "bytes_before": files_bytes(parent.path), "bytes_after": files_bytes(out),
             **check_against_parent(parent.path, out, ctx, config.tolerance),
@@ -172,6 +187,11 @@ class OrtOptimize(Pass):
         warnings = [f"expected fusion {name} did not happen (fused: "
                     f"{', '.join(f'{op} {n}' for op, n in counts.items() if n) or 'nothing'})"
                     for name in missing_fusions(counts, config.expect)]
+        spec = getattr(ctx.model, "spec", None)
+        eager_attention = getattr(spec, "attn_implementation", "") == "eager"
+        if "Attention" in missing_fusions(counts, config.expect) and not eager_attention:
+            warnings.append("attention fuses on an export of the eager attention implementation: set "
+                            "model.attn_implementation: eager")
         if config.opt_level > 1 and config.use_gpu != (ctx.device == "cuda"):
             warnings.append(f"opt_level {config.opt_level} wrote {'GPU' if config.use_gpu else 'CPU'}-specific "
                             f"nodes, but the pipeline runs on {ctx.device}")

@@ -27,7 +27,7 @@ from pipeline.artifact import (
     write_json_atomic,
 )
 from pipeline.errors import PassError, PipelineError
-from pipeline.pass_base import PassContext
+from pipeline.pass_base import Gate, PassContext
 from pipeline.progress import stage
 from pipeline.recipe import Step
 from pipeline.versions import library_versions
@@ -50,7 +50,9 @@ def step_key(parent_key: str, step: Step, ctx: PassContext) -> str:
     instance = step.pass_cls(step.config)
     parts = {"parent": parent_key, "pass": step.pass_cls.name, "config": step.config.cache_config(),
              "data": instance.data_digest(ctx), "versions": library_versions(),
-             "io": ctx.io.__dict__ if step.source == "eager" else None}
+             "io": ctx.io.__dict__ if step.source == "eager" else None,
+             # a pass that repairs itself against the gate depends on the reference and the tolerances
+             "gate": f"{ctx.gate_digest}:{step.name}" if getattr(step.config, "repair", False) else None}
     return sha256_text(canonical_json(parts))
 
 
@@ -108,7 +110,8 @@ def _run_step(planned: PlannedStep, parent: Artifact, ctx: PassContext) -> Artif
 
 
 def run_chain(planned: list[PlannedStep], ctx: PassContext,
-              on_step: Callable[[PlannedStep, Artifact, bool], None] | None = None) -> dict[str, Artifact]:
+              on_step: Callable[[PlannedStep, Artifact, bool], None] | None = None,
+              gate_for: Callable[[Step], Gate] | None = None) -> dict[str, Artifact]:
     """Run (or reuse) every step in order; returns the artifacts by step name, 'eager' included."""
     artifacts = {"eager": Artifact(step="eager", format=Format.EAGER, key=ctx.model.source_key)}
     with stage("build", len(planned)) as advance:
@@ -120,7 +123,11 @@ def run_chain(planned: list[PlannedStep], ctx: PassContext,
                 artifacts[item.step.name] = cached
             else:
                 advance(f"{item.step.folder}: {item.step.pass_cls.name} on {parent.step}")
-                artifacts[item.step.name] = _run_step(item, parent, ctx)
+                ctx.gate = gate_for(item.step) if gate_for is not None else None
+                try:
+                    artifacts[item.step.name] = _run_step(item, parent, ctx)
+                finally:
+                    ctx.gate = None
             if on_step is not None:
                 on_step(item, artifacts[item.step.name], cached is not None)
     return artifacts

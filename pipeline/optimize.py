@@ -16,20 +16,22 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Literal
 
-from pipeline.artifact import Artifact, Format, load_cached
+from pipeline.artifact import Artifact, Format, canonical_json, load_cached, sha256_text
 from pipeline.bench import benchmark
 from pipeline.context import make_context
 from pipeline.errors import RecipeError
 from pipeline.inputs import DEFAULT_CORPUS
 from pipeline.manager import check_steps, plan, run_chain
 from pipeline.model import ModelHandle
-from pipeline.pass_base import IOSpec
+from pipeline.pass_base import Gate, GateResult, IOSpec
 from pipeline.recipe import Recipe, build_steps, load_recipe
-from pipeline.reference import check_shapes, reference
+from pipeline.reference import Case, check_shapes, reference, reference_key
 from pipeline.report import write_reports
 from pipeline.results import Prepared, RunResult
+from pipeline.runtime import Runner
 from pipeline.ship import build_bundle
-from pipeline.verify import Parity, blame, labels_of, measure_accuracy, verify_all
+from pipeline.summary import worst
+from pipeline.verify import Parity, blame, check, labels_of, measure_accuracy, run_cases, verify_all
 
 log = logging.getLogger(__name__)
 
@@ -50,6 +52,8 @@ def prepare(recipe_path: Path, overrides: list[str] | None = None, out: Path | N
         raise RecipeError(f"inputs.corpus: file {recipe.inputs.corpus} does not exist")
     ctx = make_context(handle, io, base_dir, corpus=corpus, seed=recipe.inputs.seed, device=recipe.device)
     check_shapes(recipe, handle.max_positions)
+    ctx.gate_digest = sha256_text(reference_key(recipe, handle, base_dir)
+                                  + canonical_json(recipe.verify.model_dump(mode="json")))
     if recipe.verify.accuracy is not None:
         labels_of(recipe.verify.accuracy, handle)
     check_steps(steps, ctx)
@@ -135,6 +139,24 @@ def choose_shipped(prepared: Prepared, parity: dict[str, Parity], bench: dict[st
     return allowed[-1] if allowed else None
 
 
+def make_gate(prepared: Prepared, step: str, cases: list[Case]) -> Gate:
+    """The parity gate of one step, for a pass that checks its own candidates against eager."""
+    recipe = prepared.recipe
+
+    def gate(path: Path, precision: str) -> GateResult:
+        run_model = Runner(prepared.ctx.model, recipe.device, threads=recipe.bench.threads).open(
+            Artifact(step=step, format=Format.ONNX, key="candidate", path=path, meta={"precision": precision}))
+        outputs, errors = run_cases(run_model, cases)
+        if errors:
+            return GateResult(False, errors, -1.0, float("inf"))
+        parity = check(cases, outputs, None, lambda output: recipe.verify.tolerance_for(step, precision, output),
+                       recipe.task == "text-classification")
+        return GateResult(parity.passed, parity.failures, worst(parity.metrics, "cos_min", min),
+                          worst(parity.metrics, "max_abs", max))
+
+    return gate
+
+
 def _load_built(prepared: Prepared) -> dict[str, Artifact]:
     missing = [item.step.folder for item in prepared.planned if not item.cached]
     if missing:
@@ -165,7 +187,8 @@ def run(prepared: Prepared, build: bool = True, bench: BenchMode = "cached") -> 
         ctx.extra["model"] = ctx.model.describe()
         cached: dict[str, bool] = {}
         if build:
-            artifacts = run_chain(prepared.planned, ctx, lambda item, _a, hit: cached.__setitem__(item.step.name, hit))
+            artifacts = run_chain(prepared.planned, ctx, lambda item, _a, hit: cached.__setitem__(item.step.name, hit),
+                                  gate_for=lambda step: make_gate(prepared, step.name, cases))
         else:
             artifacts = _load_built(prepared)
             cached = {step.name: True for step in prepared.steps}

@@ -55,9 +55,27 @@ class IOSpec:
     export_seq: int
 
 
+@dataclass(frozen=True)
+class GateResult:
+    """A candidate model's verdict against eager, as the verification stage would give it."""
+
+    passed: bool
+    failures: list[str]
+    cos_min: float
+    max_abs: float
+
+
+Gate = Callable[[Path, str], GateResult]
+
+
 @dataclass
 class PassContext:
-    """What a pass may use besides its parent artifact."""
+    """What a pass may use besides its parent artifact.
+
+    ``gate`` (set while a step runs, when the reference exists) checks a candidate ONNX file of a
+    given precision against eager with this step's tolerance; a pass that repairs itself uses it.
+    ``gate_digest`` identifies the reference and tolerances, for cache keys of such passes.
+    """
 
     model: ModelHandle
     io: IOSpec
@@ -66,6 +84,8 @@ class PassContext:
     base_dir: Path
     device: str = "cpu"
     extra: dict[str, Any] = field(default_factory=dict)
+    gate: Gate | None = None
+    gate_digest: str | None = None
 
     def resolve(self, path: str | Path) -> Path:
         """A path from the recipe, relative to the recipe's folder unless absolute."""

@@ -10,7 +10,7 @@ import pytest
 from pydantic import ValidationError
 
 from passes.ort_optimize import OrtOptimize, OrtOptimizeConfig
-from pipeline.artifact import Artifact
+from pipeline.artifact import Artifact, Format
 from pipeline.inputs import random_tokens
 from pipeline.pass_base import PassContext
 
@@ -61,3 +61,26 @@ def test_parent_check_enforces_tolerance(tiny_onnx: Artifact, tiny_ctx: PassCont
 def test_bad_config_is_rejected(bad: dict[str, object]) -> None:
     with pytest.raises(ValidationError):
         OrtOptimizeConfig(**bad)
+
+
+def test_eager_attention_export_fuses_attention_and_skip_layer_norm(tiny_bert_config: Path, tiny_io,
+                                                                    tmp_path: Path) -> None:
+    from passes.onnx_export import OnnxExportPass
+    from pipeline.context import make_context
+    from pipeline.model import ModelHandle, ModelSpec
+
+    spec = ModelSpec(source=str(tiny_bert_config), tokenizer="packaged:all-MiniLM-L6-v2", attn_implementation="eager")
+    handle = ModelHandle(spec, "feature-extraction", tiny_io.input_names, tiny_io.output_names)
+    ctx = make_context(handle, tiny_io, base_dir=tmp_path)
+    eager = Artifact(step="eager", format=Format.EAGER, key=handle.source_key)
+    (tmp_path / "export").mkdir()
+    exported = OnnxExportPass(OnnxExportPass.Config()).run(eager, ctx, tmp_path / "export")
+    parent = Artifact(step="01_onnx_export", format=Format.ONNX, key="k",
+                      path=tmp_path / "export" / exported.file, meta={"precision": "fp32"})
+    (tmp_path / "opt").mkdir()
+    out = OrtOptimize(OrtOptimize.Config()).run(parent, ctx, tmp_path / "opt")
+    layers = 2
+    assert out.stats["fused"]["Attention"] == layers
+    assert out.stats["fused"]["SkipLayerNormalization"] == 2 * layers
+    assert out.stats["fused"].get("EmbedLayerNormalization") == 1
+    assert not out.warnings

@@ -1,0 +1,148 @@
+"""Parity and benchmarks of every target, with the project's own metrics and benchmark worker.
+
+Parity runs in this process on the recipe's reference cases (onnxruntime through
+``pipeline.runtime``); each benchmark runs in a fresh process: ``pipeline.bench_worker`` for eager,
+TorchScript and any ONNX file, ``benchmarks.compile_worker`` for ``torch.compile``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import subprocess
+import sys
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from benchmarks.peer_build import ROOT, reason
+from benchmarks.peer_table import Target
+from pipeline.artifact import Artifact, Format
+from pipeline.bench import available_memory_mb, run_worker, worker_spec
+from pipeline.reference import Case
+from pipeline.results import Prepared
+from pipeline.runtime import Outputs, Runner
+from pipeline.verify import check, run_cases
+
+log = logging.getLogger("benchmarks.peers")
+QUICK = {"warmup": 1, "warmup_seconds": 0.05, "min_repeats": 3, "min_seconds": 0.1, "max_seconds": 1.0,
+         "throughput_seconds": 0.2}
+
+
+@dataclass(frozen=True)
+class Settings:
+    """The peers run's grid; the protocol is the recipe's unless ``quick`` (development only)."""
+
+    batches: tuple[int, ...] = (1, 8)
+    seqs: tuple[int, ...] = (128,)
+    best_seq: int = 128
+    max_batch: int = 32
+    real_data: bool = False
+    quick: bool = False
+    quiet_threshold: float = 0.10  # share of the cores other processes may use before a target waits
+    quiet_wait: float = 120.0  # seconds a target waits at most for them
+
+
+def parity_json(parity: Any) -> dict[str, Any]:
+    """The parts of a pipeline.verify.Parity the peers report keeps."""
+    return {"passed": parity.passed, "metrics": parity.metrics, "tolerance": parity.tolerance,
+            "failures": parity.failures}
+
+
+def judge(prepared: Prepared, target: Target, cases: list[Case], outputs: list[Outputs]) -> dict[str, Any]:
+    """check() against eager with the recipe's tolerance for the target's precision."""
+    verify = prepared.recipe.verify
+    parity = check(cases, outputs, None, lambda output: verify.tolerance_for(target.name, target.precision, output),
+                   prepared.recipe.task == "text-classification")
+    return parity_json(parity)
+
+
+def parity_in_process(prepared: Prepared, runner: Runner, target: Target, cases: list[Case]) -> None:
+    """Run an ONNX file or the eager model on every reference case here, and judge it."""
+    try:
+        if target.kind == "eager":
+            fn = runner.open_eager()
+        else:
+            fn = runner.open(Artifact(step=target.name, format=Format(target.kind), key=target.name,
+                                      path=Path(target.path or "")))
+    except Exception as exc:  # cannot open: the reason goes in the table
+        target.error = f"does not load: {reason(exc)}"
+        return
+    outputs, errors = run_cases(fn, cases)
+    if errors:
+        target.parity = {"passed": False, "metrics": {}, "tolerance": {}, "failures": errors}
+        return
+    target.parity = judge(prepared, target, cases, outputs)
+
+
+def peer_spec(prepared: Prepared, target: Target, settings: Settings) -> dict[str, Any]:
+    """The project's worker spec for a target, with the peers run's grid and best-batch search."""
+    fmt = Format.EAGER if target.kind in ("eager", "compile") else Format(target.kind)
+    artifact = Artifact(step=target.name, format=fmt, key=target.name,
+                        path=Path(target.path) if target.path else None)
+    spec = worker_spec(prepared, target.name, artifact)
+    spec["grid"] = [[b, s] for b in settings.batches for s in settings.seqs]
+    if settings.max_batch > 0:
+        search = spec.get("best_batch") or {"plateau": 0.05, "memory_limit_mb": 0.6 * available_memory_mb()}
+        spec["best_batch"] = {**search, "seq": settings.best_seq, "max_batch": settings.max_batch}
+    else:
+        spec.pop("best_batch", None)
+    if not settings.real_data:
+        spec.pop("real_data", None)
+    if settings.quick:
+        spec["protocol"] = {**spec["protocol"], **QUICK}
+    return spec
+
+
+def run_compile_worker(spec: dict[str, Any], timeout: float) -> dict[str, Any]:
+    """Like pipeline.bench.run_worker, with ``python -m benchmarks.compile_worker`` from the repository root."""
+    env = {**os.environ, "OMP_NUM_THREADS": str(spec["threads"]), "MKL_NUM_THREADS": str(spec["threads"]),
+           "TOKENIZERS_PARALLELISM": "false", "PYTHONPATH": str(ROOT)}
+    with tempfile.TemporaryDirectory(prefix="bench-compile-") as tmp:
+        spec_path, out_path = Path(tmp) / "spec.json", Path(tmp) / "out.json"
+        spec_path.write_text(json.dumps(spec), encoding="utf-8")
+        try:
+            proc = subprocess.run([sys.executable, "-m", "benchmarks.compile_worker", str(spec_path), str(out_path)],
+                                  capture_output=True, text=True, timeout=timeout, env=env, cwd=ROOT)
+        except subprocess.TimeoutExpired:
+            return {"target": spec["target"], "error": f"timed out after {timeout:.0f} s", "rows": []}
+        if proc.returncode != 0 or not out_path.is_file():
+            lines = [line for line in proc.stderr.strip().splitlines() if line.strip()]
+            return {"target": spec["target"], "error": lines[-1] if lines else f"exit {proc.returncode}", "rows": []}
+        return json.loads(out_path.read_text(encoding="utf-8"))
+
+
+def save_case_inputs(cases: list[Case], path: Path) -> None:
+    """The reference cases' inputs as ``<case>/<input>`` arrays, for a worker in another process."""
+    np.savez(path, **{f"{c.name}/{k}": v for c in cases for k, v in c.inputs.items()})
+
+
+def load_case_outputs(cases: list[Case], path: Path) -> list[Outputs]:
+    """Outputs a worker saved as ``<case>/<output>``, in the cases' order."""
+    with np.load(path, allow_pickle=False) as data:
+        return [{k.split("/", 1)[1]: data[k] for k in data.files if k.split("/", 1)[0] == c.name} for c in cases]
+
+
+def bench_compiled(prepared: Prepared, target: Target, cases: list[Case], settings: Settings, timeout: float) -> None:
+    """torch.compile in its own process: benchmark, then parity on the reference cases it ran there."""
+    with tempfile.TemporaryDirectory(prefix="peers-compile-") as tmp:
+        spec = peer_spec(prepared, target, settings)
+        spec.update(parity_inputs=str(Path(tmp) / "inputs.npz"), parity_outputs=str(Path(tmp) / "outputs.npz"))
+        save_case_inputs(cases, Path(spec["parity_inputs"]))
+        target.bench = run_compile_worker(spec, timeout)
+        if target.bench.get("error"):
+            target.error = f"torch.compile: {target.bench['error']}"
+            return
+        target.stats["seconds"] = target.bench.get("compile_seconds")
+        target.parity = judge(prepared, target, cases, load_case_outputs(cases, Path(spec["parity_outputs"])))
+
+
+def bench_target(prepared: Prepared, target: Target, settings: Settings, timeout: float) -> None:
+    """One target through pipeline.bench_worker in a fresh process."""
+    target.bench = run_worker(peer_spec(prepared, target, settings), timeout)
+    if target.bench.get("error"):
+        log.warning("bench %s failed: %s", target.name, target.bench["error"])

@@ -1,0 +1,142 @@
+"""Repair a reduced-precision conversion that fails its gate: keep the nodes that add the most error
+in float, measured, doubling how many each round, until the gate passes or the rounds run out.
+
+The conversion is rebuilt from the fp32 parent each round (``build`` takes the nodes to keep in
+float and returns a new file), localised against the parent, and checked with the step's own gate.
+What stayed in higher precision, and what it cost in speed, is reported.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from pipeline.inputs import Inputs
+from pipeline.localize import localize, rank_nodes
+from pipeline.metrics import compare
+from pipeline.ort_session import onnx_session
+from pipeline.pass_base import Gate, GateResult
+
+log = logging.getLogger(__name__)
+Build = Callable[[list[str]], Path]
+
+
+@dataclass
+class RepairReport:
+    """What the repair did: rounds, nodes kept in float, verdicts along the way, the speed cost."""
+
+    passed: bool
+    kept: list[dict[str, Any]] = field(default_factory=list)
+    history: list[dict[str, Any]] = field(default_factory=list)
+    localization: dict[str, Any] = field(default_factory=dict)
+    speed: dict[str, float] = field(default_factory=dict)
+
+    def to_json(self) -> dict[str, Any]:
+        """Plain values for the manifest's stats."""
+        return {"passed": self.passed, "kept_in_float": self.kept, "history": self.history,
+                "localization": self.localization, "speed": self.speed}
+
+
+def _verdict(result: GateResult, kept: int) -> dict[str, Any]:
+    return {"kept_in_float": kept, "passed": result.passed, "cos_min": result.cos_min, "max_abs": result.max_abs,
+            "failures": result.failures[:3]}
+
+
+def p50_ms(path: Path, inputs: Inputs, threads: int = 2, repeats: int = 30) -> float:
+    """Median latency of one ONNX file on ``inputs`` (warmed up; for comparing two candidates)."""
+    session = onnx_session(path, "cpu", threads)
+    feed = {i.name: inputs[i.name] for i in session.get_inputs()}
+    for _ in range(5):
+        session.run(None, feed)
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        session.run(None, feed)
+        times.append((time.perf_counter() - start) * 1e3)
+    return float(np.median(times))
+
+
+def _output_error(path: Path, probe: Inputs, reference: dict[str, np.ndarray]) -> tuple[float, float]:
+    """(SQNR dB, min cosine) of a model's outputs on the probe against the parent's, over kept tokens."""
+    session = onnx_session(path, "cpu")
+    feed = {i.name: probe[i.name] for i in session.get_inputs()}
+    names = [o.name for o in session.get_outputs()]
+    mask = probe.get("attention_mask")
+    worst_sqnr, worst_cos = float("inf"), 1.0
+    for name, value in zip(names, session.run(names, feed), strict=True):
+        m = compare(reference[name], np.asarray(value, dtype=np.float32), mask)
+        worst_sqnr, worst_cos = min(worst_sqnr, m["sqnr_db"]), min(worst_cos, m["cos_min"])
+    return worst_sqnr, worst_cos
+
+
+def sensitivity(build: Build, parent: Path, candidates: set[str], probe: Inputs,
+                op_types: dict[str, str]) -> list[dict[str, Any]]:
+    """Each candidate's own harm: convert that node alone, measure the output against the parent.
+
+    Sorted most harmful first (lowest SQNR of the final outputs).
+    """
+    session = onnx_session(parent, "cpu")
+    reference = dict(zip([o.name for o in session.get_outputs()],
+                         session.run(None, {i.name: probe[i.name] for i in session.get_inputs()}), strict=True))
+    rows = []
+    for node in sorted(candidates):
+        sqnr, cos = _output_error(build(sorted(candidates - {node})), probe, reference)
+        rows.append({"node": node, "op_type": op_types.get(node, "?"), "sqnr_db": round(sqnr, 2),
+                     "cos_min": round(cos, 6)})
+    return sorted(rows, key=lambda row: row["sqnr_db"])
+
+
+def repair(build: Build, parent: Path, precision: str, gate: Gate, candidates: set[str], probe: Inputs,
+           timing_inputs: Inputs, max_rounds: int = 6, op_types: dict[str, str] | None = None,
+           method: str = "sensitivity", max_kept: int | None = None) -> tuple[Path, RepairReport]:
+    """Rebuild with more nodes in float until ``gate`` passes; returns the last build and the report.
+
+    At most ``max_kept`` nodes stay in float. ``method``: "sensitivity" converts each candidate
+    alone and keeps the most harmful in float (one build per candidate: for int8, where candidates
+    are the few weight nodes); "localize"
+    ranks candidates by the error they add in the full conversion (one build per round: for fp16,
+    where every node is a candidate).
+    """
+    kept: list[str] = []
+    first = path = build(kept)
+    verdict = gate(path, precision)
+    report = RepairReport(passed=verdict.passed, history=[_verdict(verdict, 0)])
+    report.localization = localize(path, parent, probe).to_json()
+    if verdict.passed:
+        return path, report
+    order = sensitivity(build, parent, candidates, probe, op_types or {}) if method == "sensitivity" else None
+    if order is not None:
+        report.localization["sensitivity"] = order[:20]
+    chosen: dict[str, dict[str, Any]] = {}
+    grow = 1
+    for _ in range(max_rounds):
+        if order is not None:
+            ranked = [row for row in order if row["node"] not in chosen]
+        else:
+            ranked = [n.to_json() for n in rank_nodes(path, parent, probe, candidates - set(chosen))]
+        room = (max_kept if max_kept is not None else len(candidates)) - len(chosen)
+        if not ranked or room <= 0:
+            break
+        for row in ranked[:min(grow, room)]:
+            chosen[row["node"]] = row
+        kept = list(chosen)
+        grow *= 2
+        path = build(kept)
+        verdict = gate(path, precision)
+        report.history.append(_verdict(verdict, len(kept)))
+        log.info("repair: %d nodes kept in float -> cos_min %.5f, %s", len(kept), verdict.cos_min,
+                 "passes" if verdict.passed else "still fails")
+        if verdict.passed:
+            break
+    report.passed = verdict.passed
+    report.kept = list(chosen.values())
+    before, after = p50_ms(first, timing_inputs), p50_ms(path, timing_inputs)
+    report.speed = {"p50_ms_plain": round(before, 3), "p50_ms_repaired": round(after, 3),
+                    "slowdown": round(after / before, 3)}
+    return path, report

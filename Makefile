@@ -1,5 +1,6 @@
 # make optimize [RECIPE=minilm] [ARGS="--set model.weights=random"]   run a recipe end to end
 # make test                                                            the whole test suite
+# make peers [RECIPE=minilm] [ARGS="--max-batch 16"]                  side by side with Optimum, onnxruntime, torch.compile
 SHELL := /bin/bash
 PYTHON ?= python3
 VENV ?= .venv
@@ -12,7 +13,7 @@ ORT ?= cpu
 TORCH ?= torch==2.13.0
 OPTIMUM_VENV ?= .venv-optimum
 
-.PHONY: setup optimize dry-run verify bench test test-fast lint clean optimum-env
+.PHONY: setup optimize dry-run verify bench test test-fast lint clean optimum-env peers
 
 $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -43,6 +44,12 @@ test-fast: setup
 
 lint: setup
 	$(PY) -m ruff check pipeline passes tests benchmarks
+
+# This project's artifacts against Optimum, onnxruntime's own tools, eager PyTorch and torch.compile, each
+# benchmarked in its own process with the project's protocol (about 10-15 minutes on 2 cores; not part of `make test`).
+# Writes benchmarks/results/<recipe>-<date>.md, .json and .png.
+peers: setup optimum-env
+	$(PY) benchmarks/peers.py recipes/$(RECIPE).yaml $(ARGS)
 
 # Optimum pins transformers < 4.58, so it lives in its own environment (peer comparison, bundle loading).
 optimum-env: $(OPTIMUM_VENV)/.installed

@@ -35,6 +35,9 @@ def _setup_logging(verbose: bool) -> None:
     else:
         handler = logging.StreamHandler(sys.stderr)
         handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s", "%H:%M:%S"))
+    # onnxruntime's quantizer advises pre-processing on every call through the root logger; the
+    # passes decide about pre-processing themselves and say so in their stats.
+    handler.addFilter(lambda record: not str(record.msg).startswith("Please consider to run pre-processing"))
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(logging.WARNING)

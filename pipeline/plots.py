@@ -126,7 +126,7 @@ def memory(result: RunResult, path: Path) -> None:
     fig, ax = plt.subplots(figsize=(9, 0.5 * len(names) + 1.8))
     ys = range(len(names))
     ax.barh([y + 0.2 for y in ys], [result.bench[n]["peak_rss_mb"] for n in names], height=0.4,
-            label="peak RSS of the benchmark process")
+            label="peak RSS of the benchmark process (up to its largest batch)")
     ax.barh([y - 0.2 for y in ys], [sizes.get(n, 0) for n in names], height=0.4, label="artifact file size")
     ax.set_yticks(list(ys), names)
     ax.set(xlabel="memory (MB)", title=_title(result, "memory per target"))

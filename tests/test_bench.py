@@ -105,3 +105,16 @@ def test_cpu_engines_match(tiny_ctx, tiny_onnx) -> None:
     torch_out = TorchEngine(tiny_ctx.model.load().module, tiny_ctx.io.input_names, "cpu").stage(inputs)()
     ort_out = OrtEngine(tiny_onnx.path, "cpu", threads=2).stage(inputs)()
     assert np.abs(torch_out[0].numpy() - ort_out[0]).max() < 1e-4
+
+
+def test_pad_batch_matches_the_tokenizer_padding_to_the_longest(tiny_ctx) -> None:
+    from pipeline.bench_worker import pad_batch
+    from pipeline.inputs import tokenize
+
+    tokenizer = tiny_ctx.model.tokenizer
+    texts = ["short one", "a much longer sentence than the first one", "mid length here"]
+    names = tiny_ctx.io.input_names
+    ours = pad_batch(tokenizer(texts), [0, 1, 2], names, tokenizer.pad_token_id)
+    theirs = tokenize(tokenizer, texts, names)
+    for name in names:
+        assert np.array_equal(ours[name], theirs[name]), name

@@ -99,10 +99,14 @@ def peer_spec(prepared: Prepared, target: Target, settings: Settings) -> dict[st
 
 
 def run_compile_worker(spec: dict[str, Any], timeout: float) -> dict[str, Any]:
-    """Like pipeline.bench.run_worker, with ``python -m benchmarks.compile_worker`` from the repository root."""
-    env = {**os.environ, "OMP_NUM_THREADS": str(spec["threads"]), "MKL_NUM_THREADS": str(spec["threads"]),
-           "TOKENIZERS_PARALLELISM": "false", "PYTHONPATH": str(ROOT)}
+    """Like pipeline.bench.run_worker, with ``python -m benchmarks.compile_worker`` from the repository root.
+
+    Inductor gets an empty cache, so the compile time is a first compile's, not a cache hit's.
+    """
     with tempfile.TemporaryDirectory(prefix="bench-compile-") as tmp:
+        env = {**os.environ, "OMP_NUM_THREADS": str(spec["threads"]), "MKL_NUM_THREADS": str(spec["threads"]),
+               "TOKENIZERS_PARALLELISM": "false", "PYTHONPATH": str(ROOT),
+               "TORCHINDUCTOR_CACHE_DIR": str(Path(tmp) / "inductor-cache")}
         spec_path, out_path = Path(tmp) / "spec.json", Path(tmp) / "out.json"
         spec_path.write_text(json.dumps(spec), encoding="utf-8")
         try:

@@ -39,44 +39,57 @@ def _scatter(ax: Any, rows: list[dict[str, Any]], colors: dict[str, Any], point:
     ax.set_xscale("log")
     ax.set_xlim(FLOOR / 3, 1.0)
     ax.xaxis.set_major_formatter(ticker.FuncFormatter(lambda v, _: f"{v:g}"))
-    ax.set(xlabel=f"1 - min cosine vs eager (log; {FLOOR:g} = exact to rounding; left is closer to eager)",
+    ax.set(xlabel=f"1 - min cosine vs eager (log scale; {FLOOR:g} and below drawn at {FLOOR:g})",
            ylabel=f"speed-up over eager, p50 at b{point[0]} s{point[1]} (x)",
-           title=f"latency (batch {point[0]}, sequence {point[1]}) against parity")
+           title=f"speed-up (batch {point[0]}, sequence {point[1]}) against distance from eager")
     ax.grid(True, which="major", alpha=0.3)
 
 
-def _bars(ax: Any, rows: list[dict[str, Any]], colors: dict[str, Any]) -> None:
-    shown = [r for r in rows if r["best_throughput"] is not None]
-    names = [r["name"] + (" *" if r["shipped"] else "") for r in shown]
-    values = [r["best_throughput"] for r in shown]
-    bars = ax.barh(range(len(shown)), values, color=[colors[r["name"]] for r in shown],
-                   hatch=None, edgecolor="black", linewidth=0.3)
+def _bars(ax: Any, rows: list[dict[str, Any]], colors: dict[str, Any], key: str, text: Any) -> None:
+    """Horizontal bars of ``key``, one per target in table order; hatched where the target fails the gate."""
+    shown = [r for r in rows if r[key] is not None]
+    bars = ax.barh([r["name"] + (" *" if r["shipped"] else "") for r in shown], [r[key] for r in shown],
+                   color=[colors[r["name"]] for r in shown], edgecolor="black", linewidth=0.3)
     for bar, row in zip(bars, shown, strict=True):
         if row["verdict"] == "FAIL":
             bar.set_hatch("//")
-        ax.text(bar.get_width(), bar.get_y() + bar.get_height() / 2, f" {row['best_throughput']:.0f} "
-                f"(b{row['best_batch']})", va="center", fontsize=7)
-    ax.set_yticks(range(len(shown)), names, fontsize=8)
-    ax.invert_yaxis()
-    ax.set_xlim(0, max(values, default=1) * 1.25)
-    ax.set(xlabel="best throughput (samples/s, sequence 128; best batch in brackets)",
-           title="throughput at the best batch (hatched: fails the gate; * shipped)")
+        ax.text(bar.get_width(), bar.get_y() + bar.get_height() / 2, " " + text(row), va="center", fontsize=7)
+    ax.set_xlim(0, max((r[key] for r in shown), default=1) * 1.3)
     ax.grid(True, axis="x", alpha=0.3)
 
 
+def _legends(ax: Any) -> None:
+    """Targets by colour, then makers by marker shape."""
+    first = ax.legend(fontsize=7, loc="upper left", title="target", title_fontsize=7)
+    ax.add_artist(first)
+    shapes = [ax.scatter([], [], marker=m, color="black", s=30, label=g) for g, m in MARKERS.items()]
+    ax.legend(handles=shapes, fontsize=7, loc="lower right", title="made by", title_fontsize=7)
+
+
 def plot(targets: list[Target], point: Point, title: str, path: Path) -> Path:
-    """Write the two-panel figure to ``path``."""
+    """Write the figure to ``path``: parity against speed-up, speed-up bars, best-throughput bars."""
     rows = table_rows(targets, point)
     cmap = plt.get_cmap("tab20")
     colors = {row["name"]: cmap(i % 20) for i, row in enumerate(rows)}
-    fig, (left, right) = plt.subplots(1, 2, figsize=(17, 7), gridspec_kw={"width_ratios": [1.25, 1]})
-    _scatter(left, rows, colors, point)
-    left.legend(fontsize=7, loc="upper left", ncol=1, title="target (marker: " + ", ".join(
-        f"{m} {g}" for g, m in MARKERS.items()) + ")", title_fontsize=7)
-    _bars(right, rows, colors)
+    fig = plt.figure(figsize=(22, 7.5), layout="constrained")
+    grid = fig.add_gridspec(1, 3, width_ratios=[1.35, 1, 1])
+    scatter, speed = fig.add_subplot(grid[0]), fig.add_subplot(grid[1])
+    tput = fig.add_subplot(grid[2], sharey=speed)
+    _scatter(scatter, rows, colors, point)
+    _legends(scatter)
+    _bars(speed, rows, colors, "speedup_vs_eager", lambda r: f"{r['speedup_vs_eager']:.2f}x")
+    speed.axvline(1.0, color="grey", linestyle="--", linewidth=1)
+    speed.invert_yaxis()
+    speed.tick_params(axis="y", labelsize=8)
+    speed.set(xlabel=f"speed-up over eager, p50 at b{point[0]} s{point[1]} (x; dashed: eager)",
+              title="latency speed-up (hatched: fails the gate; * shipped)")
+    _bars(tput, rows, colors, "best_throughput", lambda r: f"{r['best_throughput']:.0f} (b{r['best_batch']})")
+    tput.tick_params(axis="y", labelleft=False)
+    seqs = sorted({r["best_seq"] for r in rows if r["best_seq"] is not None})
+    tput.set(xlabel=f"best throughput (samples/s at sequence {', '.join(map(str, seqs))}; best batch in brackets)",
+             title="throughput at the best batch")
     fig.suptitle(title)
-    fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
+    fig.savefig(path, dpi=100)
     plt.close(fig)
     return path

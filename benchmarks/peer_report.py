@@ -141,6 +141,19 @@ def settings(meta: dict[str, Any]) -> list[str]:
     return [*lines, ""]
 
 
+def leaders(targets: list[Target], point: Point) -> list[str]:
+    """The fastest target at ``point`` among those that pass the project's gate, and overall."""
+    rows = [r for r in table_rows(targets, point) if r["p50_ms"] is not None]
+    passing = [r for r in rows if r["verdict"] == "pass"]
+    lines = []
+    for label, pool in (("passing the project's gate", passing), ("overall", rows)):
+        if pool:
+            r = min(pool, key=lambda r: r["p50_ms"])
+            gate = "" if r["verdict"] == "pass" else f", fails the gate with min cosine {num(r['cos_min'], '.4f')}"
+            lines.append(f"Fastest at {at(point)}, {label}: **{r['name']}** ({r['p50_ms']:.2f} ms{gate}).")
+    return [" ".join(lines), ""] if lines else []
+
+
 def rule_text(rule: dict[str, Any] | None) -> str:
     """The recipe's ship rule in words."""
     rule = rule or {}
@@ -163,6 +176,7 @@ def markdown(targets: list[Target], meta: dict[str, Any]) -> str:
              "gate for the target's precision.", "",
              (f"This project ships **{shipped}** (the recipe's ship rule: {rule_text(meta.get('ship_rule'))})."
               if shipped else "**This project ships nothing: no artifact it may ship passed the gate.**"), "",
+             *leaders(targets, point),
              *summary(targets, point, meta.get("busy_threshold", 0.10)), "",
              f"Speed-up over eager: eager p50 / target p50 at {at(point)}. *Shipped faster by*: target p50 / shipped "
              "p50, and shipped best samples/s / target best samples/s; above 1.00x the shipped artifact is faster "

@@ -31,7 +31,8 @@ def project_targets(result: RunResult, skip: set[str]) -> list[Target]:
         return targets
     for step in result.prepared.steps:
         art = result.artifacts[step.name]
-        config = step.config.model_dump(exclude_none=True, exclude_defaults=True)
+        config = {k: v for k, v in step.config.model_dump(by_alias=True, exclude_none=True, exclude_defaults=True)
+                  .items() if k != "from"}
         how = f"{step.pass_cls.name} {config or ''} from {step.source}".replace("  ", " ")
         parity = result.parity.get(step.name)
         size = art.path.stat().st_size if art.path and art.path.is_file() else None

@@ -107,6 +107,8 @@ def test_markdown_has_the_table_the_failures_and_the_environment(targets: list[T
     assert "† 40%" in o2 and "| 1.25x | 1.25x |" in o2
     assert "This project ships **02_onnx_export** (the recipe's ship rule: the passing artifact with the lowest " \
            "p50 at b1 s128)" in text
+    assert "Fastest at b1 s128, passing the project's gate: **02_onnx_export** (10.00 ms). Fastest at b1 s128, " \
+           "overall: **ort-quantize_dynamic** (5.00 ms, fails the gate with min cosine 0.7500)." in text
     assert "- **optimum-O3**: ValueError: could not optimize" in text
     assert "- **ort-quantize_dynamic**: parity gate: last_hidden_state: cos_min 0.75 < 0.99" in text
     assert "onnxruntime 1.32.0" in text and "optimum-onnx 0.1.0" in text and "commit abc123" in text

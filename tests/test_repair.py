@@ -59,7 +59,7 @@ def test_repair_makes_a_failing_conversion_pass_and_reports_what_stayed_in_float
         assert not verdicts[plain]["parity"]["passed"], plain
         assert verdicts[repaired]["parity"]["passed"], verdicts[repaired]["parity"]["failures"]
         stats = verdicts[repaired]["stats"]["repair"]
-        assert stats["passed"] and not stats["history"][0]["passed"] and stats["history"][-1]["passed"]
+        assert stats["passed"] and not stats["history"][0]["passed"] and any(h["passed"] for h in stats["history"])
         assert stats["kept_in_float"] and all({"node", "op_type"} <= set(k) for k in stats["kept_in_float"])
         assert stats["speed"]["p50_ms_plain"] > 0 and stats["speed"]["p50_ms_repaired"] > 0
         assert stats["localization"]["worst"][0]["node"]

@@ -13,8 +13,6 @@ call, which is timed on its own (``compile_seconds``) and never counted as a lat
 
 from __future__ import annotations
 
-import json
-import os
 import sys
 import time
 from pathlib import Path
@@ -91,14 +89,5 @@ def run(spec: dict[str, Any]) -> dict[str, Any]:
     return result
 
 
-def main(argv: list[str]) -> int:
-    """Read the spec, benchmark, write the result JSON."""
-    spec = json.loads(Path(argv[0]).read_text(encoding="utf-8"))
-    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
-    result = run(spec)
-    Path(argv[1]).write_text(json.dumps(result, indent=1), encoding="utf-8")
-    return 0
-
-
 if __name__ == "__main__":
-    sys.exit(main(sys.argv[1:]))
+    sys.exit(bench_worker.main(sys.argv[1:], run))

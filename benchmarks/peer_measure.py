@@ -7,11 +7,7 @@ TorchScript and any ONNX file, ``benchmarks.compile_worker`` for ``torch.compile
 
 from __future__ import annotations
 
-import json
 import logging
-import os
-import subprocess
-import sys
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -99,25 +95,13 @@ def peer_spec(prepared: Prepared, target: Target, settings: Settings) -> dict[st
 
 
 def run_compile_worker(spec: dict[str, Any], timeout: float) -> dict[str, Any]:
-    """Like pipeline.bench.run_worker, with ``python -m benchmarks.compile_worker`` from the repository root.
+    """pipeline.bench.run_worker with ``python -m benchmarks.compile_worker`` from the repository root.
 
     Inductor gets an empty cache, so the compile time is a first compile's, not a cache hit's.
     """
-    with tempfile.TemporaryDirectory(prefix="bench-compile-") as tmp:
-        env = {**os.environ, "OMP_NUM_THREADS": str(spec["threads"]), "MKL_NUM_THREADS": str(spec["threads"]),
-               "TOKENIZERS_PARALLELISM": "false", "PYTHONPATH": str(ROOT),
-               "TORCHINDUCTOR_CACHE_DIR": str(Path(tmp) / "inductor-cache")}
-        spec_path, out_path = Path(tmp) / "spec.json", Path(tmp) / "out.json"
-        spec_path.write_text(json.dumps(spec), encoding="utf-8")
-        try:
-            proc = subprocess.run([sys.executable, "-m", "benchmarks.compile_worker", str(spec_path), str(out_path)],
-                                  capture_output=True, text=True, timeout=timeout, env=env, cwd=ROOT)
-        except subprocess.TimeoutExpired:
-            return {"target": spec["target"], "error": f"timed out after {timeout:.0f} s", "rows": []}
-        if proc.returncode != 0 or not out_path.is_file():
-            lines = [line for line in proc.stderr.strip().splitlines() if line.strip()]
-            return {"target": spec["target"], "error": lines[-1] if lines else f"exit {proc.returncode}", "rows": []}
-        return json.loads(out_path.read_text(encoding="utf-8"))
+    return run_worker(spec, timeout, module="benchmarks.compile_worker", cwd=ROOT,
+                      extra_env=lambda tmp: {"PYTHONPATH": str(ROOT),
+                                             "TORCHINDUCTOR_CACHE_DIR": str(tmp / "inductor-cache")})
 
 
 def save_case_inputs(cases: list[Case], path: Path) -> None:

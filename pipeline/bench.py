@@ -13,6 +13,7 @@ import os
 import subprocess
 import sys
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -68,16 +69,19 @@ def bench_key(prepared: Prepared, artifact: Artifact) -> str:
                                        "machine": machine, "device": prepared.recipe.device}))
 
 
-def run_worker(spec: dict[str, Any], timeout: float) -> dict[str, Any]:
-    """Run one target's benchmark in a fresh process; returns its result or {'error': ...}."""
+def run_worker(spec: dict[str, Any], timeout: float, module: str = "pipeline.bench_worker",
+               extra_env: Callable[[Path], dict[str, str]] | None = None, cwd: Path | None = None) -> dict[str, Any]:
+    """Run one target's benchmark in a fresh process (``python -m module SPEC OUT``); returns its
+    result or {'error': ...}. ``extra_env`` adds variables, given the run's scratch folder."""
     env = {**os.environ, "OMP_NUM_THREADS": str(spec["threads"]), "MKL_NUM_THREADS": str(spec["threads"]),
            "TOKENIZERS_PARALLELISM": "false"}
     with tempfile.TemporaryDirectory(prefix="bench-") as tmp:
+        env.update(extra_env(Path(tmp)) if extra_env else {})
         spec_path, out_path = Path(tmp) / "spec.json", Path(tmp) / "out.json"
         spec_path.write_text(json.dumps(spec), encoding="utf-8")
         try:
-            proc = subprocess.run([sys.executable, "-m", "pipeline.bench_worker", str(spec_path), str(out_path)],
-                                  capture_output=True, text=True, timeout=timeout, env=env)
+            proc = subprocess.run([sys.executable, "-m", module, str(spec_path), str(out_path)],
+                                  capture_output=True, text=True, timeout=timeout, env=env, cwd=cwd)
         except subprocess.TimeoutExpired:
             return {"target": spec["target"], "error": f"timed out after {timeout:.0f} s", "rows": []}
         if proc.returncode != 0 or not out_path.is_file():

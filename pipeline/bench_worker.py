@@ -12,6 +12,7 @@ import os
 import resource
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -198,11 +199,11 @@ def run(spec: dict[str, Any]) -> dict[str, Any]:
     return result
 
 
-def main(argv: list[str]) -> int:
-    """Read the spec, benchmark, write the result JSON."""
+def main(argv: list[str], run_spec: Callable[[dict[str, Any]], dict[str, Any]] = run) -> int:
+    """Read the spec, benchmark (with ``run_spec``), write the result JSON."""
     spec = json.loads(Path(argv[0]).read_text(encoding="utf-8"))
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
-    result = run(spec)
+    result = run_spec(spec)
     Path(argv[1]).write_text(json.dumps(result, indent=1), encoding="utf-8")
     return 0
 

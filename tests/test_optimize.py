@@ -86,3 +86,14 @@ def test_tampered_artifact_is_rebuilt(tiny_recipe: Path) -> None:
     assert main(["optimize", str(tiny_recipe), "--no-bench"]) == 0
     report = json.loads(Path("artifacts/tiny/report.json").read_text())
     assert [a["cached"] for a in report["artifacts"]] == [True, True, False]
+
+
+def test_ship_check_on_the_command_line(tiny_recipe: Path, capsys: pytest.CaptureFixture) -> None:
+    assert main(["optimize", str(tiny_recipe), "--no-bench"]) == 0
+    bundle = Path("artifacts/tiny/ship")
+    assert main(["ship", "--check", str(bundle)]) == 0
+    assert "bundle intact" in capsys.readouterr().out
+    model = bundle / "model.onnx"
+    model.write_bytes(model.read_bytes() + b"\0")
+    assert main(["ship", "--check", str(bundle)]) == 1
+    assert "model.onnx" in capsys.readouterr().err

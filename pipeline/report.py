@@ -51,13 +51,14 @@ def build_report(result: RunResult, out_dir: Path) -> dict[str, Any]:
     prepared = result.prepared
     recipe = prepared.recipe
     rows = []
+    folders = {s.name: s.folder for s in prepared.steps}  # parent as the step value tools can join on
     for step in prepared.steps:
         art = result.artifacts[step.name]
         parity = result.parity.get(step.name)
         rows.append({
             "step": step.folder, "name": step.name, "pass": step.pass_cls.name, "format": art.format.value,
             "precision": art.precision, "path": art.path.relative_to(out_dir).as_posix() if art.path else None,
-            "sha256": art.sha256, "parent": step.source if step.source != "eager" else None,
+            "sha256": art.sha256, "parent": folders.get(step.source),
             "cached": result.cached.get(step.name, False), "stats": art.stats,
             "parity": parity.to_json() if parity else None, **_bench_fields(result.bench.get(step.name)),
             "accuracy": result.accuracy.get(step.name),

@@ -43,6 +43,7 @@ def test_run_writes_every_artifact_then_reuses_them(tiny_recipe: Path, capsys: p
     report = json.loads((out / "report.json").read_text())
     assert report["ok"] and report["shipped"] == "03_onnx_simplify/model.onnx" and report["random_weights"]
     assert all(a["parity"]["passed"] for a in report["artifacts"])
+    assert [a["parent"] for a in report["artifacts"]] == [None, None, "02_onnx_export"]
     assert (out / "reference" / "reference.npz").is_file()
 
     mtimes = {p: p.stat().st_mtime_ns for p in out.glob("[0-9]*/*")}

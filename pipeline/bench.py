@@ -52,7 +52,9 @@ def worker_spec(prepared: Prepared, target: str, artifact: Artifact) -> dict[str
         spec["vocab_size"] = len(handle.tokenizer)
         spec["tokenizer_dir"] = str(handle.tokenizer.name_or_path)
     else:
-        spec["examples"] = {k: v.tolist() for k, v in handle.factory_examples.items()}
+        spec["examples"] = {k: {"data": v.tolist(), "dtype": str(v.dtype)} for k, v in handle.factory_examples.items()}
+        # the factory must import in the worker as it did here
+        spec["sys_path"] = [p for p in sys.path if p and Path(p).is_dir()]
     if bench.best_batch is not None:
         spec["best_batch"] = bench.best_batch.model_dump()
         spec["best_batch"]["memory_limit_mb"] = bench.best_batch.memory_limit_mb or 0.6 * available_memory_mb()

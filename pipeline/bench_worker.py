@@ -76,7 +76,8 @@ def _grid_inputs(spec: dict[str, Any], batch: int, seq: int) -> Inputs:
     if spec.get("examples"):
         from pipeline.inputs import resize_examples
 
-        return resize_examples({k: np.asarray(v) for k, v in spec["examples"].items()}, batch)
+        examples = {k: np.asarray(v["data"], dtype=v["dtype"]) for k, v in spec["examples"].items()}
+        return resize_examples(examples, batch)
     return random_tokens(spec["input_names"], batch, seq, spec["vocab_size"], seed=batch * 1000 + seq, pad_fraction=0)
 
 
@@ -174,6 +175,7 @@ def real_data(engine: Any, spec: dict[str, Any], protocol: Protocol) -> dict[str
 
 def run(spec: dict[str, Any]) -> dict[str, Any]:
     """Benchmark one target as the spec says; returns rows in the report's ROW shape plus extras."""
+    sys.path[:0] = [p for p in spec.get("sys_path", []) if p not in sys.path]
     threads = spec["threads"]
     if spec["format"] != "onnx":  # an ONNX target never imports torch, so its memory is its own
         import torch

@@ -6,27 +6,20 @@ from pathlib import Path
 
 import numpy as np
 import onnx
-import onnxruntime as ort
 import pytest
 from onnx import TensorProto
 from pydantic import ValidationError
 
 from passes.fp16 import Fp16, Fp16Config, tensor_types
+from passes.onnx_utils import run_onnx
 from pipeline.artifact import Artifact
 from pipeline.inputs import random_tokens
+from pipeline.metrics import compare
 from pipeline.pass_base import PassContext
 
 NAMES = ["input_ids", "attention_mask", "token_type_ids"]
 
 
-def _run(path: Path, inputs: dict[str, np.ndarray]) -> np.ndarray:
-    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    return session.run(["last_hidden_state"], inputs)[0]
-
-
-def _min_cosine(a: np.ndarray, b: np.ndarray, keep: np.ndarray) -> float:
-    a, b = a[keep].astype(np.float64), b[keep].astype(np.float64)
-    return float((np.sum(a * b, -1) / np.linalg.norm(a, axis=-1) / np.linalg.norm(b, axis=-1)).min())
 
 
 def _convert(tiny_onnx: Artifact, ctx: PassContext, out: Path, **config: object):
@@ -48,9 +41,9 @@ def test_halves_size_and_matches_parent(tiny_onnx: Artifact, tiny_ctx: PassConte
 
     inputs = random_tokens(NAMES, 3, 77, 30522)
     keep = inputs["attention_mask"].astype(bool)
-    want, got = _run(tiny_onnx.path, inputs), _run(path, inputs)
+    want, got = run_onnx(tiny_onnx.path, inputs)["last_hidden_state"], run_onnx(path, inputs)["last_hidden_state"]
     assert got.dtype == np.float32 and got.shape == (3, 77, 32)
-    assert _min_cosine(got, want, keep) > 0.999
+    assert compare(want, got, keep)["cos_min"] > 0.999
 
 
 def test_node_block_list_keeps_node_in_float32(tiny_onnx: Artifact, tiny_ctx: PassContext, tmp_path: Path) -> None:

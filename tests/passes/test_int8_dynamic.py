@@ -4,16 +4,16 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import numpy as np
 import onnx
-import onnxruntime as ort
 import pytest
 from pydantic import ValidationError
 
 from passes.int8_dynamic import Int8Dynamic, Int8DynamicConfig
+from passes.onnx_utils import run_onnx
 from passes.ort_optimize import OrtOptimize, OrtOptimizeConfig
 from pipeline.artifact import Artifact, Format
 from pipeline.inputs import random_tokens
+from pipeline.metrics import compare
 from pipeline.pass_base import PassContext
 
 NAMES = ["input_ids", "attention_mask", "token_type_ids"]
@@ -21,14 +21,6 @@ NAMES = ["input_ids", "attention_mask", "token_type_ids"]
 MIN_COSINE = 0.995
 
 
-def _run(path: Path, inputs: dict[str, np.ndarray]) -> np.ndarray:
-    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    return session.run(["last_hidden_state"], inputs)[0]
-
-
-def _min_cosine(a: np.ndarray, b: np.ndarray, keep: np.ndarray) -> float:
-    a, b = a[keep].astype(np.float64), b[keep].astype(np.float64)
-    return float((np.sum(a * b, -1) / np.linalg.norm(a, axis=-1) / np.linalg.norm(b, axis=-1)).min())
 
 
 def _quantize(parent: Artifact, ctx: PassContext, out: Path, **config: object):
@@ -38,9 +30,9 @@ def _quantize(parent: Artifact, ctx: PassContext, out: Path, **config: object):
 
 def _cosine_to(reference: Path, path: Path) -> float:
     inputs = random_tokens(NAMES, 3, 77, 30522)
-    want, got = _run(reference, inputs), _run(path, inputs)
+    want, got = run_onnx(reference, inputs)["last_hidden_state"], run_onnx(path, inputs)["last_hidden_state"]
     assert got.shape == want.shape == (3, 77, 32)
-    return _min_cosine(got, want, inputs["attention_mask"].astype(bool))
+    return compare(want, got, inputs["attention_mask"])["cos_min"]
 
 
 def test_quantizes_and_stays_close(tiny_onnx: Artifact, tiny_ctx: PassContext, tmp_path: Path) -> None:

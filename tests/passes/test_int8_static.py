@@ -5,11 +5,11 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-import onnxruntime as ort
 import pytest
 from pydantic import ValidationError
 
 from passes.int8_static import Int8Static, Int8StaticConfig
+from passes.onnx_utils import run_onnx
 from passes.ort_optimize import OrtOptimize, OrtOptimizeConfig
 from pipeline.artifact import Artifact, Format
 from pipeline.errors import RecipeError
@@ -22,14 +22,10 @@ MIN_COSINE = 0.995
 FAST = {"samples": 16, "batch": 4}
 
 
-def _run(path: Path, inputs: dict[str, np.ndarray]) -> np.ndarray:
-    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    return session.run(["last_hidden_state"], inputs)[0]
-
 
 def _cosine_to(reference: Path, path: Path) -> float:
     inputs = random_tokens(NAMES, 3, 77, 30522)
-    want, got = _run(reference, inputs), _run(path, inputs)
+    want, got = run_onnx(reference, inputs)["last_hidden_state"], run_onnx(path, inputs)["last_hidden_state"]
     assert got.shape == want.shape == (3, 77, 32)
     keep = inputs["attention_mask"].astype(bool)
     a, b = got[keep].astype(np.float64), want[keep].astype(np.float64)

@@ -5,10 +5,10 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-import onnxruntime as ort
 import pytest
 from pydantic import ValidationError
 
+from passes.onnx_utils import run_onnx
 from passes.ort_optimize import OrtOptimize, OrtOptimizeConfig
 from pipeline.artifact import Artifact, Format
 from pipeline.inputs import random_tokens
@@ -16,10 +16,6 @@ from pipeline.pass_base import PassContext
 
 NAMES = ["input_ids", "attention_mask", "token_type_ids"]
 
-
-def _run(path: Path, inputs: dict[str, np.ndarray]) -> np.ndarray:
-    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    return session.run(["last_hidden_state"], inputs)[0]
 
 
 def _optimize(tiny_onnx: Artifact, ctx: PassContext, out: Path, **config: object):
@@ -40,7 +36,8 @@ def test_fuses_and_matches_parent(tiny_onnx: Artifact, tiny_ctx: PassContext, tm
 
     inputs = random_tokens(NAMES, 3, 77, 30522)
     keep = inputs["attention_mask"].astype(bool)
-    want, got = _run(tiny_onnx.path, inputs), _run(tmp_path / "opt" / output.file, inputs)
+    want = run_onnx(tiny_onnx.path, inputs)["last_hidden_state"]
+    got = run_onnx(tmp_path / "opt" / output.file, inputs)["last_hidden_state"]
     assert got.shape == want.shape == (3, 77, 32)
     assert np.abs(got - want)[keep].max() < 1e-4
 

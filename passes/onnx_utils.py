@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 import onnx
 
+from pipeline.errors import first_line
 from pipeline.pass_base import Inputs, IOSpec, PassContext
 
 log = logging.getLogger(__name__)
@@ -160,8 +161,7 @@ def run_checked(path: Path, inputs: Inputs) -> dict[str, np.ndarray]:
     except ValueError:
         raise
     except Exception as exc:  # onnxruntime raises its own exception types
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise RuntimeError(f"{Path(path).name} fails in onnxruntime at shape {shape_text(inputs)} ({first}); "
+        raise RuntimeError(f"{Path(path).name} fails in onnxruntime at shape {shape_text(inputs)} ({first_line(exc)}); "
                            f"a dimension was probably baked in") from exc
 
 

@@ -19,6 +19,7 @@ from pydantic import Field
 
 from passes.onnx_utils import check_inputs, compare, eager_outputs, shape_text
 from pipeline.artifact import Artifact, Format
+from pipeline.errors import first_line
 from pipeline.pass_base import Inputs, Pass, PassConfig, PassContext, PassOutput, register
 
 log = logging.getLogger(__name__)
@@ -128,8 +129,7 @@ def _check_saved(loaded: torch.jit.ScriptModule, file: str, inputs: list[Inputs]
         try:
             got = eager_outputs(loaded, x, ctx.io)
         except Exception as exc:
-            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            raise RuntimeError(f"{what} fails to run ({first}); the trace probably baked in the export "
+            raise RuntimeError(f"{what} fails to run ({first_line(exc)}); the trace probably baked in the export "
                                f"shape") from exc
         diffs.append(compare(got, want, ctx.io.output_names, tolerance, what))
         log.debug("%s: max abs diff %.3g", what, diffs[-1])

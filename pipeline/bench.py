@@ -17,7 +17,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from pipeline.artifact import Artifact, canonical_json, sha256_text, write_json_atomic
+from pipeline.artifact import Artifact, canonical_json, read_json, sha256_text, write_json_atomic
 from pipeline.fingerprint import fingerprint
 from pipeline.inputs import DEFAULT_CORPUS
 from pipeline.progress import stage
@@ -110,13 +110,6 @@ def flag_reruns(result: dict[str, Any], previous: dict[str, Any] | None, toleran
             row.setdefault("unstable_reasons", []).append(f"cv {row['cv']:.2f}")
 
 
-def _read_json(path: Path) -> dict[str, Any] | None:
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None
-
-
 def benchmark(prepared: Prepared, artifacts: dict[str, Artifact], force: bool = False,
               measure: bool = True) -> dict[str, dict[str, Any]]:
     """Benchmark results by target ('eager' and every step name): re-used from cache unless ``force``;
@@ -136,7 +129,7 @@ def _bench_target(prepared: Prepared, target: str, artifact: Artifact, folder: P
     """Reuse or measure one target; a measurement is compared with the one it replaces."""
     key = bench_key(prepared, artifact)
     path = folder / f"{target}.json"
-    previous = _read_json(path)
+    previous = read_json(path)
     if not force and previous is not None and previous.get("key") == key and not previous.get("error"):
         results[target] = previous
         return

@@ -18,7 +18,7 @@ import numpy as np
 import onnx
 
 from pipeline.inputs import Inputs
-from pipeline.metrics import kept_rows
+from pipeline.metrics import compare, kept_rows
 from pipeline.ort_session import onnx_session
 
 FLOAT_TYPES = {onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16, onnx.TensorProto.DOUBLE}
@@ -99,13 +99,8 @@ def _error(ref: np.ndarray, out: np.ndarray, mask: np.ndarray | None) -> tuple[f
     a, b = a.astype(np.float64), b.astype(np.float64)
     same = (a == b) | (np.isnan(a) & np.isnan(b))  # identical infinities (attention masks) are no error
     a, b = np.where(same & ~np.isfinite(a), 0.0, a), np.where(same & ~np.isfinite(b), 0.0, b)
-    if not (np.isfinite(a).all() and np.isfinite(b).all()):
-        return -1.0, -math.inf
-    noise = float(((a - b) ** 2).sum())
-    sqnr = math.inf if noise == 0 else 10 * math.log10(max(float((a**2).sum()), 1e-30) / noise)
-    norms = np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1)
-    cos = np.where(norms > 1e-12, (a * b).sum(axis=1) / np.maximum(norms, 1e-12), 1.0)
-    return float(cos.min()), sqnr
+    metrics = compare(a, b, None)
+    return metrics["cos_min"], metrics["sqnr_db"]
 
 
 def _added(before: float, after: float) -> float:

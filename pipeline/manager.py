@@ -26,7 +26,7 @@ from pipeline.artifact import (
     staging_folder,
     write_json_atomic,
 )
-from pipeline.errors import PassError, PipelineError
+from pipeline.errors import PassError, PipelineError, first_line
 from pipeline.pass_base import Gate, PassContext
 from pipeline.progress import stage
 from pipeline.recipe import Step
@@ -84,9 +84,8 @@ def _run_step(planned: PlannedStep, parent: Artifact, ctx: PassContext) -> Artif
         except (KeyboardInterrupt, PipelineError):
             raise
         except Exception as exc:  # any failure inside a pass is that pass's failure
-            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             raise PassError(f"pass {step.pass_cls.name} (step {step.folder}, input {parent.step}) failed: "
-                            f"{type(exc).__name__}: {first}") from exc
+                            f"{type(exc).__name__}: {first_line(exc)}") from exc
         main = tmp / output.file
         if not main.is_file():
             raise PassError(f"pass {step.pass_cls.name} (step {step.folder}) wrote no {output.file}")

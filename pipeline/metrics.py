@@ -50,7 +50,7 @@ def compare(reference: np.ndarray, actual: np.ndarray, mask: np.ndarray | None,
             max_abs=float(err.max()), mean_abs=float(err.mean()), p99_abs=float(np.percentile(err, 99)),
             max_rel=float((err / np.maximum(np.abs(ref), 1e-6 * max(float(np.abs(ref).max()), EPS))).max()),
             cos_min=float(cos.min()), cos_mean=float(cos.mean()),
-            sqnr_db=float(10 * math.log10(float((ref**2).sum()) / noise)) if noise > 0 else math.inf,
+            sqnr_db=float(10 * math.log10(max(float((ref**2).sum()), 1e-30) / noise)) if noise > 0 else math.inf,
         )
     if classification and ref.ndim == 2 and ref.shape[1] > 1:
         metrics["top1_agreement"] = float((ref.argmax(axis=1) == out.argmax(axis=1)).mean()) if finite.all() else 0.0

@@ -10,6 +10,7 @@ Hugging Face model is wrapped in a module whose ``forward`` names its inputs exp
 
 from __future__ import annotations
 
+import copy
 import functools
 import importlib
 import logging
@@ -210,7 +211,7 @@ class ModelHandle:
         """The model's maximum sequence length (None when unknown, as for a factory model)."""
         if self.location[0] == "factory":
             return None
-        return getattr(self._config(), "max_position_embeddings", None)
+        return getattr(self.hf_config, "max_position_embeddings", None)
 
     def describe(self) -> dict[str, Any]:
         """A JSON-safe summary of the model for manifests and reports (no weights are loaded)."""
@@ -221,7 +222,7 @@ class ModelHandle:
         if info["random_weights"]:
             info["seed"] = self.spec.seed
         if kind != "factory":
-            config = self._config()
+            config = self.hf_config
             info["model_type"] = getattr(config, "model_type", None)
             info["architectures"] = getattr(config, "architectures", None)
         return info
@@ -236,7 +237,7 @@ class ModelHandle:
             "weights": self.spec.weights, "attn": self.spec.attn_implementation,
         }
         if self.spec.weights == "random" and kind != "factory":
-            parts["config"] = self._config().to_dict()
+            parts["config"] = self.hf_config.to_dict()
             parts["seed"] = self.spec.seed
         elif kind in ("packaged", "folder"):
             folder = Path(where)
@@ -258,7 +259,7 @@ class ModelHandle:
         random_weights = self.spec.weights == "random"
         try:
             if random_weights:
-                config = self._config()
+                config = copy.deepcopy(self.hf_config)  # from_config may set fields on it
                 torch.manual_seed(self.spec.seed)
                 model = auto.from_config(config, **extra)
             else:

@@ -44,36 +44,37 @@ def _log_axes(ax: Any, xs: list[int]) -> None:
     ax.grid(True, which="both", alpha=0.3)
 
 
+def _panels(result: RunResult, path: Path, panel: tuple[str, str], x: tuple[str, str],
+            lines: list[tuple[str, str, float]], ylabel: str, title: str) -> None:
+    """One panel per value of ``panel`` (key, name), ``x`` (key, axis label) across, a line per target
+    for each (row key, style, alpha) in ``lines`` in the target's colour."""
+    rows_all = [r for _, res in _targets(result) for r in res["rows"]]
+    values, xs = sorted({r[panel[0]] for r in rows_all}), sorted({r[x[0]] for r in rows_all})
+    fig, axes = plt.subplots(1, len(values), figsize=(5 * len(values), 4.2), squeeze=False)
+    for ax, value in zip(axes[0], values, strict=True):
+        for i, (name, res) in enumerate(_targets(result)):
+            rows = sorted((r for r in res["rows"] if r[panel[0]] == value), key=lambda r: r[x[0]])
+            for j, (key, style, alpha) in enumerate(lines):
+                ax.plot([r[x[0]] for r in rows], [r[key] for r in rows], style, color=f"C{i % 10}", alpha=alpha,
+                        label=name if j == 0 else None)
+        ax.set(xlabel=x[1], ylabel=ylabel, title=f"{panel[1]} {value}")
+        _log_axes(ax, xs)
+    axes[0][-1].legend(fontsize=8)
+    fig.suptitle(_title(result, title))
+    _save(fig, path)
+
+
 def latency_vs_batch(result: RunResult, path: Path) -> None:
     """p50 latency against batch size, one panel per sequence length, a line per target (p90 dashed)."""
-    seqs = sorted({r["seq"] for _, res in _targets(result) for r in res["rows"]})
-    fig, axes = plt.subplots(1, len(seqs), figsize=(5 * len(seqs), 4.2), squeeze=False)
-    for ax, seq in zip(axes[0], seqs, strict=True):
-        for i, (name, res) in enumerate(_targets(result)):
-            rows = sorted((r for r in res["rows"] if r["seq"] == seq), key=lambda r: r["batch"])
-            color = f"C{i % 10}"
-            ax.plot([r["batch"] for r in rows], [r["p50_ms"] for r in rows], "o-", color=color, label=name)
-            ax.plot([r["batch"] for r in rows], [r["p90_ms"] for r in rows], "--", color=color, alpha=0.5)
-        ax.set(xlabel="batch size", ylabel="latency p50 (ms); dashed: p90", title=f"sequence length {seq}")
-        _log_axes(ax, sorted({r["batch"] for _, res in _targets(result) for r in res["rows"]}))
-    axes[0][-1].legend(fontsize=8)
-    fig.suptitle(_title(result, "latency against batch size"))
-    _save(fig, path)
+    _panels(result, path, ("seq", "sequence length"), ("batch", "batch size"),
+            [("p50_ms", "o-", 1.0), ("p90_ms", "--", 0.5)], "latency p50 (ms); dashed: p90",
+            "latency against batch size")
 
 
 def throughput_vs_seq(result: RunResult, path: Path) -> None:
     """Measured samples per second against sequence length, one panel per batch size."""
-    batches = sorted({r["batch"] for _, res in _targets(result) for r in res["rows"]})
-    fig, axes = plt.subplots(1, len(batches), figsize=(5 * len(batches), 4.2), squeeze=False)
-    for ax, batch in zip(axes[0], batches, strict=True):
-        for name, res in _targets(result):
-            rows = sorted((r for r in res["rows"] if r["batch"] == batch), key=lambda r: r["seq"])
-            ax.plot([r["seq"] for r in rows], [r["throughput"] for r in rows], "o-", label=name)
-        ax.set(xlabel="sequence length (tokens)", ylabel="throughput (samples/s)", title=f"batch size {batch}")
-        _log_axes(ax, sorted({r["seq"] for _, res in _targets(result) for r in res["rows"]}))
-    axes[0][-1].legend(fontsize=8)
-    fig.suptitle(_title(result, "measured throughput against sequence length"))
-    _save(fig, path)
+    _panels(result, path, ("batch", "batch size"), ("seq", "sequence length (tokens)"),
+            [("throughput", "o-", 1.0)], "throughput (samples/s)", "measured throughput against sequence length")
 
 
 def speedup(result: RunResult, path: Path) -> None:

@@ -9,7 +9,6 @@ What stayed in higher precision, and what it cost in speed, is reported.
 from __future__ import annotations
 
 import logging
-import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,6 +21,7 @@ from pipeline.localize import localize, rank_nodes
 from pipeline.metrics import compare
 from pipeline.ort_session import onnx_session
 from pipeline.pass_base import Gate, GateResult
+from pipeline.timing import Protocol, Timer, latencies, summarize, warm_up
 
 log = logging.getLogger(__name__)
 Build = Callable[[list[str]], Path]
@@ -52,14 +52,10 @@ def p50_ms(path: Path, inputs: Inputs, threads: int = 2, repeats: int = 30) -> f
     """Median latency of one ONNX file on ``inputs`` (warmed up; for comparing two candidates)."""
     session = onnx_session(path, "cpu", threads)
     feed = {i.name: inputs[i.name] for i in session.get_inputs()}
-    for _ in range(5):
-        session.run(None, feed)
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        session.run(None, feed)
-        times.append((time.perf_counter() - start) * 1e3)
-    return float(np.median(times))
+    protocol = Protocol(warmup=5, warmup_seconds=0, min_repeats=repeats, min_seconds=0)
+    warm_up(lambda: session.run(None, feed), Timer(), protocol)
+    times = latencies(lambda: session.run(None, feed), Timer(), protocol)
+    return summarize(times, protocol.cv_threshold)["p50_ms"]
 
 
 def _output_error(path: Path, probe: Inputs, reference: dict[str, np.ndarray]) -> tuple[float, float]:

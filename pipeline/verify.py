@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 from pipeline.accuracy import PREFIX as ACCURACY_PREFIX
 from pipeline.accuracy import label_ids, load_labeled, score
 from pipeline.artifact import Artifact
-from pipeline.errors import PipelineError
+from pipeline.errors import PipelineError, first_line
 from pipeline.metrics import combine, compare
 from pipeline.model import ModelHandle
 from pipeline.progress import stage
@@ -49,8 +49,7 @@ class Parity:
 
 
 def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return f"{type(exc).__name__}: {text.splitlines()[0]}" if text else type(exc).__name__
+    return f"{type(exc).__name__}: {first_line(exc)}" if str(exc).strip() else type(exc).__name__
 
 
 def run_cases(fn: ModelFn, cases: list[Case]) -> tuple[list[Outputs], list[str]]:

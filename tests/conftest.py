@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+import yaml
 
 from pipeline.artifact import Artifact, Format
 from pipeline.context import make_context
@@ -26,6 +28,24 @@ def tiny_bert_config(tmp_path_factory: pytest.TempPathFactory) -> Path:
     path = tmp_path_factory.mktemp("configs") / "tiny-bert.json"
     path.write_text(json.dumps(TINY_BERT))
     return path
+
+
+@pytest.fixture
+def write_tiny_recipe(tmp_path: Path, tiny_bert_config: Path, monkeypatch: pytest.MonkeyPatch
+                      ) -> Callable[..., Path]:
+    """Writes ``<name>.yaml``, a tiny-BERT recipe with the given passes and sections, in the working
+    folder (tmp_path, made current); returns its path."""
+    monkeypatch.chdir(tmp_path)
+
+    def write(name: str, passes: list, **sections: object) -> Path:
+        path = tmp_path / f"{name}.yaml"
+        path.write_text(yaml.safe_dump({
+            "model": {"source": str(tiny_bert_config), "tokenizer": "packaged:all-MiniLM-L6-v2"},
+            "task": "feature-extraction", "passes": passes, **sections,
+        }))
+        return path
+
+    return write
 
 
 @pytest.fixture

@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 import pytest
-import yaml
 
 from pipeline.cli import main
 from pipeline.engines import OrtEngine, TorchEngine
@@ -22,16 +22,10 @@ FAST = ["--set", "bench.min_seconds=0.05", "--set", "bench.min_repeats=5", "--se
 
 
 @pytest.fixture
-def tiny_recipe(tmp_path: Path, tiny_bert_config: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    monkeypatch.chdir(tmp_path)
-    path = tmp_path / "tiny.yaml"
-    path.write_text(yaml.safe_dump({
-        "model": {"source": str(tiny_bert_config), "tokenizer": "packaged:all-MiniLM-L6-v2"},
-        "task": "feature-extraction", "passes": [{"torchscript": {}}, {"onnx_export": {"from": "eager"}}],
-        "verify": {"shapes": [[1, 9]], "sentence_batches": 1},
-        "bench": {"batches": [1, 2], "seqs": [8, 16]},
-    }))
-    return path
+def tiny_recipe(write_tiny_recipe: Callable[..., Path]) -> Path:
+    return write_tiny_recipe("tiny", [{"torchscript": {}}, {"onnx_export": {"from": "eager"}}],
+                             verify={"shapes": [[1, 9]], "sentence_batches": 1},
+                             bench={"batches": [1, 2], "seqs": [8, 16]})
 
 
 def test_every_target_is_benchmarked_into_report_rows(tiny_recipe: Path, capsys: pytest.CaptureFixture) -> None:

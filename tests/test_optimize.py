@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-import yaml
 
 from pipeline.cli import main
 
@@ -15,15 +15,8 @@ CHAIN = [{"torchscript": {"mode": "trace"}}, {"onnx_export": {"from": "eager"}},
 
 
 @pytest.fixture
-def tiny_recipe(tmp_path: Path, tiny_bert_config: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    monkeypatch.chdir(tmp_path)
-    path = tmp_path / "tiny.yaml"
-    path.write_text(yaml.safe_dump({
-        "model": {"source": str(tiny_bert_config), "tokenizer": "packaged:all-MiniLM-L6-v2"},
-        "task": "feature-extraction", "passes": CHAIN,
-        "verify": {"shapes": [[1, 9], [3, 77]], "sentence_batches": 2},
-    }))
-    return path
+def tiny_recipe(write_tiny_recipe: Callable[..., Path]) -> Path:
+    return write_tiny_recipe("tiny", CHAIN, verify={"shapes": [[1, 9], [3, 77]], "sentence_batches": 2})
 
 
 def _manifests(out: Path) -> dict[str, dict]:

@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 import onnx
 import pytest
-import yaml
 from onnx import numpy_helper
 
 from pipeline.cli import main
@@ -33,22 +33,17 @@ def test_localize_finds_the_node_whose_weight_was_changed(tiny_onnx, tmp_path: P
 
 
 @pytest.fixture
-def tight_recipe(tmp_path: Path, tiny_bert_config: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+def tight_recipe(write_tiny_recipe: Callable[..., Path]) -> Path:
     """int8 and fp16 steps whose gate is tighter than the plain conversions can meet."""
-    monkeypatch.chdir(tmp_path)
-    path = tmp_path / "tight.yaml"
-    path.write_text(yaml.safe_dump({
-        "model": {"source": str(tiny_bert_config), "tokenizer": "packaged:all-MiniLM-L6-v2"},
-        "task": "feature-extraction",
-        "passes": ["onnx_export",
-                   {"int8_dynamic": {"repair": True, "repair_max_fraction": 1.0}},
-                   {"int8_dynamic": {"from": "onnx_export", "name": "int8_plain"}},
-                   {"fp16": {"from": "onnx_export", "repair": True, "repair_max_fraction": 1.0}},
-                   {"fp16": {"from": "onnx_export", "name": "fp16_plain"}}],
-        "verify": {"shapes": [[2, 20]], "sentence_batches": 2,
-                   "tolerance": {"int8": {"min_cosine": 0.99999}, "fp16": {"max_abs": 1e-4, "min_cosine": 0.9999999}}},
-    }))
-    return path
+    return write_tiny_recipe(
+        "tight",
+        ["onnx_export",
+         {"int8_dynamic": {"repair": True, "repair_max_fraction": 1.0}},
+         {"int8_dynamic": {"from": "onnx_export", "name": "int8_plain"}},
+         {"fp16": {"from": "onnx_export", "repair": True, "repair_max_fraction": 1.0}},
+         {"fp16": {"from": "onnx_export", "name": "fp16_plain"}}],
+        verify={"shapes": [[2, 20]], "sentence_batches": 2,
+                "tolerance": {"int8": {"min_cosine": 0.99999}, "fp16": {"max_abs": 1e-4, "min_cosine": 0.9999999}}})
 
 
 def test_repair_makes_a_failing_conversion_pass_and_reports_what_stayed_in_float(tight_recipe: Path) -> None:

@@ -9,10 +9,10 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-import yaml
 
 from pipeline.artifact import Artifact, Format, load_cached, read_manifest
 from pipeline.cli import main
@@ -37,14 +37,8 @@ CHAIN = ["onnx_export", "onnx_simplify", {"fp16": {"from": "onnx_export"}}]
 
 
 @pytest.fixture
-def recipe(tmp_path: Path, tiny_bert_config: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    monkeypatch.chdir(tmp_path)
-    path = tmp_path / "tiny.yaml"
-    path.write_text(yaml.safe_dump({
-        "model": {"source": str(tiny_bert_config), "tokenizer": "packaged:all-MiniLM-L6-v2"},
-        "task": "feature-extraction", "passes": CHAIN, "verify": {"shapes": [[1, 9], [3, 77]]},
-    }))
-    return path
+def recipe(write_tiny_recipe: Callable[..., Path]) -> Path:
+    return write_tiny_recipe("tiny", CHAIN, verify={"shapes": [[1, 9], [3, 77]]})
 
 
 def _errors(capsys: pytest.CaptureFixture) -> list[str]:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -71,15 +70,14 @@ def test_onnx_artifacts_run_at_other_shapes(minilm_run: tuple[Path, subprocess.C
             assert np.abs(hidden[kept] - expected[kept]).max() < 1e-4, step
 
 
-def test_second_run_rebuilds_nothing_in_under_10_seconds(
-        minilm_run: tuple[Path, subprocess.CompletedProcess]) -> None:
+def test_second_run_rebuilds_nothing(minilm_run: tuple[Path, subprocess.CompletedProcess]) -> None:
+    """Every step and the reference are reused; no file of a step is rewritten (how long that takes
+    is the benchmark's business, not a test's)."""
     out, first = minilm_run
     assert first.returncode == 0
     mtimes = {p: p.stat().st_mtime_ns for p in out.glob("[0-9]*/*")}
-    start = time.perf_counter()
     proc = _optimize(out)
-    elapsed = time.perf_counter() - start
     assert proc.returncode == 0, proc.stderr[-3000:]
-    assert elapsed < 10, f"second run took {elapsed:.1f} s"
+    assert "reference: reused" in proc.stderr and proc.stderr.count(" cached (") == len(STEPS), proc.stderr[-3000:]
     assert {p: p.stat().st_mtime_ns for p in out.glob("[0-9]*/*")} == mtimes
     assert all(a["cached"] for a in json.loads((out / "report.json").read_text())["artifacts"])

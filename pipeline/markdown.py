@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pipeline.results import RunResult
-from pipeline.summary import headline_point, size_text, summary_rows
+from pipeline.summary import generation_table, headline_point, size_text, summary_rows
 
 
 def _num(value: float | None, fmt: str) -> str:
@@ -93,6 +93,34 @@ def _bench(result: RunResult) -> list[str]:
     return lines
 
 
+def _generation(result: RunResult) -> list[str]:
+    """Greedy generation: tokens equal to eager's, then time to first token, per-token latency and tokens/s."""
+    lines = []
+    matches = [(step.folder, result.parity[step.name].generation) for step in result.prepared.steps
+               if step.name in result.parity and result.parity[step.name].generation]
+    if matches:
+        rows = [[name, f"{g['matched']}/{g['tokens']}", f"{g['sequences_equal']}/{g['sequences']}",
+                 _num(g.get("min_share"), ".4f")] for name, g in matches]
+        lines += ["## Greedy generation against eager `generate`", "",
+                  f"{matches[0][1]['new_tokens']} new tokens per corpus prompt; a sequence counts up to its first "
+                  "token that differs.", "",
+                  *_table(["artifact", "tokens equal to eager's", "sequences equal", "gate (share)"], rows), ""]
+    table = generation_table(result)
+    if table:
+        rows = [[r["target"], str(r["batch"]), str(r["prompt_tokens"]), str(r["new_tokens"]), f"{r['ttft_p50_ms']:.2f}",
+                 f"{r['ttft_p90_ms']:.2f}", f"{r['token_p50_ms']:.2f}", f"{r['token_p90_ms']:.2f}",
+                 f"{r['tokens_per_s']:.1f}", _num(r["speedup"], ".2f") + ("x" if r["speedup"] else ""),
+                 f"{r['cv']:.3f}", r["matched"]] for r in table]
+        lines += ["## Generation speed", "",
+                  "Greedy generation from prompts of real tokenizer tokens: time to first token (prefill and first "
+                  "token), per-token latency (each later step), generated tokens/s (batch x new tokens over the "
+                  "median generation).", "",
+                  *_table(["target", "batch", "prompt tokens", "new tokens", "TTFT p50 ms", "TTFT p90 ms",
+                           "per-token p50 ms", "per-token p90 ms", "tokens/s", "vs eager", "CV", "tokens equal"],
+                          rows), ""]
+    return lines
+
+
 def markdown(result: RunResult) -> str:
     """The whole report.md."""
     recipe, model = result.prepared.recipe, result.prepared.ctx.model
@@ -107,6 +135,6 @@ def markdown(result: RunResult) -> str:
     plots = ["latency_vs_batch", "throughput_vs_seq", "speedup", "parity_error", "memory"]
     if result.bench:
         lines += ["![latency](plots/latency_vs_batch.png) ![throughput](plots/throughput_vs_seq.png)", ""]
-    lines += _parity(result) + _accuracy(result) + _bench(result)
+    lines += _parity(result) + _generation(result) + _accuracy(result) + _bench(result)
     lines += ["Plots: " + ", ".join(f"[{p}](plots/{p}.png)" for p in plots), ""]
     return "\n".join(line for line in lines if line is not None) + "\n"

@@ -139,6 +139,14 @@ class RealDataSpec(Strict):
     max_length: int = Field(default=128, ge=1, description="Length every batch is padded to in the fixed mode.")
 
 
+class GenerationBenchSpec(Strict):
+    """Greedy generation timed at every batch size and prompt length of the grid (text-generation)."""
+
+    new_tokens: int = Field(default=16, ge=2, le=4096, description="Tokens generated per prompt.")
+    repeats: int = Field(default=5, ge=1, le=100000, description="Generations per point, at least "
+                                                                 "(and until min_seconds).")
+
+
 class BenchSpec(Strict):
     """Latency and throughput protocol and grid."""
 
@@ -162,6 +170,10 @@ class BenchSpec(Strict):
                                              description="Best batch size search (null: skip).")
     real_data: RealDataSpec | None = Field(
         default_factory=RealDataSpec, description="Corpus throughput, fixed padding against by length (null: skip).")
+    generation: GenerationBenchSpec | None = Field(
+        default_factory=GenerationBenchSpec,
+        description="Time to first token, per-token latency and tokens/s at each (batch, prompt length) of the "
+                    "grid (text-generation; null: skip).")
     timeout_seconds: float = Field(default=1800, gt=0, description="Time limit of one target's benchmark.")
 
     @model_validator(mode="after")

@@ -111,6 +111,8 @@ def print_bench(result: RunResult) -> None:
                           f"{row['tokens_per_s']:.0f}", speedup, f"{row['peak_rss_mb']:.0f}",
                           "UNSTABLE" if row.get("unstable") else "")
     console.print(table)
+    if not any(res.get("best_batch") or res.get("real_data") for res in bench.values()):
+        return
     extra = Table(title="best batch and real-data throughput (sentences/s, tokenize + run)")
     for column in ("target", "best batch", "at seq", "samples/s", "stopped by", "padded", "by length", "gain"):
         extra.add_column(column)

@@ -78,12 +78,15 @@ def _bench(result: RunResult) -> list[str]:
     extra = []
     for target, res in result.bench.items():
         best, real = res.get("best_batch") or {}, res.get("real_data") or {}
+        if not best and not real:
+            continue
         extra.append([target, str(best.get("batch", "-")), _num(best.get("throughput"), ".1f"),
                       str(best.get("stopped_by", "-")), _num(real.get("padded_sentences_per_s"), ".1f"),
                       _num(real.get("sorted_sentences_per_s"), ".1f")])
-    lines += ["Best batch size and real-data throughput (the corpus through tokenize and run; sentences/s):", "",
-              *_table(["target", "best batch", "samples/s", "search stopped by", "padded to max length",
-                       "sorted by length"], extra), ""]
+    if extra:
+        lines += ["Best batch size and real-data throughput (the corpus through tokenize and run; sentences/s):", "",
+                  *_table(["target", "best batch", "samples/s", "search stopped by", "padded to max length",
+                           "sorted by length"], extra), ""]
     env = next((b["fingerprint"] for b in result.bench.values() if "fingerprint" in b), None)
     if env:
         gpu = env.get("gpu") or {}

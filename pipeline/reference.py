@@ -126,6 +126,11 @@ def check_shapes(recipe: Any, max_positions: int | None) -> None:
     for seq in recipe.bench.seqs:
         if seq > max_positions:
             raise RecipeError(f"bench.seqs: sequence {seq} exceeds the model's {max_positions} positions")
+    new_tokens = max(recipe.verify.generation.new_tokens,
+                     recipe.bench.generation.new_tokens if recipe.bench.generation else 0)
+    if recipe.task == "text-generation" and max(recipe.bench.seqs) + new_tokens > max_positions:
+        raise RecipeError(f"bench.seqs: a prompt of {max(recipe.bench.seqs)} tokens and {new_tokens} new ones "
+                          f"exceed the model's {max_positions} positions")
     if recipe.inputs.export_seq > max_positions:
         raise RecipeError(f"inputs.export_seq: {recipe.inputs.export_seq} exceeds the model's "
                           f"{max_positions} positions")

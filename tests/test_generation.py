@@ -140,3 +140,15 @@ def test_a_decoder_takes_exactly_input_ids_and_attention_mask(tiny_gpt2_config: 
     handle = _handle(tiny_gpt2_config, ["input_ids", "attention_mask", "token_type_ids"])
     with pytest.raises(ModelError, match="text-generation takes input_ids, attention_mask"):
         with_cache(handle, {})
+
+
+def test_prompts_and_new_tokens_must_fit_the_models_positions(tiny_gpt2_config: Path, tmp_path: Path,
+                                                             monkeypatch: pytest.MonkeyPatch,
+                                                             capsys: pytest.CaptureFixture) -> None:
+    from pipeline.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    recipe = Path(__file__).parent.parent / "recipes" / "gpt2_fp32.yaml"
+    code = main(["optimize", str(recipe), "--set", f"model.source={tiny_gpt2_config}", "--set", "bench.seqs=[250]"])
+    assert code == 2
+    assert "a prompt of 250 tokens and 16 new ones exceed the model's 256 positions" in capsys.readouterr().err

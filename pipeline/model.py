@@ -5,7 +5,8 @@ Hugging Face hub id (from the local cache, or the hub when it is reachable), an 
 file (.json) with seeded random weights, or a python factory ``pkg.mod:fn``.
 
 With transformers 5.x, positional export arguments land on the wrong parameters, so every
-Hugging Face model is wrapped in a module whose ``forward`` names its inputs explicitly.
+Hugging Face model is wrapped in a module whose ``forward`` names its inputs explicitly; a decoder
+(task text-generation) in :class:`pipeline.generation.DecoderWrapper`, which takes its cache as flat tensors.
 """
 
 from __future__ import annotations

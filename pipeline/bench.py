@@ -7,6 +7,7 @@ flags every point whose p50 moved more than ``rerun_tolerance`` from the previou
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
@@ -19,6 +20,7 @@ from typing import Any
 
 from pipeline.artifact import Artifact, canonical_json, read_json, sha256_text, write_json_atomic
 from pipeline.fingerprint import fingerprint
+from pipeline.generation import cache_layout
 from pipeline.inputs import DEFAULT_CORPUS
 from pipeline.progress import stage
 from pipeline.results import Prepared
@@ -58,10 +60,21 @@ def worker_spec(prepared: Prepared, target: str, artifact: Artifact) -> dict[str
     if bench.best_batch is not None:
         spec["best_batch"] = bench.best_batch.model_dump()
         spec["best_batch"]["memory_limit_mb"] = bench.best_batch.memory_limit_mb or 0.6 * available_memory_mb()
-    if bench.real_data is not None and handle.tokenizer is not None:
+    if recipe.task == "text-generation":
+        spec.update(generation_spec(recipe, handle))
+    elif bench.real_data is not None and handle.tokenizer is not None:
         corpus = Path(recipe.inputs.corpus) if recipe.inputs.corpus else DEFAULT_CORPUS
         spec["real_data"] = {**bench.real_data.model_dump(), "corpus": str(handle.base_dir / corpus)}
     return spec
+
+
+def generation_spec(recipe: Any, handle: Any) -> dict[str, Any]:
+    """What a decoder's worker needs besides the grid: the cache layout, and the generation benchmark."""
+    out: dict[str, Any] = {"cache": dataclasses.asdict(cache_layout(handle.hf_config))}
+    if recipe.bench.generation is not None:
+        corpus = Path(recipe.inputs.corpus) if recipe.inputs.corpus else DEFAULT_CORPUS
+        out["generation"] = {**recipe.bench.generation.model_dump(), "corpus": str(handle.base_dir / corpus)}
+    return out
 
 
 def bench_key(prepared: Prepared, artifact: Artifact) -> str:

@@ -19,6 +19,8 @@ from typing import Any
 import numpy as np
 
 from pipeline.fingerprint import fingerprint
+from pipeline.gen_bench import generation_rows
+from pipeline.generation import INPUTS, CacheLayout
 from pipeline.inputs import Inputs, load_sentences, random_tokens, tokenize
 from pipeline.timing import Protocol, latencies, summarize, throughput, warm_up
 
@@ -78,6 +80,9 @@ def _grid_inputs(spec: dict[str, Any], batch: int, seq: int) -> Inputs:
 
         examples = {k: np.asarray(v["data"], dtype=v["dtype"]) for k, v in spec["examples"].items()}
         return resize_examples(examples, batch)
+    if spec.get("cache"):  # a decoder's forward point is a prefill: the prompt with an empty cache
+        tokens = random_tokens(list(INPUTS), batch, seq, spec["vocab_size"], seed=batch * 1000 + seq, pad_fraction=0)
+        return {**tokens, **CacheLayout(**spec["cache"]).empty(batch)}
     return random_tokens(spec["input_names"], batch, seq, spec["vocab_size"], seed=batch * 1000 + seq, pad_fraction=0)
 
 
@@ -195,6 +200,8 @@ def run(spec: dict[str, Any]) -> dict[str, Any]:
     # Peak memory of the model alone: the real-data run below loads a tokenizer (and with it torch).
     result["peak_rss_mb"] = peak_rss_mb()
     result["peak_gpu_mb"] = gpu_peak_mb(spec["device"])
+    if spec.get("generation"):
+        result["generation"] = generation_rows(engine.host_outputs, spec, protocol)
     if spec.get("real_data") and spec.get("tokenizer_dir"):
         result["real_data"] = real_data(engine, spec, protocol)
         result["real_data"]["peak_rss_mb"] = peak_rss_mb()

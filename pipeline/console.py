@@ -8,7 +8,7 @@ from rich.console import Console
 from rich.table import Table
 
 from pipeline.results import Prepared, RunResult
-from pipeline.summary import headline_point, size_text, summary_rows
+from pipeline.summary import generation_table, headline_point, size_text, summary_rows
 
 console = Console(highlight=False, width=None if sys.stdout.isatty() else 160)
 
@@ -46,10 +46,33 @@ def print_summary(result: RunResult) -> None:
             f"{name} {s['accuracy']:.3f} (agrees {s['agreement']:.3f})"
             for name, s in result.accuracy.items() if name != "eager"]
         console.print(f"accuracy on {result.accuracy['eager']['examples']} labeled examples: " + "; ".join(parts))
+    print_generation(result)
     if result.blame and result.blame.get("max_abs_added", 0) > 0:
         b = result.blame
         console.print(f"most error added by step {b['step']} (over {b['parent']}): "
                       f"max abs {b['max_abs_added']:.2e} on {b['output']}")
+
+
+def print_generation(result: RunResult) -> None:
+    """Greedy tokens equal to eager's, and the generation benchmark (text-generation)."""
+    for step in result.prepared.steps:
+        parity = result.parity.get(step.name)
+        if parity is not None and parity.generation:
+            g = parity.generation
+            console.print(f"{step.folder}: greedy generation {g['matched']}/{g['tokens']} tokens equal to eager "
+                          f"generate's ({g['sequences_equal']}/{g['sequences']} sequences)")
+    rows = generation_table(result)
+    if not rows:
+        return
+    table = Table(title=f"{result.prepared.recipe.name}: greedy generation, {rows[0]['new_tokens']} new tokens")
+    for column in ("target", "batch", "prompt tokens", "TTFT p50 ms", "TTFT p90 ms", "per-token p50 ms",
+                   "per-token p90 ms", "tokens/s", "vs eager", "tokens equal"):
+        table.add_column(column, justify="left" if column == "target" else "right")
+    for r in rows:
+        table.add_row(r["target"], str(r["batch"]), str(r["prompt_tokens"]), _fmt(r["ttft_p50_ms"]),
+                      _fmt(r["ttft_p90_ms"]), _fmt(r["token_p50_ms"]), _fmt(r["token_p90_ms"]),
+                      _fmt(r["tokens_per_s"], 1), f"{r['speedup']:.2f}x" if r["speedup"] else "-", r["matched"])
+    console.print(table)
 
 
 def print_gate_failure(result: RunResult) -> None:
@@ -88,6 +111,8 @@ def print_bench(result: RunResult) -> None:
                           f"{row['tokens_per_s']:.0f}", speedup, f"{row['peak_rss_mb']:.0f}",
                           "UNSTABLE" if row.get("unstable") else "")
     console.print(table)
+    if not any(res.get("best_batch") or res.get("real_data") for res in bench.values()):
+        return
     extra = Table(title="best batch and real-data throughput (sentences/s, tokenize + run)")
     for column in ("target", "best batch", "at seq", "samples/s", "stopped by", "padded", "by length", "gain"):
         extra.add_column(column)

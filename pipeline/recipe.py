@@ -21,7 +21,8 @@ from pipeline.pass_base import Pass, PassConfig, get_pass, load_builtin_passes
 from pipeline.schema import BenchSpec, InputsSpec, ShipSpec, Strict, VerifySpec
 
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$")
-DEFAULT_OUTPUTS = {"feature-extraction": ["last_hidden_state"], "text-classification": ["logits"]}
+DEFAULT_OUTPUTS = {"feature-extraction": ["last_hidden_state"], "text-classification": ["logits"],
+                   "text-generation": ["logits"]}
 
 
 class Recipe(Strict):
@@ -65,6 +66,8 @@ class Recipe(Strict):
         axes = {name: {0: "batch", 1: "sequence"} for name in [*self.inputs.names, *self.output_names]}
         if self.task == "text-classification":
             axes["logits"] = {0: "batch"}
+        if self.task == "text-generation" and "attention_mask" in axes:
+            axes["attention_mask"] = {0: "batch", 1: "total_sequence"}  # past and current tokens
         return axes
 
 

@@ -20,10 +20,12 @@ import numpy as np
 from pipeline.accuracy import PREFIX as ACCURACY_PREFIX
 from pipeline.accuracy import accuracy_batches, load_labeled
 from pipeline.artifact import canonical_json, read_manifest, sha256_file, sha256_text, write_json_atomic
+from pipeline.decoding import GENERATE_PREFIX, eager_generate, prompt_batches, steps
 from pipeline.errors import RecipeError
+from pipeline.generation import INPUTS, cache_layout
 from pipeline.inputs import DEFAULT_CORPUS, Inputs, load_sentences, random_tokens, resize_examples, sentence_batches
 from pipeline.model import ModelHandle
-from pipeline.runtime import Outputs, Runner
+from pipeline.runtime import ModelFn, Outputs, Runner
 from pipeline.versions import library_versions
 
 log = logging.getLogger(__name__)
@@ -53,11 +55,38 @@ def _cases_inputs(recipe: Any, handle: ModelHandle) -> dict[str, Inputs]:
     vocab = len(handle.tokenizer)
     for i, (batch, seq) in enumerate(verify.shapes):
         cases[f"random_b{batch}_s{seq}"] = random_tokens(names, batch, seq, vocab, seed=recipe.inputs.seed + i)
+    if handle.task == "text-generation":  # every forward case is a prefill: an empty cache
+        layout = cache_layout(handle.hf_config)
+        cases = {name: {**inputs, **layout.empty(len(inputs["input_ids"]))} for name, inputs in cases.items()}
     if verify.accuracy is not None:
         texts, _ = load_labeled(handle.base_dir / verify.accuracy.file, verify.accuracy)
         batches = accuracy_batches(handle.tokenizer, texts, names, verify.accuracy.batch)
         cases.update({f"{ACCURACY_PREFIX}{i}": batch for i, batch in enumerate(batches)})
     return cases
+
+
+def _decoding_cases(recipe: Any, handle: ModelHandle, run: ModelFn) -> list[Case]:
+    """Decode steps on eager's own cache of the first sentence batch, and eager ``generate``'s tokens
+    for the corpus prompts (``generate_<i>`` cases: prompts in, tokens out)."""
+    spec, layout = recipe.verify.generation, cache_layout(handle.hf_config)
+    sentences = load_sentences(_corpus(recipe))
+    cases = []
+    if spec.decode_steps:
+        prompt = sentence_batches(handle.tokenizer, sentences, INPUTS, recipe.verify.sentence_batch_size, 1,
+                                  seed=recipe.inputs.seed)[0]
+        decoded = list(steps(run, prompt, layout, spec.decode_steps + 1))[1:]
+        cases += [Case(f"decode_{i + 1}", inputs, outputs) for i, (inputs, outputs, _) in enumerate(decoded)]
+    model = handle.load().module.model  # a fresh model: generate keeps no state, but an exporter might
+    for i, prompt in enumerate(prompt_batches(handle.tokenizer, sentences[:spec.prompts], spec.batch)):
+        tokens = eager_generate(model, prompt, spec.new_tokens, handle.tokenizer.pad_token_id)
+        cases.append(Case(f"{GENERATE_PREFIX}{i}", prompt, {"tokens": tokens}))
+    return cases
+
+
+def split_generation(cases: list[Case]) -> tuple[list[Case], list[Case]]:
+    """(forward cases, generation cases): the latter hold prompts and eager's tokens, not one call's outputs."""
+    generate = [case for case in cases if case.name.startswith(GENERATE_PREFIX)]
+    return [case for case in cases if not case.name.startswith(GENERATE_PREFIX)], generate
 
 
 def _corpus(recipe: Any) -> Path:
@@ -80,7 +109,7 @@ def reference_key(recipe: Any, handle: ModelHandle, base_dir: Path) -> str:
     corpus = corpus if corpus.is_absolute() else base_dir / corpus
     parts = {"model": handle.source_key, "inputs": recipe.inputs.model_dump(mode="json"),
              "verify": recipe.verify.model_dump(mode="json", include={"shapes", "sentence_batches",
-                                                                       "sentence_batch_size"}),
+                                                                       "sentence_batch_size", "generation"}),
              "corpus": sha256_file(corpus) if handle.tokenizer is not None and corpus.is_file() else None,
              "accuracy": _accuracy_digest(recipe, base_dir),
              "versions": library_versions()}
@@ -97,6 +126,11 @@ def check_shapes(recipe: Any, max_positions: int | None) -> None:
     for seq in recipe.bench.seqs:
         if seq > max_positions:
             raise RecipeError(f"bench.seqs: sequence {seq} exceeds the model's {max_positions} positions")
+    new_tokens = max(recipe.verify.generation.new_tokens,
+                     recipe.bench.generation.new_tokens if recipe.bench.generation else 0)
+    if recipe.task == "text-generation" and max(recipe.bench.seqs) + new_tokens > max_positions:
+        raise RecipeError(f"bench.seqs: a prompt of {max(recipe.bench.seqs)} tokens and {new_tokens} new ones "
+                          f"exceed the model's {max_positions} positions")
     if recipe.inputs.export_seq > max_positions:
         raise RecipeError(f"inputs.export_seq: {recipe.inputs.export_seq} exceeds the model's "
                           f"{max_positions} positions")
@@ -141,6 +175,8 @@ def reference(recipe: Any, handle: ModelHandle, folder: Path, base_dir: Path, de
         return cached
     run = Runner(handle, device).open_eager()
     cases = [Case(name, inputs, run(inputs)) for name, inputs in _cases_inputs(recipe, handle).items()]
+    if handle.task == "text-generation":
+        cases += _decoding_cases(recipe, handle, run)
     _save(folder, key, recipe.inputs.seed, cases)
     log.info("reference: computed %d cases from a fresh eager model", len(cases))
     return cases

@@ -41,6 +41,8 @@ def _bench_fields(bench: dict[str, Any] | None) -> dict[str, Any]:
     rows = [{key: row[key] for key in ROW_KEYS if key in row} for row in bench.get("rows", [])]
     out: dict[str, Any] = {"bench": rows, "best_batch": bench.get("best_batch"), "real_data": bench.get("real_data"),
                            "peak_rss_mb": bench.get("peak_rss_mb"), "peak_gpu_mb": bench.get("peak_gpu_mb")}
+    if bench.get("generation") is not None:
+        out["generation"] = bench["generation"]
     if bench.get("error"):
         out["bench_error"] = bench["error"]
     return out

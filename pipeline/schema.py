@@ -38,6 +38,9 @@ class Tolerance(Strict):
     min_top1: float | None = Field(default=None, ge=0, le=1,
                                    description="Smallest share of rows whose arg-max class matches eager "
                                                "(classification outputs).")
+    min_token_match: float | None = Field(default=None, ge=0, le=1,
+                                          description="Smallest share of greedily generated tokens equal to "
+                                                      "eager generate's (text-generation).")
 
     def over(self, base: Tolerance) -> Tolerance:
         """This tolerance's bounds where set, ``base``'s elsewhere."""
@@ -46,7 +49,7 @@ class Tolerance(Strict):
 
 # The reasoning behind each preset is in the README ("Parity").
 DEFAULT_TOLERANCE = {
-    "fp32": Tolerance(max_abs=1e-4, min_cosine=0.99999, min_top1=1.0),
+    "fp32": Tolerance(max_abs=1e-4, min_cosine=0.99999, min_top1=1.0, min_token_match=1.0),
     "fp16": Tolerance(max_abs=2e-2, min_cosine=0.999, min_top1=0.99),
     "int8": Tolerance(max_abs=None, min_cosine=0.99, min_top1=0.98),
 }
@@ -69,6 +72,17 @@ class AccuracySpec(Strict):
     batch: int = Field(default=16, ge=1, le=1024, description="Examples per batch.")
 
 
+class GenerationSpec(Strict):
+    """Greedy generation and decode steps checked against eager (text-generation)."""
+
+    new_tokens: int = Field(default=8, ge=1, le=1024, description="Tokens generated greedily per prompt.")
+    prompts: int | None = Field(default=None, ge=1, description="The first N corpus sentences as prompts "
+                                                                "(default: all of them).")
+    batch: int = Field(default=8, ge=1, le=1024, description="Prompts per batch (left-padded).")
+    decode_steps: int = Field(default=4, ge=0, le=1024, description="Decode steps checked for parity, each "
+                                                                    "on eager's cache of one sentence batch.")
+
+
 class VerifySpec(Strict):
     """Parity check of every artifact against eager PyTorch, and the gate."""
 
@@ -82,6 +96,8 @@ class VerifySpec(Strict):
                                          description="Tolerance per step and per output of a step, by step name.")
     exempt: list[str] = Field(default=[], description="Steps exempted from the gate, by name.")
     accuracy: AccuracySpec | None = Field(default=None, description="Task accuracy on a labeled file.")
+    generation: GenerationSpec = Field(default_factory=GenerationSpec,
+                                       description="Greedy generation and decode steps (text-generation).")
 
     @field_validator("shapes")
     @classmethod
@@ -123,6 +139,14 @@ class RealDataSpec(Strict):
     max_length: int = Field(default=128, ge=1, description="Length every batch is padded to in the fixed mode.")
 
 
+class GenerationBenchSpec(Strict):
+    """Greedy generation timed at every batch size and prompt length of the grid (text-generation)."""
+
+    new_tokens: int = Field(default=16, ge=2, le=4096, description="Tokens generated per prompt.")
+    repeats: int = Field(default=5, ge=1, le=100000, description="Generations per point, at least "
+                                                                 "(and until min_seconds).")
+
+
 class BenchSpec(Strict):
     """Latency and throughput protocol and grid."""
 
@@ -146,6 +170,10 @@ class BenchSpec(Strict):
                                              description="Best batch size search (null: skip).")
     real_data: RealDataSpec | None = Field(
         default_factory=RealDataSpec, description="Corpus throughput, fixed padding against by length (null: skip).")
+    generation: GenerationBenchSpec | None = Field(
+        default_factory=GenerationBenchSpec,
+        description="Time to first token, per-token latency and tokens/s at each (batch, prompt length) of the "
+                    "grid (text-generation; null: skip).")
     timeout_seconds: float = Field(default=1800, gt=0, description="Time limit of one target's benchmark.")
 
     @model_validator(mode="after")

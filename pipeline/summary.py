@@ -76,3 +76,20 @@ def summary_rows(result: RunResult) -> list[dict[str, Any]]:
             "shipped": step.name == result.shipped, "cached": result.cached.get(step.name, False),
         })
     return rows
+
+
+def generation_table(result: RunResult) -> list[dict[str, Any]]:
+    """One row per target and (batch, prompt length) of the generation benchmark, with its tokens/s over
+    eager's and the share of greedy tokens equal to eager's (text-generation)."""
+    eager = {(r["batch"], r["prompt_tokens"]): r["tokens_per_s"]
+             for r in (result.bench.get("eager") or {}).get("generation") or []}
+    rows = []
+    for target, bench in result.bench.items():
+        parity = result.parity.get(target)
+        match = parity.generation if parity is not None and parity.generation else None
+        for row in bench.get("generation") or []:
+            base = eager.get((row["batch"], row["prompt_tokens"]))
+            rows.append({**row, "target": target, "speedup": row["tokens_per_s"] / base if base else None,
+                         "matched": f"{match['matched']}/{match['tokens']}" if match else
+                         ("reference" if target == "eager" else "-")})
+    return rows

@@ -11,7 +11,9 @@ from typing import TYPE_CHECKING, Any
 from pipeline.accuracy import PREFIX as ACCURACY_PREFIX
 from pipeline.accuracy import label_ids, load_labeled, score
 from pipeline.artifact import Artifact
+from pipeline.decoding import greedy, token_match
 from pipeline.errors import PipelineError, first_line
+from pipeline.generation import cache_layout, comparable
 from pipeline.metrics import combine, compare
 from pipeline.model import ModelHandle
 from pipeline.progress import stage
@@ -25,6 +27,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 MASK = "attention_mask"
+PAST = "past_key_values."
 
 
 @dataclass
@@ -38,6 +41,7 @@ class Parity:
     exempt: bool = False
     vs_parent: dict[str, dict[str, Any]] = field(default_factory=dict)
     per_case: dict[str, dict[str, dict[str, Any]]] = field(default_factory=dict)
+    generation: dict[str, Any] | None = None
 
     def to_json(self) -> dict[str, Any]:
         """The ``parity`` entry of report.json."""
@@ -45,6 +49,8 @@ class Parity:
                                "failures": self.failures, "vs_parent": self.vs_parent, "cases": self.per_case}
         if self.exempt:
             out["exempt"] = True
+        if self.generation is not None:
+            out["generation"] = self.generation
         return out
 
 
@@ -76,9 +82,14 @@ def _per_case(cases: list[Case], expected: list[Outputs], actual: list[Outputs],
     table: dict[str, dict[str, dict[str, Any]]] = {}
     for case, ref, out in zip(cases, expected, actual, strict=True):
         mask = case.inputs.get(MASK)
+        decoder = any(name.startswith(PAST) for name in case.inputs)  # a decoder's outputs align differently
         for name, value in ref.items():
-            metrics = (compare(value, out[name], mask, classification) if name in out
-                       else {"shape_mismatch": "missing output", "max_abs": math.inf})
+            if name not in out:
+                table.setdefault(name, {})[case.name] = {"shape_mismatch": "missing output", "max_abs": math.inf}
+                continue
+            expected, kept = comparable(name, value, mask) if decoder else (value, mask)
+            actual_view = comparable(name, out[name], mask)[0] if decoder else out[name]
+            metrics = compare(expected, actual_view, kept, classification)
             table.setdefault(name, {})[case.name] = metrics
     return table
 
@@ -138,9 +149,30 @@ def blame(parities: dict[str, Parity], parents: dict[str, str]) -> dict[str, Any
     return {"step": step, "parent": parents.get(step), "output": output, "max_abs_added": added}
 
 
-def verify_all(prepared: Prepared, artifacts: dict[str, Artifact], cases: list[Any]
+def check_generation(parity: Parity, fn: ModelFn, prompts: list[Case], handle: ModelHandle, new_tokens: int,
+                     min_share: float | None) -> None:
+    """Greedy generation with the artifact against eager ``generate``'s tokens; a share below
+    ``min_share`` fails the verdict."""
+    layout = cache_layout(handle.hf_config)
+    try:
+        tokens = [greedy(fn, case.inputs, layout, new_tokens) for case in prompts]
+    except Exception as exc:  # an artifact that cannot decode fails there, with the reason
+        parity.passed = False
+        parity.failures.append(f"greedy generation does not run: {_first_line(exc)}")
+        return
+    parity.generation = {**token_match([case.outputs["tokens"] for case in prompts], tokens),
+                         "new_tokens": new_tokens, "min_share": min_share}
+    share = parity.generation["share"]
+    if min_share is not None and share < min_share:
+        parity.passed = False
+        parity.failures.append(f"generated tokens: {parity.generation['matched']}/{parity.generation['tokens']} "
+                               f"equal to eager's (share {share:.4f} < {min_share:.4f})")
+
+
+def verify_all(prepared: Prepared, artifacts: dict[str, Artifact], cases: list[Any], prompts: list[Case] | None = None
                ) -> tuple[dict[str, Parity], dict[str, list[Any]]]:
-    """Parity of every step's artifact against eager and against its parent; and every output computed."""
+    """Parity of every step's artifact against eager and against its parent, with greedy generation on
+    ``prompts`` (text-generation); and every output computed."""
     recipe = prepared.recipe
     runner = Runner(prepared.ctx.model, recipe.device, threads=recipe.bench.threads)
     outputs: dict[str, list[Any]] = {"eager": [case.outputs for case in cases]}
@@ -148,12 +180,12 @@ def verify_all(prepared: Prepared, artifacts: dict[str, Artifact], cases: list[A
     with stage("verify", len(prepared.steps)) as advance:
         for step in prepared.steps:
             advance(f"{step.folder} on {len(cases)} cases")
-            verdicts[step.name] = _verify_step(step, artifacts[step.name], runner, cases, outputs, recipe)
+            verdicts[step.name] = _verify_step(step, artifacts[step.name], runner, cases, outputs, recipe, prompts)
     return verdicts, outputs
 
 
 def _verify_step(step: Step, artifact: Artifact, runner: Runner, cases: list[Case], outputs: dict[str, list[Any]],
-                 recipe: Recipe) -> Parity:
+                 recipe: Recipe, prompts: list[Case] | None) -> Parity:
     """One step's verdict; its outputs join ``outputs`` so its children can be compared with it."""
     exempt = step.name in recipe.verify.exempt
     try:
@@ -167,9 +199,13 @@ def _verify_step(step: Step, artifact: Artifact, runner: Runner, cases: list[Cas
         return cannot_run(errors, exempt)
     outputs[step.name] = results
     parent = outputs.get(step.source) if step.source != "eager" else None
-    return check(cases, results, parent,
-                 lambda output: recipe.verify.tolerance_for(step.name, artifact.precision, output),
-                 recipe.task == "text-classification", exempt=exempt)
+    parity = check(cases, results, parent,
+                   lambda output: recipe.verify.tolerance_for(step.name, artifact.precision, output),
+                   recipe.task == "text-classification", exempt=exempt)
+    if prompts:
+        check_generation(parity, fn, prompts, runner.handle, recipe.verify.generation.new_tokens,
+                         recipe.verify.tolerance_for(step.name, artifact.precision, "logits").min_token_match)
+    return parity
 
 
 def labels_of(spec: AccuracySpec, handle: ModelHandle) -> Any:

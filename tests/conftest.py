@@ -1,4 +1,5 @@
-"""Shared fixtures: a tiny random-weight BERT with the packaged MiniLM tokenizer, and its context."""
+"""Shared fixtures: a tiny random-weight BERT with the packaged MiniLM tokenizer, and its context; a tiny
+random-weight GPT-2 with the same tokenizer."""
 
 from __future__ import annotations
 
@@ -20,6 +21,11 @@ TINY_BERT = {
     "type_vocab_size": 2, "hidden_act": "gelu", "layer_norm_eps": 1e-12,
 }
 TEXT_NAMES = ["input_ids", "attention_mask", "token_type_ids"]
+# 2 layers, hidden 32; the vocabulary holds every id of the MiniLM tokenizer (30,522); no end-of-text id
+TINY_GPT2 = {
+    "model_type": "gpt2", "architectures": ["GPT2LMHeadModel"], "vocab_size": 30522, "n_embd": 32, "n_layer": 2,
+    "n_head": 4, "n_positions": 256, "bos_token_id": 0, "eos_token_id": 0,
+}
 
 
 @pytest.fixture(scope="session")
@@ -27,6 +33,14 @@ def tiny_bert_config(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Path of a tiny BERT architecture config (random weights, seeded)."""
     path = tmp_path_factory.mktemp("configs") / "tiny-bert.json"
     path.write_text(json.dumps(TINY_BERT))
+    return path
+
+
+@pytest.fixture(scope="session")
+def tiny_gpt2_config(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Path of a tiny GPT-2 architecture config (random weights, seeded)."""
+    path = tmp_path_factory.mktemp("configs") / "tiny-gpt2.json"
+    path.write_text(json.dumps(TINY_GPT2))
     return path
 
 

@@ -13,19 +13,24 @@ from __future__ import annotations
 
 import fnmatch
 import logging
+import tempfile
 from collections import Counter
 from pathlib import Path
-from typing import Literal, cast
+from typing import Any, Literal, cast
 
 import onnx
 from pydantic import Field, field_validator
 
-from passes.onnx_utils import EXTERNAL_THRESHOLD, files_bytes, has_external_data, load_model, weight_bytes
+from passes import smoothing
+from passes.onnx_utils import EXTERNAL_THRESHOLD, files_bytes, has_external_data, load_model, save_model, weight_bytes
 from passes.repairing import RepairOptions, convert_with_repair, exclusion_names, weight_nodes
-from pipeline.artifact import Artifact, Format
+from pipeline.artifact import Artifact, Format, sha256_file
+from pipeline.errors import RecipeError
+from pipeline.inputs import DEFAULT_CORPUS
 from pipeline.pass_base import Pass, PassContext, PassOutput, register
 
 log = logging.getLogger(__name__)
+SMOOTHING_BATCHES, SMOOTHING_BATCH = 8, 16  # 128 calibration sentences measure the input ranges
 
 # Operators that dynamic quantization writes; their count says how much was quantized.
 QUANTIZED_OPS = ("MatMulInteger", "DynamicQuantizeLinear", "DynamicQuantizeMatMul", "MatMulIntegerToFloat",
@@ -45,6 +50,15 @@ class Int8DynamicConfig(RepairOptions):
         default_factory=list,
         description="Op types to quantize; empty = all onnxruntime supports (MatMul, Attention, Gather, ...).",
     )
+    smooth: bool = Field(
+        default=False, description="Before quantizing, rewrite node inputs measured on calibration sentences: "
+        "SmoothQuant scales where a normalization or attention feeds the node, the widest channels split off "
+        "into float elsewhere (passes/smoothing.py). Exact in float; it changes only what quantization loses.")
+    smooth_alpha: float = Field(default=0.7, ge=0, le=1, description="SmoothQuant's migration strength; 0 = none.")
+    outlier_channels: int = Field(default=1, ge=0, le=64, description="Input channels split off into float per "
+                                  "MatMul fed by neither a normalization nor attention; 0 = none.")
+    calibration: str | None = Field(default=None, description="Sentence file the smoothing measures activations on "
+                                    "(default: the bundled corpus).")
     nodes_to_exclude: list[str] = Field(
         default_factory=list, description="Nodes left in float: names or globs ('*layer.*[0-9]/output/dense/MatMul')."
     )
@@ -92,9 +106,19 @@ class Int8Dynamic(Pass):
     produces = Format.ONNX
     Config = Int8DynamicConfig
 
+    def check(self, ctx: PassContext) -> None:
+        """The smoothing's sentence file must exist."""
+        config = cast(Int8DynamicConfig, self.config)
+        if config.smooth and not _corpus(config, ctx).is_file():
+            raise RecipeError(f"int8_dynamic.calibration: {config.calibration} does not exist")
+
+    def data_digest(self, ctx: PassContext) -> str | None:
+        """sha256 of the sentences the smoothing measures on, when it runs."""
+        config = cast(Int8DynamicConfig, self.config)
+        return sha256_file(_corpus(config, ctx)) if config.smooth else None
+
     def run(self, parent: Artifact, ctx: PassContext, out_dir: Path) -> PassOutput:
         """Write the dynamically quantized model to ``out_dir/model.onnx``."""
-        from onnxruntime.quantization import QuantType, quantize_dynamic
         from onnxruntime.quantization.registry import IntegerOpsRegistry
 
         config = cast(Int8DynamicConfig, self.config)
@@ -104,33 +128,69 @@ class Int8Dynamic(Pass):
             raise ValueError(f"int8_dynamic quantizes fp32 models; {parent.step} is {parent.precision}")
         source = load_model(parent.path, with_data=False)
         excluded = select_nodes(source, config.nodes_to_exclude, "nodes_to_exclude")
-        out = out_dir / "model.onnx"
-        external = has_external_data(source) or weight_bytes(source) >= EXTERNAL_THRESHOLD
-
-        def convert(target: Path, kept: list[str]) -> None:
-            quantize_dynamic(
-                parent.path, target,
-                op_types_to_quantize=config.op_types or None,
-                per_channel=config.per_channel,
-                reduce_range=config.reduce_range,
-                weight_type=QuantType.QInt8 if config.weight_type == "qint8" else QuantType.QUInt8,
-                nodes_to_exclude=exclusion_names(source, [*excluded, *kept]) or None,
-                use_external_data_format=external,
-                extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT},
-            )
-
         ops = set(config.op_types or IntegerOpsRegistry) | ({"Gemm"} if not config.op_types else set())
         candidates = {name: op for name, op in weight_nodes(source, ops).items() if name not in excluded}
-        repaired, repair_warnings = convert_with_repair(ctx, parent.path, out_dir, "int8", convert, candidates, config)
-        model = load_model(out, with_data=False)
-        stats = {**repaired, "quantized_ops": quantized_counts(model),
-                 "excluded_nodes": len(excluded),
-                 "float_matmuls": sum(node.op_type == "MatMul" for node in model.graph.node),
-                 "nodes_before": len(source.graph.node), "nodes_after": len(model.graph.node),
-                 "bytes_before": files_bytes(parent.path), "bytes_after": files_bytes(out)}
-        log.info("int8_dynamic: quantized %s, %d MatMuls left in float; %d -> %d bytes", stats["quantized_ops"],
-                 stats["float_matmuls"], stats["bytes_before"], stats["bytes_after"])
-        warnings = repair_warnings + ([] if stats["quantized_ops"] else
-                                      ["nothing was quantized (check op_types and nodes_to_exclude)"])
-        return PassOutput(file=out.name, meta={"precision": "int8", "weight_type": config.weight_type},
+        with tempfile.TemporaryDirectory(prefix="smoothing-") as scratch:
+            model_path, plans = parent.path, []
+            if config.smooth:
+                model_path, plans = _smoothed(parent.path, ctx, config, set(candidates), Path(scratch))
+            float_parts = [smoothing.float_part_name(p.node) for p in plans if p.split]
+            stats, warnings = _quantize(model_path, ctx, config, [*excluded, *float_parts], candidates, out_dir)
+        stats["bytes_before"] = files_bytes(parent.path)
+        if config.smooth:
+            stats["smoothing"] = smoothing.summary(plans)
+        return PassOutput(file="model.onnx", meta={"precision": "int8", "weight_type": config.weight_type},
                           stats=stats, warnings=warnings)
+
+
+def _corpus(config: Int8DynamicConfig, ctx: PassContext) -> Path:
+    return ctx.resolve(config.calibration) if config.calibration else DEFAULT_CORPUS
+
+
+def _smoothed(parent: Path, ctx: PassContext, config: Int8DynamicConfig, nodes: set[str],
+              scratch: Path) -> tuple[Path, list[smoothing.NodePlan]]:
+    """The parent rewritten for quantization (passes/smoothing.py), saved in ``scratch``, and the plans."""
+    batches = ctx.calibration_inputs(_corpus(config, ctx), SMOOTHING_BATCHES, SMOOTHING_BATCH)
+    plans = smoothing.plan(parent, batches, nodes, config.smooth_alpha, config.outlier_channels)
+    model = smoothing.rewrite(load_model(parent), plans)
+    target = scratch / "smoothed.onnx"
+    save_model(model, target, external=has_external_data(model) or weight_bytes(model) >= EXTERNAL_THRESHOLD)
+    done = smoothing.summary(plans)
+    log.info("int8_dynamic: smoothed %d node inputs, split %d channels off into float",
+             len(done["smoothed"]), sum(done["split"].values()))
+    return target, plans
+
+
+def _quantize(model_path: Path, ctx: PassContext, config: Int8DynamicConfig, excluded: list[str],
+              candidates: dict[str, str], out_dir: Path) -> tuple[dict[str, Any], list[str]]:
+    """Quantize ``model_path`` into ``out_dir/model.onnx`` (repairing when asked); (stats, warnings)."""
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    source = load_model(model_path, with_data=False)
+    out = out_dir / "model.onnx"
+    external = has_external_data(source) or weight_bytes(source) >= EXTERNAL_THRESHOLD
+
+    def convert(target: Path, kept: list[str]) -> None:
+        quantize_dynamic(
+            model_path, target,
+            op_types_to_quantize=config.op_types or None,
+            per_channel=config.per_channel,
+            reduce_range=config.reduce_range,
+            weight_type=QuantType.QInt8 if config.weight_type == "qint8" else QuantType.QUInt8,
+            nodes_to_exclude=exclusion_names(source, [*excluded, *kept]) or None,
+            use_external_data_format=external,
+            extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT},
+        )
+
+    repaired, repair_warnings = convert_with_repair(ctx, model_path, out_dir, "int8", convert, candidates, config)
+    model = load_model(out, with_data=False)
+    stats = {**repaired, "quantized_ops": quantized_counts(model),
+             "excluded_nodes": len(excluded),
+             "float_matmuls": sum(node.op_type == "MatMul" for node in model.graph.node),
+             "nodes_before": len(source.graph.node), "nodes_after": len(model.graph.node),
+             "bytes_after": files_bytes(out)}
+    log.info("int8_dynamic: quantized %s, %d MatMuls left in float; %d bytes", stats["quantized_ops"],
+             stats["float_matmuls"], stats["bytes_after"])
+    warnings = repair_warnings + ([] if stats["quantized_ops"] else
+                                  ["nothing was quantized (check op_types and nodes_to_exclude)"])
+    return stats, warnings

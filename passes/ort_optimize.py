@@ -18,6 +18,7 @@ from typing import Literal, cast
 import numpy as np
 from pydantic import Field, field_validator, model_validator
 
+from passes.layer_norm import MIN_OPSET, split_skip_layer_norms, standard_opset
 from passes.onnx_utils import (
     CPU,
     EXTERNAL_THRESHOLD,
@@ -79,6 +80,9 @@ class OrtOptimizeConfig(PassConfig):
     tolerance: float = Field(
         default=1e-3, gt=0, description="Largest abs difference from the parent allowed at the check shape."
     )
+    unfuse_skip_layer_norm: bool = Field(
+        default=False, description="After fusing, write each SkipLayerNormalization as Sum + "
+        "LayerNormalization, which onnxruntime runs faster on CPU and does not fuse again (passes/layer_norm.py).")
 
     @field_validator("model_type")
     @classmethod
@@ -164,14 +168,19 @@ class OrtOptimize(Pass):
             opt_level=config.opt_level, use_gpu=config.use_gpu, only_onnxruntime=config.only_onnxruntime,
         )
         counts = {op: int(n) for op, n in optimizer.get_fused_operator_statistics().items()}
+        unfused = split_skip_layer_norms(optimizer.model) if config.unfuse_skip_layer_norm else 0
         out = out_dir / "model.onnx"
         external = has_external_data(source) or weight_bytes(optimizer.model) >= EXTERNAL_THRESHOLD
         save_model(optimizer.model, out, external)
         warnings = self._warnings(counts, config, ctx)
+        if config.unfuse_skip_layer_norm and counts.get("SkipLayerNormalization") and not unfused:
+            warnings.append(f"unfuse_skip_layer_norm: nothing unfused (opset {standard_opset(optimizer.model)}; "
+                            f"LayerNormalization needs {MIN_OPSET})")
         stats: dict[str, object] = {
             "num_heads": num_heads, "hidden_size": hidden_size, "nodes_before": len(source.graph.node),
             "nodes_after": len(optimizer.model.graph.node),
             "fused": {op: n for op, n in counts.items() if n},
+            **({"skip_layer_norms_unfused": unfused} if config.unfuse_skip_layer_norm else {}),
             "bytes_before": files_bytes(parent.path), "bytes_after": files_bytes(out),
             **check_against_parent(parent.path, out, ctx, config.tolerance),
         }

@@ -62,10 +62,18 @@ def float_tensors(model: onnx.ModelProto) -> dict[str, int]:
     return {out: types[out] for node in model.graph.node for out in node.output if types.get(out) in FLOAT_TYPES}
 
 
-def run_exposed(path: Path, inputs: Inputs, names: set[str]) -> dict[str, np.ndarray]:
-    """Outputs of the model at ``path`` with the named intermediate tensors added as graph outputs."""
+def run_exposed(path: Path, inputs: Inputs, names: set[str], untyped_as_float: bool = False
+                ) -> dict[str, np.ndarray]:
+    """Outputs of the model at ``path`` with the named intermediate tensors added as graph outputs.
+
+    Only float tensors whose type shape inference tells are added, unless ``untyped_as_float``:
+    then a tensor it cannot type (the output of a contrib op) is added as float32.
+    """
     model = onnx.load(str(path))
     types = float_tensors(model)
+    if untyped_as_float:
+        produced = {out for node in model.graph.node for out in node.output}
+        types.update({name: onnx.TensorProto.FLOAT for name in names & produced if name not in types})
     present = {o.name for o in model.graph.output}
     for name in sorted(names & set(types) - present):
         model.graph.output.append(onnx.helper.make_tensor_value_info(name, types[name], None))
@@ -78,7 +86,7 @@ def run_exposed(path: Path, inputs: Inputs, names: set[str]) -> dict[str, np.nda
         return dict(zip(wanted, (np.asarray(v, dtype=np.float32) for v in session.run(wanted, feed)), strict=True))
 
 
-def _token_rows(value: np.ndarray, mask: np.ndarray | None) -> np.ndarray:
+def token_rows(value: np.ndarray, mask: np.ndarray | None) -> np.ndarray:
     """Rows of kept tokens for the layouts inside a transformer: (B, S, ...), (B*S, ...), (B, heads, S, ...)."""
     if mask is None or value.ndim == 0:
         return kept_rows(value, mask)
@@ -95,7 +103,7 @@ def _token_rows(value: np.ndarray, mask: np.ndarray | None) -> np.ndarray:
 def _error(ref: np.ndarray, out: np.ndarray, mask: np.ndarray | None) -> tuple[float, float]:
     if ref.shape != out.shape:
         return -1.0, -math.inf
-    a, b = _token_rows(ref, mask), _token_rows(out, mask)
+    a, b = token_rows(ref, mask), token_rows(out, mask)
     a, b = a.astype(np.float64), b.astype(np.float64)
     same = (a == b) | (np.isnan(a) & np.isnan(b))  # identical infinities (attention masks) are no error
     a, b = np.where(same & ~np.isfinite(a), 0.0, a), np.where(same & ~np.isfinite(b), 0.0, b)

@@ -14,6 +14,8 @@ from onnx import numpy_helper
 from pipeline.cli import main
 from pipeline.inputs import random_tokens
 from pipeline.localize import localize
+from pipeline.pass_base import GateResult
+from pipeline.repair import repair
 
 
 def test_localize_finds_the_node_whose_weight_was_changed(tiny_onnx, tmp_path: Path) -> None:
@@ -67,3 +69,24 @@ def test_repair_is_off_by_the_recipe_switch(tight_recipe: Path) -> None:
     report = json.loads(Path("artifacts/tight/report.json").read_text())
     int8 = next(a for a in report["artifacts"] if a["name"] == "int8_dynamic")
     assert "repair" not in int8["stats"] and not int8["parity"]["passed"]
+
+
+def test_forward_selection_keeps_the_pair_that_only_passes_together(tiny_onnx, tmp_path: Path) -> None:
+    """Harm measured node by node does not add up: the gate passes only with n4 and n6 both in
+    float, neither of which ranks first alone. Forward selection with the gate finds the pair."""
+    needed = {"n4", "n6"}
+    builds: list[list[str]] = []
+
+    def build(kept: list[str]) -> Path:
+        builds.append(kept)
+        return tiny_onnx.path
+
+    def gate(path: Path, precision: str) -> GateResult:
+        found = len(needed & set(builds[-1]))
+        return GateResult(passed=found == 2, failures=[] if found == 2 else ["cos"], cos_min=0.9 + 0.04 * found,
+                          max_abs=0.1)
+
+    inputs = random_tokens(["input_ids", "attention_mask", "token_type_ids"], 1, 8, 1000)
+    _, report = repair(build, tiny_onnx.path, "int8", gate, {f"n{i}" for i in range(1, 7)}, inputs, inputs)
+    assert report.passed and {row["node"] for row in report.kept} == needed
+    assert [h["kept_in_float"] for h in report.history] == [0, 1, 2]

@@ -8,6 +8,7 @@ import onnx
 import pytest
 from pydantic import ValidationError
 
+from passes import smoothing
 from passes.int8_dynamic import Int8Dynamic, Int8DynamicConfig
 from passes.onnx_utils import run_onnx
 from passes.ort_optimize import OrtOptimize, OrtOptimizeConfig
@@ -85,3 +86,13 @@ def test_refuses_a_non_fp32_parent(tmp_path: Path, tiny_ctx: PassContext) -> Non
 def test_bad_config_is_rejected(bad: dict[str, object]) -> None:
     with pytest.raises(ValidationError):
         Int8DynamicConfig(**bad)
+
+
+def test_smoothing_rewrites_before_quantizing(tiny_onnx: Artifact, tiny_ctx: PassContext, tmp_path: Path) -> None:
+    output = _quantize(tiny_onnx, tiny_ctx, tmp_path / "q", per_channel=True, smooth=True, outlier_channels=2)
+    done = output.stats["smoothing"]
+    assert done["smoothed"] and done["split"] and set(done["split"].values()) == {2}
+    model = onnx.load(str(tmp_path / "q" / output.file))
+    float_matmuls = {n.name for n in model.graph.node if n.op_type == "MatMul"}
+    assert {smoothing.float_part_name(node) for node in done["split"]} <= float_matmuls  # never quantized
+    assert _cosine_to(tiny_onnx.path, tmp_path / "q" / output.file) > MIN_COSINE

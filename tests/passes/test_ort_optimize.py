@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import onnx
 import pytest
 from pydantic import ValidationError
 
@@ -40,6 +41,21 @@ def test_fuses_and_matches_parent(tiny_onnx: Artifact, tiny_ctx: PassContext, tm
     got = run_onnx(tmp_path / "opt" / output.file, inputs)["last_hidden_state"]
     assert got.shape == want.shape == (3, 77, 32)
     assert np.abs(got - want)[keep].max() < 1e-4
+
+
+def test_skip_layer_norms_are_written_as_sum_and_layer_norm(tiny_onnx: Artifact, tiny_ctx: PassContext,
+                                                           tmp_path: Path) -> None:
+    fused = _optimize(tiny_onnx, tiny_ctx, tmp_path / "fused")
+    output = _optimize(tiny_onnx, tiny_ctx, tmp_path / "opt", unfuse_skip_layer_norm=True)
+    count = fused.stats["fused"]["SkipLayerNormalization"]
+    assert output.stats["skip_layer_norms_unfused"] == count
+    assert not any("unfuse" in w for w in output.warnings)
+    ops = [node.op_type for node in onnx.load(str(tmp_path / "opt" / output.file)).graph.node]
+    assert "SkipLayerNormalization" not in ops and ops.count("Sum") == count
+    inputs = random_tokens(NAMES, 3, 41, 30522)
+    want = run_onnx(tmp_path / "fused" / fused.file, inputs)["last_hidden_state"]
+    got = run_onnx(tmp_path / "opt" / output.file, inputs)["last_hidden_state"]
+    assert np.abs(got - want)[inputs["attention_mask"].astype(bool)].max() < 1e-5
 
 
 def test_disabled_fusion_is_warned_about(tiny_onnx: Artifact, tiny_ctx: PassContext, tmp_path: Path) -> None:

@@ -132,10 +132,13 @@ def working_dir(path: Path) -> Iterator[None]:
 
 
 def preprocess(source: Path, scratch: Path, external: bool) -> tuple[Path, str]:
-    """quant_pre_process ``source`` into ``scratch``; returns the model to quantize and what was done."""
+    """quant_pre_process ``source`` into ``scratch``; returns the model to quantize and what was done.
+
+    It runs with ``scratch`` as the working directory, so both paths are made absolute first.
+    """
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
-    target = scratch / "preprocessed.onnx"
+    source, target = source.resolve(), scratch.resolve() / "preprocessed.onnx"
     attempts = (("symbolic", {"auto_merge": True}), ("onnx", {"skip_symbolic_shape": True}))
     reasons = []
     for label, options in attempts:

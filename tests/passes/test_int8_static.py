@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from pydantic import ValidationError
 
-from passes.int8_static import Int8Static, Int8StaticConfig
+from passes.int8_static import Int8Static, Int8StaticConfig, preprocess
 from passes.onnx_utils import run_onnx
 from passes.ort_optimize import OrtOptimize, OrtOptimizeConfig
 from pipeline.artifact import Artifact, Format
@@ -99,3 +99,14 @@ def test_data_digest_follows_the_file(tiny_ctx: PassContext) -> None:
 def test_bad_config_is_rejected(bad: dict[str, object]) -> None:
     with pytest.raises(ValidationError):
         Int8StaticConfig(**bad)
+
+
+def test_preprocess_reads_a_relative_path(tiny_onnx: Artifact, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+                                          ) -> None:
+    """Recipes write artifacts under a relative folder; preprocessing changes the working directory."""
+    monkeypatch.chdir(tiny_onnx.path.parent.parent)
+    relative = Path(tiny_onnx.path.parent.name) / tiny_onnx.path.name
+    scratch = tmp_path / "scratch"
+    scratch.mkdir()
+    path, done = preprocess(relative, scratch, external=False)
+    assert done == "symbolic" and path.is_file()

@@ -136,7 +136,7 @@ class Int8Dynamic(Pass):
                 model_path, plans = _smoothed(parent.path, ctx, config, set(candidates), Path(scratch))
             float_parts = [smoothing.float_part_name(p.node) for p in plans if p.split]
             stats, warnings = _quantize(model_path, ctx, config, [*excluded, *float_parts], candidates, out_dir)
-        stats["bytes_before"] = files_bytes(parent.path)
+        stats.update(excluded_nodes=len(excluded), bytes_before=files_bytes(parent.path))
         if config.smooth:
             stats["smoothing"] = smoothing.summary(plans)
         return PassOutput(file="model.onnx", meta={"precision": "int8", "weight_type": config.weight_type},
@@ -185,7 +185,6 @@ def _quantize(model_path: Path, ctx: PassContext, config: Int8DynamicConfig, exc
     repaired, repair_warnings = convert_with_repair(ctx, model_path, out_dir, "int8", convert, candidates, config)
     model = load_model(out, with_data=False)
     stats = {**repaired, "quantized_ops": quantized_counts(model),
-             "excluded_nodes": len(excluded),
              "float_matmuls": sum(node.op_type == "MatMul" for node in model.graph.node),
              "nodes_before": len(source.graph.node), "nodes_after": len(model.graph.node),
              "bytes_after": files_bytes(out)}

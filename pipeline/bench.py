@@ -106,8 +106,9 @@ def run_worker(spec: dict[str, Any], timeout: float, module: str = "pipeline.ben
 
 
 def flag_reruns(result: dict[str, Any], previous: dict[str, Any] | None, tolerance: float) -> None:
-    """Mark points whose p50 moved more than ``tolerance`` from the previous measurement as unstable."""
-    if not previous:
+    """Mark points whose p50 moved more than ``tolerance`` from the previous measurement of the same
+    target (same cache key: artifact, protocol, machine) as unstable; a changed artifact is no rerun."""
+    if not previous or previous.get("key") != result.get("key"):
         return
     before = {(r["batch"], r["seq"]): r["p50_ms"] for r in previous.get("rows", [])}
     for row in result.get("rows", []):

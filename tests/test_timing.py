@@ -45,12 +45,19 @@ def test_summary_percentiles_and_unstable_flag() -> None:
 
 
 def test_rerun_that_moved_more_than_the_tolerance_is_flagged() -> None:
-    previous = {"rows": [{"batch": 1, "seq": 16, "p50_ms": 10.0}, {"batch": 8, "seq": 16, "p50_ms": 10.0}]}
-    result = {"rows": [{"batch": 1, "seq": 16, "p50_ms": 10.5, "unstable": False},
-                       {"batch": 8, "seq": 16, "p50_ms": 12.0, "unstable": False}]}
+    previous = {"key": "k", "rows": [{"batch": 1, "seq": 16, "p50_ms": 10.0}, {"batch": 8, "seq": 16, "p50_ms": 10.0}]}
+    result = {"key": "k", "rows": [{"batch": 1, "seq": 16, "p50_ms": 10.5, "unstable": False},
+                                   {"batch": 8, "seq": 16, "p50_ms": 12.0, "unstable": False}]}
     flag_reruns(result, previous, tolerance=0.10)
     assert not result["rows"][0]["unstable"] and result["rows"][1]["unstable"]
     assert "p50 moved +20%" in result["rows"][1]["unstable_reasons"][0]
+
+
+def test_a_changed_artifact_is_not_a_rerun() -> None:
+    previous = {"key": "old artifact", "rows": [{"batch": 1, "seq": 16, "p50_ms": 10.0}]}
+    result = {"key": "new artifact", "rows": [{"batch": 1, "seq": 16, "p50_ms": 5.0, "unstable": False}]}
+    flag_reruns(result, previous, tolerance=0.10)
+    assert not result["rows"][0]["unstable"] and "p50_change_from_previous" not in result["rows"][0]
 
 
 def test_cuda_event_timer_times_gpu_work() -> None:

@@ -17,7 +17,15 @@ from onnx import TensorProto
 from onnx.external_data_helper import load_external_data_for_model
 from pydantic import Field
 
-from passes.onnx_utils import EXTERNAL_THRESHOLD, files_bytes, has_external_data, load_model, save_model, weight_bytes
+from passes.onnx_utils import (
+    EXTERNAL_THRESHOLD,
+    files_bytes,
+    has_external_data,
+    load_model,
+    model_file,
+    save_model,
+    weight_bytes,
+)
 from passes.repairing import RepairOptions, convert_with_repair
 from pipeline.artifact import Artifact, Format
 from pipeline.pass_base import Pass, PassContext, PassOutput, register
@@ -128,11 +136,8 @@ class Fp16(Pass):
     def run(self, parent: Artifact, ctx: PassContext, out_dir: Path) -> PassOutput:
         """Write the float16 model to ``out_dir/model.onnx``."""
         config = cast(Fp16Config, self.config)
-        if parent.path is None:
-            raise ValueError(f"{parent.step} has no model file")
-        if parent.precision != "fp32":
-            raise ValueError(f"fp16 converts fp32 models; {parent.step} is {parent.precision}")
-        source = load_model(parent.path, with_data=False)
+        parent_path = model_file(parent, "fp16", fp32=True)
+        source = load_model(parent_path, with_data=False)
         names = {node.name for node in source.graph.node}
         unknown = [name for name in config.node_block_list if name not in names]
         if unknown:
@@ -144,17 +149,17 @@ class Fp16(Pass):
         def build(target: Path, kept: list[str]) -> None:
             # The error a node adds in fp16 is usually its op type's (its range or its accumulation),
             # so a repair blocks the op types of the nodes it keeps, not only the nodes.
-            converted = convert(parent.path, config, kept, {op_of[name] for name in kept if name in op_of})
+            converted = convert(parent_path, config, kept, {op_of[name] for name in kept if name in op_of})
             save_model(converted, target, external or weight_bytes(converted) >= EXTERNAL_THRESHOLD)
 
         blockable = {node.name: node.op_type for node in source.graph.node
                      if node.op_type not in ("Cast", "Constant", "Shape") and node.name not in config.node_block_list}
-        repaired, warnings = convert_with_repair(ctx, parent.path, out_dir, "fp16", build, blockable, config,
+        repaired, warnings = convert_with_repair(ctx, parent_path, out_dir, "fp16", build, blockable, config,
                                                  method="localize")
         out = out_dir / "model.onnx"
         model = load_model(out, with_data=False)
         stats = {**repaired, **precision_counts(model), "nodes_before": len(source.graph.node),
-                 "nodes_after": len(model.graph.node), "bytes_before": files_bytes(parent.path),
+                 "nodes_after": len(model.graph.node), "bytes_before": files_bytes(parent_path),
                  "bytes_after": files_bytes(out)}
         log.info("fp16: %d nodes in float16, %d in float32, %d Casts; %d -> %d bytes", stats["fp16_nodes"],
                  stats["fp32_nodes"], stats["cast_nodes"], stats["bytes_before"], stats["bytes_after"])

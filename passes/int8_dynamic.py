@@ -22,7 +22,15 @@ import onnx
 from pydantic import Field, field_validator
 
 from passes import smoothing
-from passes.onnx_utils import EXTERNAL_THRESHOLD, files_bytes, has_external_data, load_model, save_model, weight_bytes
+from passes.onnx_utils import (
+    EXTERNAL_THRESHOLD,
+    files_bytes,
+    has_external_data,
+    load_model,
+    model_file,
+    save_model,
+    weight_bytes,
+)
 from passes.repairing import RepairOptions, convert_with_repair, exclusion_names, weight_nodes
 from pipeline.artifact import Artifact, Format, sha256_file
 from pipeline.errors import RecipeError
@@ -122,21 +130,18 @@ class Int8Dynamic(Pass):
         from onnxruntime.quantization.registry import IntegerOpsRegistry
 
         config = cast(Int8DynamicConfig, self.config)
-        if parent.path is None:
-            raise ValueError(f"{parent.step} has no model file")
-        if parent.precision != "fp32":
-            raise ValueError(f"int8_dynamic quantizes fp32 models; {parent.step} is {parent.precision}")
-        source = load_model(parent.path, with_data=False)
+        parent_path = model_file(parent, "int8_dynamic", fp32=True)
+        source = load_model(parent_path, with_data=False)
         excluded = select_nodes(source, config.nodes_to_exclude, "nodes_to_exclude")
         ops = set(config.op_types or IntegerOpsRegistry) | ({"Gemm"} if not config.op_types else set())
         candidates = {name: op for name, op in weight_nodes(source, ops).items() if name not in excluded}
         with tempfile.TemporaryDirectory(prefix="smoothing-") as scratch:
-            model_path, plans = parent.path, []
+            model_path, plans = parent_path, []
             if config.smooth:
-                model_path, plans = _smoothed(parent.path, ctx, config, set(candidates), Path(scratch))
+                model_path, plans = _smoothed(parent_path, ctx, config, set(candidates), Path(scratch))
             float_parts = [smoothing.float_part_name(p.node) for p in plans if p.split]
             stats, warnings = _quantize(model_path, ctx, config, [*excluded, *float_parts], candidates, out_dir)
-        stats.update(excluded_nodes=len(excluded), bytes_before=files_bytes(parent.path))
+        stats.update(excluded_nodes=len(excluded), bytes_before=files_bytes(parent_path))
         if config.smooth:
             stats["smoothing"] = smoothing.summary(plans)
         return PassOutput(file="model.onnx", meta={"precision": "int8", "weight_type": config.weight_type},

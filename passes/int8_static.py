@@ -32,10 +32,10 @@ import onnx
 from pydantic import Field, model_validator
 
 from passes.int8_dynamic import select_nodes
-from passes.onnx_utils import EXTERNAL_THRESHOLD, files_bytes, has_external_data, load_model, weight_bytes
+from passes.onnx_utils import EXTERNAL_THRESHOLD, files_bytes, has_external_data, load_model, model_file, weight_bytes
 from passes.repairing import RepairOptions, convert_with_repair, exclusion_names, weight_nodes
 from pipeline.artifact import Artifact, Format, canonical_json, sha256_file, sha256_text
-from pipeline.errors import RecipeError
+from pipeline.errors import RecipeError, first_line
 from pipeline.inputs import DEFAULT_CORPUS, Inputs, load_sentences
 from pipeline.pass_base import Pass, PassContext, PassOutput, register
 
@@ -147,7 +147,7 @@ def preprocess(source: Path, scratch: Path, external: bool) -> tuple[Path, str]:
                 quant_pre_process(source, target, save_as_external_data=external, **options)
             return target, label
         except Exception as exc:  # onnxruntime raises bare Exceptions here
-            reasons.append(f"{label}: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}")
+            reasons.append(f"{label}: {type(exc).__name__}: {first_line(exc)}")
             log.info("int8_static: quant_pre_process (%s) failed: %s", label, reasons[-1])
     log.warning("int8_static: quant_pre_process skipped (%s)", "; ".join(reasons))
     return source, "skipped"
@@ -252,19 +252,16 @@ class Int8Static(Pass):
     def run(self, parent: Artifact, ctx: PassContext, out_dir: Path) -> PassOutput:
         """Write the statically quantized model to ``out_dir/model.onnx``."""
         config = cast(Int8StaticConfig, self.config)
-        if parent.path is None:
-            raise ValueError(f"{parent.step} has no model file")
-        if parent.precision != "fp32":
-            raise ValueError(f"int8_static quantizes fp32 models; {parent.step} is {parent.precision}")
-        source = load_model(parent.path, with_data=False)
+        parent_path = model_file(parent, "int8_static", fp32=True)
+        source = load_model(parent_path, with_data=False)
         excluded = select_nodes(source, config.nodes_to_exclude, "nodes_to_exclude")
         external = has_external_data(source) or weight_bytes(source) >= EXTERNAL_THRESHOLD
         batches = calibration_batches(config, ctx, graph_inputs(source))
         out = out_dir / "model.onnx"
         warnings: list[str] = []
         with tempfile.TemporaryDirectory(prefix="int8-static-") as scratch:
-            model_path, prepared = (preprocess(parent.path, Path(scratch), external) if config.preprocess
-                                    else (parent.path, "off"))
+            model_path, prepared = (preprocess(parent_path, Path(scratch), external) if config.preprocess
+                                    else (parent_path, "off"))
             if prepared == "skipped":
                 warnings.append("quant_pre_process failed; MatMuls after fused operators may be left in float")
             warnings += vanished(excluded, model_path)
@@ -283,7 +280,7 @@ class Int8Static(Pass):
         stats = {**repaired, "quantized_ops": quantized_counts(model), "preprocess": prepared, **matmul_counts(model),
                  "excluded_nodes": len(excluded), **calibration_stats(batches),
                  "nodes_before": len(source.graph.node), "nodes_after": len(model.graph.node),
-                 "bytes_before": files_bytes(parent.path), "bytes_after": files_bytes(out)}
+                 "bytes_before": files_bytes(parent_path), "bytes_after": files_bytes(out)}
         log.info("int8_static: quantized %s on %d sentences (preprocess %s); %d -> %d bytes",
                  stats["quantized_ops"], stats["calibration_samples"], prepared, stats["bytes_before"],
                  stats["bytes_after"])

@@ -82,11 +82,7 @@ class OnnxExportPass(Pass):
         cfg: OnnxExportConfig = self.config  # type: ignore[assignment]
         if parent.format is not Format.EAGER:
             raise ValueError(f"onnx_export reads the eager model, not a {parent.format.value} artifact")
-        # References come from a fresh model before exporting: an export can disturb the module it traces.
-        reference = ctx.model.load()
-        ctx.extra.setdefault("max_positions", reference.max_positions)
-        inputs = ou.check_inputs(ctx)
-        expected = [ou.eager_outputs(reference.module, x, ctx.io) for x in inputs]
+        reference, inputs, expected = ou.fresh_reference(ctx)
         params = parameter_bytes(reference.module)
         del reference
         external = use_external(cfg.external_data, params)
@@ -96,7 +92,8 @@ class OnnxExportPass(Pass):
         ou.check_model(path)
         model = ou.load_model(path, with_data=False)
         warns = check_interface(model, ctx.io)
-        diffs = check_numerics(path, inputs, expected, ctx.io, cfg.tolerance)
+        diffs = ou.check_at_shapes(lambda x: ou.run_checked(path, x), f"{path.name} in onnxruntime", inputs,
+                                   expected, ctx.io.output_names, cfg.tolerance)
 
         real_opset = ou.opset(model)
         if real_opset != cfg.opset:
@@ -123,9 +120,7 @@ class OnnxExportPass(Pass):
             ou.save_model(ou.load_model(scratch / FILE), path, external)
         finally:
             shutil.rmtree(scratch, ignore_errors=True)
-        for text in sorted({str(w.message).splitlines()[0] for w in caught}):
-            log.debug("export warning: %s", text)
-        return sum(1 for w in caught if issubclass(w.category, torch.jit.TracerWarning))
+        return ou.count_tracer_warnings(caught)
 
 
 def export(module: torch.nn.Module, example: Inputs, path: Path, io: IOSpec, cfg: OnnxExportConfig) -> None:
@@ -208,14 +203,3 @@ def check_interface(model: Any, io: IOSpec) -> list[str]:
         raise ValueError(f"dynamic axes were exported as fixed sizes: {', '.join(baked)}{hint}")
     dropped = [name for name in io.input_names if name not in inputs]
     return [f"the exporter dropped unused input(s) {', '.join(dropped)}"] if dropped else []
-
-
-def check_numerics(path: Path, inputs: list[Inputs], expected: list[dict[str, Any]], io: IOSpec,
-                   tolerance: float) -> list[float]:
-    """Run the file in onnxruntime (CPU) at each check shape and compare with eager."""
-    diffs = []
-    for x, want in zip(inputs, expected, strict=True):
-        what = f"{path.name} in onnxruntime at shape {ou.shape_text(x)}"
-        diffs.append(ou.compare(ou.run_checked(path, x), want, io.output_names, tolerance, what))
-        log.debug("%s: max abs diff %.3g", what, diffs[-1])
-    return diffs

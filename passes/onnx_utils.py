@@ -8,14 +8,16 @@ in production). The shapes, the eager reference and the comparison live here.
 from __future__ import annotations
 
 import logging
+import warnings
 from collections import Counter
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import onnx
 
+from pipeline.artifact import Artifact
 from pipeline.errors import first_line
 from pipeline.pass_base import Inputs, IOSpec, PassContext
 
@@ -27,6 +29,15 @@ CPU = ("CPUExecutionProvider",)
 
 
 # -- files ---------------------------------------------------------------------------------------
+def model_file(parent: Artifact, pass_name: str, fp32: bool = False) -> Path:
+    """The parent artifact's model file; ValueError when it has none, or (``fp32``) when it is not fp32."""
+    if parent.path is None:
+        raise ValueError(f"{parent.step} has no model file")
+    if fp32 and parent.precision != "fp32":
+        raise ValueError(f"{pass_name} takes fp32 models; {parent.step} is {parent.precision}")
+    return parent.path
+
+
 def load_model(path: Path, with_data: bool = True) -> onnx.ModelProto:
     """Load an ONNX model; its external data (if any) is read from beside the file."""
     return onnx.load(str(path), load_external_data=with_data)
@@ -231,6 +242,36 @@ def eager_outputs(module: Any, inputs: Inputs, io: IOSpec) -> dict[str, np.ndarr
         raise ValueError(f"the model returned {len(out)} outputs, expected {len(io.output_names)} "
                          f"({', '.join(io.output_names)})")
     return {name: value.detach().cpu().numpy() for name, value in zip(io.output_names, out, strict=True)}
+
+
+def fresh_reference(ctx: PassContext) -> tuple[Any, list[Inputs], list[dict[str, np.ndarray]]]:
+    """A freshly loaded model, the check inputs, and its outputs on them: taken before anything
+    exports or compiles, since an export can disturb the module it traces."""
+    reference = ctx.model.load()
+    ctx.extra.setdefault("max_positions", reference.max_positions)
+    inputs = check_inputs(ctx)
+    return reference, inputs, [eager_outputs(reference.module, x, ctx.io) for x in inputs]
+
+
+def check_at_shapes(run: Callable[[Inputs], Mapping[str, np.ndarray]], label: str, inputs: list[Inputs],
+                    expected: list[dict[str, Any]], names: Sequence[str], tolerance: float) -> list[float]:
+    """Run an artifact at each check shape and compare with eager; the max abs difference of each."""
+    diffs = []
+    for x, want in zip(inputs, expected, strict=True):
+        what = f"{label} at shape {shape_text(x)}"
+        diffs.append(compare(run(x), want, names, tolerance, what))
+        log.debug("%s: max abs diff %.3g", what, diffs[-1])
+    return diffs
+
+
+def count_tracer_warnings(caught: list[warnings.WarningMessage]) -> int:
+    """Log the warnings an export or a trace raised (first lines, once each); return how many were
+    TracerWarnings."""
+    import torch
+
+    for text in dict.fromkeys(f"{w.category.__name__}: {str(w.message).splitlines()[0]}" for w in caught):
+        log.debug("%s", text)
+    return sum(1 for w in caught if issubclass(w.category, torch.jit.TracerWarning))
 
 
 def shape_text(inputs: Inputs) -> str:

@@ -27,6 +27,7 @@ from passes.onnx_utils import (
     has_external_data,
     load_model,
     max_abs_diff,
+    model_file,
     run_onnx,
     save_model,
     weight_bytes,
@@ -158,12 +159,11 @@ class OrtOptimize(Pass):
         from onnxruntime.transformers.optimizer import optimize_model
 
         config = cast(OrtOptimizeConfig, self.config)
-        if parent.path is None:
-            raise ValueError(f"{parent.step} has no model file")
-        source = load_model(parent.path, with_data=False)
+        parent_path = model_file(parent, "ort_optimize")
+        source = load_model(parent_path, with_data=False)
         num_heads, hidden_size = attention_shape(config, ctx)
         optimizer = optimize_model(
-            str(parent.path), model_type=config.model_type, num_heads=num_heads,
+            str(parent_path), model_type=config.model_type, num_heads=num_heads,
             hidden_size=hidden_size, optimization_options=fusion_options(config),
             opt_level=config.opt_level, use_gpu=config.use_gpu, only_onnxruntime=config.only_onnxruntime,
         )
@@ -181,8 +181,8 @@ class OrtOptimize(Pass):
             "nodes_after": len(optimizer.model.graph.node),
             "fused": {op: n for op, n in counts.items() if n},
             **({"skip_layer_norms_unfused": unfused} if config.unfuse_skip_layer_norm else {}),
-            "bytes_before": files_bytes(parent.path), "bytes_after": files_bytes(out),
-            **check_against_parent(parent.path, out, ctx, config.tolerance),
+            "bytes_before": files_bytes(parent_path), "bytes_after": files_bytes(out),
+            **check_against_parent(parent_path, out, ctx, config.tolerance),
         }
         log.info("ort_optimize: %d -> %d nodes, fused %s", stats["nodes_before"], stats["nodes_after"],
                  stats["fused"])

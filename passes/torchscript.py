@@ -17,7 +17,7 @@ from typing import Any, Literal
 import torch
 from pydantic import Field
 
-from passes.onnx_utils import check_inputs, compare, eager_outputs, shape_text
+from passes.onnx_utils import check_at_shapes, count_tracer_warnings, eager_outputs, fresh_reference, shape_text
 from pipeline.artifact import Artifact, Format
 from pipeline.errors import first_line
 from pipeline.pass_base import Inputs, Pass, PassConfig, PassContext, PassOutput, register
@@ -63,21 +63,18 @@ class TorchScriptPass(Pass):
         cfg: TorchScriptConfig = self.config  # type: ignore[assignment]
         if parent.format is not Format.EAGER:
             raise ValueError(f"torchscript reads the eager model, not a {parent.format.value} artifact")
-        # References come from a fresh model, computed before anything compiles the other one.
-        reference = ctx.model.load()
-        ctx.extra.setdefault("max_positions", reference.max_positions)
-        inputs = check_inputs(ctx)
-        expected = [eager_outputs(reference.module, x, ctx.io) for x in inputs]
+        reference, inputs, expected = fresh_reference(ctx)
         del reference
 
         module = ctx.model.load().module.eval()
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
             compiled = self._compile(module, inputs[0], ctx, cfg)
-        tracer_warnings = _log_warnings(caught)
+        tracer_warnings = count_tracer_warnings(caught)
         path = out_dir / FILE
         loaded = _save_and_reload(compiled, path)
-        diffs = _check_saved(loaded, path.name, inputs, expected, ctx, cfg.tolerance)
+        diffs = check_at_shapes(lambda x: _run_saved(loaded, path.name, x, ctx), path.name, inputs, expected,
+                                ctx.io.output_names, cfg.tolerance)
         stats: dict[str, Any] = {
             **graph_stats(loaded),
             "tracer_warnings": tracer_warnings,
@@ -105,9 +102,8 @@ def _script(module: torch.nn.Module) -> torch.jit.ScriptModule:
     try:
         return torch.jit.script(module)
     except Exception as exc:  # the scripting frontend raises many unrelated types
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
         raise RuntimeError(
-            f"scripting is not supported for this model ({type(exc).__name__}: {first}); use mode: trace"
+            f"scripting is not supported for this model ({type(exc).__name__}: {first_line(exc)}); use mode: trace"
         ) from exc
 
 
@@ -120,20 +116,13 @@ def _save_and_reload(compiled: torch.jit.ScriptModule, path: Path) -> torch.jit.
         return torch.jit.load(str(path), map_location="cpu")
 
 
-def _check_saved(loaded: torch.jit.ScriptModule, file: str, inputs: list[Inputs],
-                 expected: list[dict[str, Any]], ctx: PassContext, tolerance: float) -> list[float]:
-    """Compare the reloaded file with the eager outputs at each check shape."""
-    diffs = []
-    for x, want in zip(inputs, expected, strict=True):
-        what = f"{file} at shape {shape_text(x)}"
-        try:
-            got = eager_outputs(loaded, x, ctx.io)
-        except Exception as exc:
-            raise RuntimeError(f"{what} fails to run ({first_line(exc)}); the trace probably baked in the export "
-                               f"shape") from exc
-        diffs.append(compare(got, want, ctx.io.output_names, tolerance, what))
-        log.debug("%s: max abs diff %.3g", what, diffs[-1])
-    return diffs
+def _run_saved(loaded: torch.jit.ScriptModule, file: str, inputs: Inputs, ctx: PassContext) -> dict[str, Any]:
+    """The reloaded file's outputs, with a failure turned into a message that names the shape."""
+    try:
+        return eager_outputs(loaded, inputs, ctx.io)
+    except Exception as exc:
+        raise RuntimeError(f"{file} at shape {shape_text(inputs)} fails to run ({first_line(exc)}); the trace "
+                           f"probably baked in the export shape") from exc
 
 
 def graph_stats(module: torch.jit.ScriptModule, top: int = 10) -> dict[str, Any]:
@@ -141,14 +130,3 @@ def graph_stats(module: torch.jit.ScriptModule, top: int = 10) -> dict[str, Any]
     graph = getattr(module, "inlined_graph", None) or module.graph
     kinds = Counter(node.kind() for node in graph.nodes())
     return {"graph_nodes": sum(kinds.values()), "op_histogram": dict(kinds.most_common(top))}
-
-
-def _log_warnings(caught: list[warnings.WarningMessage]) -> int:
-    """Log the warnings raised while compiling; return how many were TracerWarnings."""
-    seen: set[str] = set()
-    for item in caught:
-        text = str(item.message).splitlines()[0]
-        if text not in seen:
-            seen.add(text)
-            log.debug("%s: %s", item.category.__name__, text)
-    return sum(1 for item in caught if issubclass(item.category, torch.jit.TracerWarning))

@@ -27,7 +27,7 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from pipeline.artifact import canonical_json, sha256_file, sha256_text
-from pipeline.errors import ModelError
+from pipeline.errors import ModelError, first_line
 from pipeline.generation import INPUTS, DecoderWrapper, cache_layout, prepare_tokenizer
 
 log = logging.getLogger(__name__)
@@ -272,7 +272,7 @@ class ModelHandle:
         except ModelError:
             raise
         except (OSError, ValueError, KeyError) as exc:
-            raise ModelError(f"model.source: cannot load {where}: {str(exc).splitlines()[0]}") from exc
+            raise ModelError(f"model.source: cannot load {where}: {first_line(exc)}") from exc
         model = model.float().eval()
         tokenizer = self.tokenizer
         wrapper = self._wrap(model)

@@ -34,7 +34,7 @@ from passes.onnx_utils import (
 from passes.repairing import RepairOptions, convert_with_repair, exclusion_names, weight_nodes
 from pipeline.artifact import Artifact, Format, sha256_file
 from pipeline.errors import RecipeError
-from pipeline.inputs import DEFAULT_CORPUS
+from pipeline.inputs import load_sentences
 from pipeline.pass_base import Pass, PassContext, PassOutput, register
 
 log = logging.getLogger(__name__)
@@ -115,15 +115,19 @@ class Int8Dynamic(Pass):
     Config = Int8DynamicConfig
 
     def check(self, ctx: PassContext) -> None:
-        """The smoothing's sentence file must exist."""
+        """The smoothing's sentence file must exist and hold sentences."""
         config = cast(Int8DynamicConfig, self.config)
-        if config.smooth and not _corpus(config, ctx).is_file():
-            raise RecipeError(f"int8_dynamic.calibration: {config.calibration} does not exist")
+        if not config.smooth:
+            return
+        path = ctx.sentence_file(config.calibration)
+        if not path.is_file():
+            raise RecipeError(f"int8_dynamic.calibration: file {path} does not exist")
+        load_sentences(path)  # RecipeError when it holds no sentence
 
     def data_digest(self, ctx: PassContext) -> str | None:
         """sha256 of the sentences the smoothing measures on, when it runs."""
         config = cast(Int8DynamicConfig, self.config)
-        return sha256_file(_corpus(config, ctx)) if config.smooth else None
+        return sha256_file(ctx.sentence_file(config.calibration)) if config.smooth else None
 
     def run(self, parent: Artifact, ctx: PassContext, out_dir: Path) -> PassOutput:
         """Write the dynamically quantized model to ``out_dir/model.onnx``."""
@@ -148,14 +152,10 @@ class Int8Dynamic(Pass):
                           stats=stats, warnings=warnings)
 
 
-def _corpus(config: Int8DynamicConfig, ctx: PassContext) -> Path:
-    return ctx.resolve(config.calibration) if config.calibration else DEFAULT_CORPUS
-
-
 def _smoothed(parent: Path, ctx: PassContext, config: Int8DynamicConfig, nodes: set[str],
               scratch: Path) -> tuple[Path, list[smoothing.NodePlan]]:
     """The parent rewritten for quantization (passes/smoothing.py), saved in ``scratch``, and the plans."""
-    batches = ctx.calibration_inputs(_corpus(config, ctx), SMOOTHING_BATCHES, SMOOTHING_BATCH)
+    batches = ctx.calibration_inputs(ctx.sentence_file(config.calibration), SMOOTHING_BATCHES, SMOOTHING_BATCH)
     plans = smoothing.plan(parent, batches, nodes, config.smooth_alpha, config.outlier_channels)
     model = smoothing.rewrite(load_model(parent), plans)
     target = scratch / "smoothed.onnx"

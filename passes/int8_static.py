@@ -36,7 +36,7 @@ from passes.onnx_utils import EXTERNAL_THRESHOLD, files_bytes, has_external_data
 from passes.repairing import RepairOptions, convert_with_repair, exclusion_names, weight_nodes
 from pipeline.artifact import Artifact, Format, canonical_json, sha256_file, sha256_text
 from pipeline.errors import RecipeError, first_line
-from pipeline.inputs import DEFAULT_CORPUS, Inputs, load_sentences
+from pipeline.inputs import Inputs, load_sentences
 from pipeline.pass_base import Pass, PassContext, PassOutput, register
 
 log = logging.getLogger(__name__)
@@ -87,11 +87,6 @@ class Int8StaticConfig(RepairOptions):
         return self
 
 
-def calibration_path(config: Int8StaticConfig, ctx: PassContext) -> Path:
-    """The sentence file calibration reads."""
-    return ctx.resolve(config.calibration) if config.calibration else DEFAULT_CORPUS
-
-
 def pad_batches(batches: list[Inputs], pad_id: int) -> list[Inputs]:
     """Every batch padded on the right to the longest sequence of all (ids with ``pad_id``, rest 0)."""
     shapes = {value.shape[1:] for batch in batches for value in batch.values()}
@@ -109,7 +104,7 @@ def pad_batches(batches: list[Inputs], pad_id: int) -> list[Inputs]:
 def calibration_batches(config: Int8StaticConfig, ctx: PassContext, graph_inputs: list[str]) -> list[Inputs]:
     """Tokenized calibration sentences in batches of one shape, holding only the graph's inputs."""
     count = math.ceil(config.samples / config.batch)
-    batches = ctx.calibration_inputs(calibration_path(config, ctx), count, config.batch)
+    batches = ctx.calibration_inputs(ctx.sentence_file(config.calibration), count, config.batch)
     pad_id = getattr(ctx.model.tokenizer, "pad_token_id", None) or 0  # no tokenizer: a factory model
     return [{name: batch[name] for name in graph_inputs} for batch in pad_batches(batches, pad_id)]
 
@@ -237,7 +232,7 @@ class Int8Static(Pass):
     def check(self, ctx: PassContext) -> None:
         """The calibration file must exist and hold sentences."""
         config = cast(Int8StaticConfig, self.config)
-        path = calibration_path(config, ctx)
+        path = ctx.sentence_file(config.calibration)
         if not path.is_file():
             raise RecipeError(f"int8_static.calibration: file {path} does not exist")
         load_sentences(path)  # RecipeError when it holds no sentence
@@ -245,7 +240,7 @@ class Int8Static(Pass):
     def data_digest(self, ctx: PassContext) -> str | None:
         """sha256 of the calibration file's bytes and of how many sentences are read, in what batches."""
         config = cast(Int8StaticConfig, self.config)
-        path = calibration_path(config, ctx)
+        path = ctx.sentence_file(config.calibration)
         return sha256_text(canonical_json({"file": sha256_file(path), "samples": config.samples,
                                            "batch": config.batch}))
 

@@ -21,7 +21,6 @@ from typing import Any
 from pipeline.artifact import Artifact, canonical_json, read_json, sha256_text, write_json_atomic
 from pipeline.fingerprint import fingerprint
 from pipeline.generation import cache_layout
-from pipeline.inputs import DEFAULT_CORPUS
 from pipeline.progress import stage
 from pipeline.results import Prepared
 
@@ -63,7 +62,7 @@ def worker_spec(prepared: Prepared, target: str, artifact: Artifact) -> dict[str
     if recipe.task == "text-generation":
         spec.update(generation_spec(recipe, handle))
     elif bench.real_data is not None and handle.tokenizer is not None:
-        corpus = Path(recipe.inputs.corpus) if recipe.inputs.corpus else DEFAULT_CORPUS
+        corpus = recipe.inputs.corpus_path
         spec["real_data"] = {**bench.real_data.model_dump(), "corpus": str(handle.base_dir / corpus)}
     return spec
 
@@ -72,7 +71,7 @@ def generation_spec(recipe: Any, handle: Any) -> dict[str, Any]:
     """What a decoder's worker needs besides the grid: the cache layout, and the generation benchmark."""
     out: dict[str, Any] = {"cache": dataclasses.asdict(cache_layout(handle.hf_config))}
     if recipe.bench.generation is not None:
-        corpus = Path(recipe.inputs.corpus) if recipe.inputs.corpus else DEFAULT_CORPUS
+        corpus = recipe.inputs.corpus_path
         out["generation"] = {**recipe.bench.generation.model_dump(), "corpus": str(handle.base_dir / corpus)}
     return out
 

@@ -21,7 +21,6 @@ from pipeline.bench import benchmark
 from pipeline.context import make_context
 from pipeline.errors import RecipeError
 from pipeline.generation import with_cache
-from pipeline.inputs import DEFAULT_CORPUS
 from pipeline.manager import check_steps, plan, run_chain
 from pipeline.model import ModelHandle
 from pipeline.pass_base import Gate, GateResult, IOSpec
@@ -48,7 +47,7 @@ def prepare(recipe_path: Path, overrides: list[str] | None = None, out: Path | N
         _, axes = with_cache(handle, axes)
     io = IOSpec(input_names=handle.input_names, output_names=handle.output_names, dynamic_axes=axes,
                 export_batch=recipe.inputs.export_batch, export_seq=recipe.inputs.export_seq)
-    corpus = Path(recipe.inputs.corpus) if recipe.inputs.corpus else DEFAULT_CORPUS
+    corpus = recipe.inputs.corpus_path
     if not corpus.is_absolute():
         corpus = base_dir / corpus
     if recipe.inputs.corpus and not corpus.is_file():

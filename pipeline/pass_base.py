@@ -20,6 +20,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from pipeline.artifact import Artifact, Format
 from pipeline.errors import RecipeError
+from pipeline.inputs import DEFAULT_CORPUS
 from pipeline.model import ModelHandle
 
 Inputs = dict[str, np.ndarray]
@@ -86,6 +87,10 @@ class PassContext:
     extra: dict[str, Any] = field(default_factory=dict)
     gate: Gate | None = None
     gate_digest: str | None = None
+
+    def sentence_file(self, configured: str | None) -> Path:
+        """The sentence file a pass's config names (relative to the recipe's folder), or the bundled corpus."""
+        return self.resolve(configured) if configured else DEFAULT_CORPUS
 
     def resolve(self, path: str | Path) -> Path:
         """A path from the recipe, relative to the recipe's folder unless absolute."""

@@ -23,7 +23,7 @@ from pipeline.artifact import canonical_json, read_manifest, sha256_file, sha256
 from pipeline.decoding import GENERATE_PREFIX, eager_generate, prompt_batches, steps
 from pipeline.errors import RecipeError
 from pipeline.generation import INPUTS, cache_layout
-from pipeline.inputs import DEFAULT_CORPUS, Inputs, load_sentences, random_tokens, resize_examples, sentence_batches
+from pipeline.inputs import Inputs, load_sentences, random_tokens, resize_examples, sentence_batches
 from pipeline.model import ModelHandle
 from pipeline.runtime import ModelFn, Outputs, Runner
 from pipeline.versions import library_versions
@@ -48,7 +48,7 @@ def _cases_inputs(recipe: Any, handle: ModelHandle) -> dict[str, Inputs]:
         return {f"example_b{b}": resize_examples(examples, b) for b in sorted({1, 3, recipe.inputs.export_batch})}
     cases: dict[str, Inputs] = {}
     if verify.sentence_batches:
-        sentences = load_sentences(_corpus(recipe))
+        sentences = load_sentences(recipe.inputs.corpus_path)
         batches = sentence_batches(handle.tokenizer, sentences, names, verify.sentence_batch_size,
                                    verify.sentence_batches, seed=recipe.inputs.seed)
         cases.update({f"sentences_{i}": batch for i, batch in enumerate(batches)})
@@ -69,7 +69,7 @@ def _decoding_cases(recipe: Any, handle: ModelHandle, run: ModelFn) -> list[Case
     """Decode steps on eager's own cache of the first sentence batch, and eager ``generate``'s tokens
     for the corpus prompts (``generate_<i>`` cases: prompts in, tokens out)."""
     spec, layout = recipe.verify.generation, cache_layout(handle.hf_config)
-    sentences = load_sentences(_corpus(recipe))
+    sentences = load_sentences(recipe.inputs.corpus_path)
     cases = []
     if spec.decode_steps:
         prompt = sentence_batches(handle.tokenizer, sentences, INPUTS, recipe.verify.sentence_batch_size, 1,
@@ -89,10 +89,6 @@ def split_generation(cases: list[Case]) -> tuple[list[Case], list[Case]]:
     return [case for case in cases if not case.name.startswith(GENERATE_PREFIX)], generate
 
 
-def _corpus(recipe: Any) -> Path:
-    return Path(recipe.inputs.corpus) if recipe.inputs.corpus else DEFAULT_CORPUS
-
-
 def _accuracy_digest(recipe: Any, base_dir: Path) -> str | None:
     spec = recipe.verify.accuracy
     if spec is None:
@@ -105,7 +101,7 @@ def _accuracy_digest(recipe: Any, base_dir: Path) -> str | None:
 
 def reference_key(recipe: Any, handle: ModelHandle, base_dir: Path) -> str:
     """Cache key of the reference: model, input settings, corpus contents and library versions."""
-    corpus = _corpus(recipe)
+    corpus = recipe.inputs.corpus_path
     corpus = corpus if corpus.is_absolute() else base_dir / corpus
     parts = {"model": handle.source_key, "inputs": recipe.inputs.model_dump(mode="json"),
              "verify": recipe.verify.model_dump(mode="json", include={"shapes", "sentence_batches",

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from pipeline.inputs import DEFAULT_CORPUS
 
 MAX_GRID_POINTS = 64
 PRECISIONS = ("fp32", "fp16", "int8")
@@ -26,6 +29,11 @@ class InputsSpec(Strict):
     export_seq: int = Field(default=16, ge=1, le=65536, description="Sequence length of the export example.")
     corpus: str | None = Field(default=None, description="Sentence file (default: the corpus shipped here).")
     seed: int = Field(default=0, description="Seed for every input the run draws.")
+
+    @property
+    def corpus_path(self) -> Path:
+        """The sentence file: the recipe's (relative to the working folder), or the bundled corpus."""
+        return Path(self.corpus) if self.corpus else DEFAULT_CORPUS
 
 
 class Tolerance(Strict):

@@ -28,7 +28,7 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
-from pipeline.localize import run_exposed, token_rows
+from pipeline.localize import run_exposed_batches, token_rows
 from pipeline.pass_base import Inputs
 
 # Producers whose outputs have outliers spread over channels (SmoothQuant's case); the inputs of
@@ -75,8 +75,8 @@ def candidates(model: onnx.ModelProto, nodes: set[str]) -> dict[str, onnx.NodePr
 def input_ranges(path: Path, batches: list[Inputs], nodes: dict[str, onnx.NodeProto]) -> dict[str, np.ndarray]:
     """Largest magnitude of each input channel of each node over ``batches`` (positions the mask keeps)."""
     ranges: dict[str, np.ndarray] = {}
-    for batch in batches:
-        values = run_exposed(path, batch, {node.input[0] for node in nodes.values()}, untyped_as_float=True)
+    exposed = run_exposed_batches(path, batches, {node.input[0] for node in nodes.values()}, untyped_as_float=True)
+    for batch, values in zip(batches, exposed, strict=True):
         for name, node in nodes.items():
             rows = token_rows(values[node.input[0]], batch.get("attention_mask"))
             peak = np.abs(rows).max(axis=0) if rows.size else np.zeros(rows.shape[1], dtype=np.float32)

@@ -62,9 +62,14 @@ def float_tensors(model: onnx.ModelProto) -> dict[str, int]:
     return {out: types[out] for node in model.graph.node for out in node.output if types.get(out) in FLOAT_TYPES}
 
 
-def run_exposed(path: Path, inputs: Inputs, names: set[str], untyped_as_float: bool = False
-                ) -> dict[str, np.ndarray]:
-    """Outputs of the model at ``path`` with the named intermediate tensors added as graph outputs.
+def run_exposed(path: Path, inputs: Inputs, names: set[str]) -> dict[str, np.ndarray]:
+    """Outputs of the model at ``path`` with the named intermediate (float) tensors added as graph outputs."""
+    return run_exposed_batches(path, [inputs], names)[0]
+
+
+def run_exposed_batches(path: Path, batches: list[Inputs], names: set[str], untyped_as_float: bool = False
+                        ) -> list[dict[str, np.ndarray]]:
+    """``run_exposed`` on each of ``batches``, with one session.
 
     Only float tensors whose type shape inference tells are added, unless ``untyped_as_float``:
     then a tensor it cannot type (the output of a contrib op) is added as float32.
@@ -81,9 +86,12 @@ def run_exposed(path: Path, inputs: Inputs, names: set[str], untyped_as_float: b
         exposed = Path(tmp) / "exposed.onnx"
         onnx.save_model(model, str(exposed), save_as_external_data=model.ByteSize() > 1_800_000_000)
         session = onnx_session(exposed, "cpu")
-        feed = {i.name: inputs[i.name] for i in session.get_inputs()}
         wanted = [o.name for o in session.get_outputs()]
-        return dict(zip(wanted, (np.asarray(v, dtype=np.float32) for v in session.run(wanted, feed)), strict=True))
+        results = []
+        for inputs in batches:
+            values = session.run(wanted, {i.name: inputs[i.name] for i in session.get_inputs()})
+            results.append(dict(zip(wanted, (np.asarray(v, dtype=np.float32) for v in values), strict=True)))
+        return results
 
 
 def token_rows(value: np.ndarray, mask: np.ndarray | None) -> np.ndarray:

@@ -8,7 +8,7 @@ from rich.console import Console
 from rich.table import Table
 
 from pipeline.results import Prepared, RunResult
-from pipeline.summary import generation_table, headline_point, size_text, summary_rows
+from pipeline.summary import generation_matches, generation_table, headline_point, size_text, summary_rows
 
 console = Console(highlight=False, width=None if sys.stdout.isatty() else 160)
 
@@ -55,12 +55,9 @@ def print_summary(result: RunResult) -> None:
 
 def print_generation(result: RunResult) -> None:
     """Greedy tokens equal to eager's, and the generation benchmark (text-generation)."""
-    for step in result.prepared.steps:
-        parity = result.parity.get(step.name)
-        if parity is not None and parity.generation:
-            g = parity.generation
-            console.print(f"{step.folder}: greedy generation {g['matched']}/{g['tokens']} tokens equal to eager "
-                          f"generate's ({g['sequences_equal']}/{g['sequences']} sequences)")
+    for folder, g in generation_matches(result):
+        console.print(f"{folder}: greedy generation {g['matched']}/{g['tokens']} tokens equal to eager "
+                      f"generate's ({g['sequences_equal']}/{g['sequences']} sequences)")
     rows = generation_table(result)
     if not rows:
         return

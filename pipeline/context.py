@@ -6,7 +6,7 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline.generation import cache_layout
+from pipeline.generation import INPUTS, cache_layout
 from pipeline.inputs import Inputs, load_sentences, random_tokens, resize_examples, sentence_batches
 from pipeline.model import ModelHandle
 from pipeline.pass_base import IOSpec, PassContext
@@ -19,8 +19,8 @@ def make_context(handle: ModelHandle, io: IOSpec, base_dir: Path, corpus: Path |
     A decoder's inputs carry a cache of seeded values, about half as long as the sentence, so every
     check runs a decode step with a past as well as current tokens.
     """
-    text_names = [name for name in io.input_names if not name.startswith("past_key_values.")]
     cached = cache_layout(handle.hf_config) if handle.task == "text-generation" else None
+    text_names = list(INPUTS) if cached else io.input_names  # a decoder's cache inputs are added below
 
     def with_past(inputs: Inputs) -> Inputs:
         if cached is None:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pipeline.results import RunResult
-from pipeline.summary import generation_table, headline_point, size_text, summary_rows
+from pipeline.summary import generation_matches, generation_table, headline_point, size_text, summary_rows
 
 
 def _num(value: float | None, fmt: str) -> str:
@@ -99,8 +99,7 @@ def _bench(result: RunResult) -> list[str]:
 def _generation(result: RunResult) -> list[str]:
     """Greedy generation: tokens equal to eager's, then time to first token, per-token latency and tokens/s."""
     lines = []
-    matches = [(step.folder, result.parity[step.name].generation) for step in result.prepared.steps
-               if step.name in result.parity and result.parity[step.name].generation]
+    matches = generation_matches(result)
     if matches:
         rows = [[name, f"{g['matched']}/{g['tokens']}", f"{g['sequences_equal']}/{g['sequences']}",
                  _num(g.get("min_share"), ".4f")] for name, g in matches]

@@ -78,6 +78,12 @@ def summary_rows(result: RunResult) -> list[dict[str, Any]]:
     return rows
 
 
+def generation_matches(result: RunResult) -> list[tuple[str, dict[str, Any]]]:
+    """(step folder, greedy tokens against eager's) of every step checked by generation."""
+    return [(step.folder, result.parity[step.name].generation) for step in result.prepared.steps
+            if step.name in result.parity and result.parity[step.name].generation]
+
+
 def generation_table(result: RunResult) -> list[dict[str, Any]]:
     """One row per target and (batch, prompt length) of the generation benchmark, with its tokens/s over
     eager's and the share of greedy tokens equal to eager's (text-generation)."""

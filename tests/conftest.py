@@ -105,3 +105,15 @@ def tiny_onnx(tiny_ctx: PassContext, tmp_path: Path) -> Artifact:
                       opset_version=17, dynamo=False)
     return Artifact(step="01_onnx_export", format=Format.ONNX, key="tiny-onnx", path=path, parent="eager",
                     produced_by="onnx_export", meta={"precision": "fp32"})
+
+
+@pytest.fixture
+def tiny_fused(tiny_onnx: Artifact, tiny_ctx: PassContext, tmp_path: Path) -> Artifact:
+    """The tiny BERT's export after ort_optimize (fused contrib operators)."""
+    from passes.ort_optimize import OrtOptimize, OrtOptimizeConfig
+
+    folder = tmp_path / "tiny_fused"
+    folder.mkdir()
+    optimized = OrtOptimize(OrtOptimizeConfig()).run(tiny_onnx, tiny_ctx, folder)
+    return Artifact(step="02_ort_optimize", format=Format.ONNX, key="fused", path=folder / optimized.file,
+                    parent=tiny_onnx.step, produced_by="ort_optimize", meta=optimized.meta)

@@ -20,8 +20,6 @@ from pipeline.pass_base import PassContext
 NAMES = ["input_ids", "attention_mask", "token_type_ids"]
 
 
-
-
 def _convert(tiny_onnx: Artifact, ctx: PassContext, out: Path, **config: object):
     out.mkdir()
     return Fp16(Fp16Config(**config)).run(tiny_onnx, ctx, out)

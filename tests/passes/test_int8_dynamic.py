@@ -11,7 +11,6 @@ from pydantic import ValidationError
 from passes import smoothing
 from passes.int8_dynamic import Int8Dynamic, Int8DynamicConfig
 from passes.onnx_utils import run_onnx
-from passes.ort_optimize import OrtOptimize, OrtOptimizeConfig
 from pipeline.artifact import Artifact, Format
 from pipeline.inputs import random_tokens
 from pipeline.metrics import compare
@@ -20,8 +19,6 @@ from pipeline.pass_base import PassContext
 NAMES = ["input_ids", "attention_mask", "token_type_ids"]
 # Measured on the tiny random BERT: 0.9999 (plain and fused). Real MiniLM is far lower (FACTS.md).
 MIN_COSINE = 0.995
-
-
 
 
 def _quantize(parent: Artifact, ctx: PassContext, out: Path, **config: object):
@@ -47,13 +44,10 @@ def test_quantizes_and_stays_close(tiny_onnx: Artifact, tiny_ctx: PassContext, t
     assert _cosine_to(tiny_onnx.path, path) > MIN_COSINE
 
 
-def test_quantizes_an_optimized_model(tiny_onnx: Artifact, tiny_ctx: PassContext, tmp_path: Path) -> None:
-    (tmp_path / "opt").mkdir()
-    optimized = OrtOptimize(OrtOptimizeConfig()).run(tiny_onnx, tiny_ctx, tmp_path / "opt")
-    fused = Artifact(step="02_ort_optimize", format=Format.ONNX, key="fused", path=tmp_path / "opt" / optimized.file,
-                     parent=tiny_onnx.step, produced_by="ort_optimize", meta=optimized.meta)
+def test_quantizes_an_optimized_model(tiny_onnx: Artifact, tiny_fused: Artifact, tiny_ctx: PassContext,
+                                    tmp_path: Path) -> None:
     plain = _quantize(tiny_onnx, tiny_ctx, tmp_path / "plain")
-    output = _quantize(fused, tiny_ctx, tmp_path / "q")
+    output = _quantize(tiny_fused, tiny_ctx, tmp_path / "q")
     # every weight MatMul is quantized, also those fed by fused (untyped) contrib ops
     assert output.stats["quantized_ops"]["MatMulInteger"] == plain.stats["quantized_ops"]["MatMulInteger"]
     assert _cosine_to(tiny_onnx.path, tmp_path / "q" / output.file) > MIN_COSINE

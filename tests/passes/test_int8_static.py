@@ -10,8 +10,7 @@ from pydantic import ValidationError
 
 from passes.int8_static import Int8Static, Int8StaticConfig, preprocess
 from passes.onnx_utils import run_onnx
-from passes.ort_optimize import OrtOptimize, OrtOptimizeConfig
-from pipeline.artifact import Artifact, Format
+from pipeline.artifact import Artifact
 from pipeline.errors import RecipeError
 from pipeline.inputs import random_tokens
 from pipeline.pass_base import PassContext
@@ -20,7 +19,6 @@ NAMES = ["input_ids", "attention_mask", "token_type_ids"]
 # Measured on the tiny random BERT: 0.9997 (MatMul + Gather, minmax and entropy alike).
 MIN_COSINE = 0.995
 FAST = {"samples": 16, "batch": 4}
-
 
 
 def _cosine_to(reference: Path, path: Path) -> float:
@@ -58,14 +56,11 @@ def test_histogram_method_with_varied_lengths(tiny_onnx: Artifact, tiny_ctx: Pas
     assert _cosine_to(tiny_onnx.path, tmp_path / "q" / output.file) > MIN_COSINE
 
 
-def test_fused_model_needs_preprocess(tiny_onnx: Artifact, tiny_ctx: PassContext, tmp_path: Path) -> None:
-    (tmp_path / "opt").mkdir()
-    optimized = OrtOptimize(OrtOptimizeConfig()).run(tiny_onnx, tiny_ctx, tmp_path / "opt")
-    fused = Artifact(step="02_ort_optimize", format=Format.ONNX, key="fused", path=tmp_path / "opt" / optimized.file,
-                     parent=tiny_onnx.step, produced_by="ort_optimize", meta=optimized.meta)
-    output = _quantize(fused, tiny_ctx, tmp_path / "q")
+def test_fused_model_needs_preprocess(tiny_onnx: Artifact, tiny_fused: Artifact, tiny_ctx: PassContext,
+                                      tmp_path: Path) -> None:
+    output = _quantize(tiny_fused, tiny_ctx, tmp_path / "q")
     assert output.stats["matmuls_float"] == 0
-    bare = _quantize(fused, tiny_ctx, tmp_path / "bare", preprocess=False)
+    bare = _quantize(tiny_fused, tiny_ctx, tmp_path / "bare", preprocess=False)
     assert bare.stats["matmuls_float"] > 0  # MatMuls after fused ops have no type without it
     assert _cosine_to(tiny_onnx.path, tmp_path / "q" / output.file) > MIN_COSINE
 

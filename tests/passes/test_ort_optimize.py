@@ -18,7 +18,6 @@ from pipeline.pass_base import PassContext
 NAMES = ["input_ids", "attention_mask", "token_type_ids"]
 
 
-
 def _optimize(tiny_onnx: Artifact, ctx: PassContext, out: Path, **config: object):
     out.mkdir()
     return OrtOptimize(OrtOptimizeConfig(**config)).run(tiny_onnx, ctx, out)

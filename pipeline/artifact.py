@@ -3,6 +3,12 @@
 Each step of a recipe owns a folder ``NN_<step>/`` holding its file(s) and ``manifest.json``.
 A folder is written under a temporary name and renamed into place when complete, so a folder
 with a final name is always whole; before reuse its files are checked against their sha256.
+
+Every temporary this tool writes is named ``.model-pipeline-tmp-*``, and a temporary folder also
+holds the marker file ``.model-pipeline-tmp``: that is how a later run tells its own leftovers
+from anything else and deletes nothing it did not make. A folder that replaces an existing one is
+swapped in under a journal (``.model-pipeline-swap-<name>.json``), so a run killed between the two
+renames of a swap leaves what it needs to put the old folder back (:func:`recover_swaps`).
 """
 
 from __future__ import annotations
@@ -10,6 +16,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import secrets
 import shutil
 import tempfile
 from collections.abc import Iterator
@@ -22,6 +29,10 @@ from typing import Any
 from pipeline.errors import ArtifactError
 
 MANIFEST = "manifest.json"
+TOOL = "model-pipeline"
+TMP_PREFIX = f".{TOOL}-tmp-"  # the name of every temporary file or folder starts so
+TMP_MARKER = f".{TOOL}-tmp"  # ... and a temporary folder holds this file
+SWAP_PREFIX = f".{TOOL}-swap-"  # journal of a folder swap in progress: <prefix><final name>.json
 
 
 class Format(str, Enum):
@@ -72,14 +83,13 @@ def canonical_json(value: Any) -> str:
     return json.dumps(value, sort_keys=True, separators=(",", ":"), default=str)
 
 
-def write_json_atomic(path: Path, value: Any) -> None:
-    """Write JSON to a temporary file beside ``path`` and rename it into place."""
+def write_bytes_atomic(path: Path, data: bytes) -> None:
+    """Write bytes to a temporary file beside ``path``, flush them to disk, and rename it into place."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    fd, tmp = tempfile.mkstemp(prefix=f"{TMP_PREFIX}{path.name}-", dir=path.parent)
     try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            json.dump(value, handle, indent=2, sort_keys=True, default=str)
-            handle.write("\n")
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(tmp, path)
@@ -89,16 +99,18 @@ def write_json_atomic(path: Path, value: Any) -> None:
 
 
 def write_text_atomic(path: Path, text: str) -> None:
-    """Write text to a temporary file beside ``path`` and rename it into place."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            handle.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    """Write UTF-8 text atomically (see :func:`write_bytes_atomic`)."""
+    write_bytes_atomic(path, text.encode("utf-8"))
+
+
+def write_json_atomic(path: Path, value: Any) -> None:
+    """Write JSON (sorted keys, indented) atomically (see :func:`write_bytes_atomic`)."""
+    write_text_atomic(path, json.dumps(value, indent=2, sort_keys=True, default=str) + "\n")
+
+
+def temporary_path(final: Path, suffix: str = "") -> Path:
+    """A fresh temporary file name beside ``final`` (for writers that take a path, not bytes)."""
+    return final.with_name(f"{TMP_PREFIX}{final.name}-{os.getpid()}-{secrets.token_hex(4)}{suffix}")
 
 
 def file_hashes(folder: Path) -> dict[str, str]:
@@ -112,30 +124,74 @@ def file_hashes(folder: Path) -> dict[str, str]:
 
 @contextmanager
 def staging_folder(final: Path) -> Iterator[Path]:
-    """Yield an empty temporary folder; on success, replace ``final`` with it in one rename.
+    """Yield an empty temporary folder; on success, replace ``final`` with it (:func:`replace_folder`).
 
-    On any error (or interruption) the temporary folder is removed and ``final`` is untouched.
+    The folder yielded sits inside a marked temporary shell, so it never holds the marker itself. On
+    any error (or interruption) the shell is removed and ``final`` is untouched.
     """
     final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{final.name}-", dir=final.parent))
+    shell = Path(tempfile.mkdtemp(prefix=f"{TMP_PREFIX}{final.name}-", dir=final.parent))
     try:
-        yield tmp
-        replace_folder(tmp, final)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+        (shell / TMP_MARKER).write_text(f"{TOOL} {os.getpid()}\n", encoding="utf-8")
+        content = shell / "content"
+        content.mkdir()
+        yield content
+        replace_folder(content, final)
+    finally:
+        shutil.rmtree(shell, ignore_errors=True)
 
 
 def replace_folder(new: Path, final: Path) -> None:
-    """Move ``new`` to ``final``; an existing ``final`` is moved aside first and then deleted."""
-    old = None
-    if final.exists():
-        old = final.with_name(f".old-{final.name}-{os.getpid()}")
-        shutil.rmtree(old, ignore_errors=True)
-        os.replace(final, old)
+    """Move ``new`` to ``final``. An existing ``final`` is moved aside under a journal first, and
+    deleted once ``new`` is in place; a run killed in between is undone by :func:`recover_swaps`."""
+    if not final.exists():
+        os.replace(new, final)
+        return
+    journal = final.with_name(f"{SWAP_PREFIX}{final.name}.json")
+    old = temporary_path(final, ".old")
+    write_json_atomic(journal, {"tool": TOOL, "final": final.name, "old": old.name})
+    os.replace(final, old)
     os.replace(new, final)
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
+    shutil.rmtree(old, ignore_errors=True)
+    journal.unlink()
+
+
+def recover_swaps(folder: Path) -> list[str]:
+    """Finish or undo every folder swap a killed run left in ``folder``; the names put back.
+
+    A swap whose new folder never arrived gets its old folder back; one that completed loses the
+    old folder it had moved aside. Only the entries a journal names, with this tool's names, are touched.
+    """
+    restored = []
+    for journal in sorted(folder.glob(f"{SWAP_PREFIX}*.json")):
+        entry = read_json(journal) or {}
+        final_name, old_name = str(entry.get("final", "")), str(entry.get("old", ""))
+        if entry.get("tool") != TOOL or not _plain_name(final_name) or not _plain_name(old_name) \
+                or not old_name.startswith(TMP_PREFIX):
+            continue  # not a journal of ours: leave it
+        final, old = folder / final_name, folder / old_name
+        if old.is_dir() and not old.is_symlink():
+            if final.exists() or final.is_symlink():
+                shutil.rmtree(old, ignore_errors=True)
+            else:
+                os.replace(old, final)
+                restored.append(final_name)
+        journal.unlink()
+    return restored
+
+
+def _plain_name(name: str) -> bool:
+    return bool(name) and name not in (".", "..") and "/" not in name and "\0" not in name
+
+
+def is_leftover(path: Path) -> bool:
+    """Whether ``path`` is a temporary of this tool: its name, and for a folder the marker inside."""
+    if not path.name.startswith(TMP_PREFIX) or path.is_symlink():
+        return False
+    if path.is_dir():
+        marker = path / TMP_MARKER
+        return marker.is_file() and not marker.is_symlink()
+    return path.is_file()
 
 
 def read_json(path: Path) -> dict[str, Any] | None:

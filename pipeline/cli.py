@@ -11,12 +11,15 @@ import errno
 import json
 import logging
 import os
+import signal
 import sys
+import threading
 import warnings
 from pathlib import Path
+from types import FrameType
 from typing import TYPE_CHECKING
 
-from pipeline.errors import BadInputError, PipelineError
+from pipeline.errors import BadInputError, PipelineError, Terminated
 
 if TYPE_CHECKING:
     from pipeline.results import RunResult
@@ -49,6 +52,9 @@ def _setup_logging(verbose: bool) -> None:
         os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
 
 
+FORCE_HELP = "write into an existing folder this tool did not make (it replaces only the entries it writes)"
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m pipeline", description=__doc__.splitlines()[0])
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging and library warnings")
@@ -61,6 +67,7 @@ def _parser() -> argparse.ArgumentParser:
         cmd.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                          help="override a recipe value, e.g. --set passes[1].onnx_export.opset=18")
         cmd.add_argument("--out", type=Path, default=None, help="output folder (default artifacts/<recipe>)")
+        cmd.add_argument("--force", action="store_true", help=FORCE_HELP)
         cmd.add_argument("--limit", type=int, default=None, metavar="N",
                          help="task accuracy on the first N labeled examples only")
         if name == "optimize":
@@ -71,6 +78,7 @@ def _parser() -> argparse.ArgumentParser:
     ship.add_argument("--check", type=Path, metavar="DIR", help="verify a bundle against its manifest")
     ship.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     ship.add_argument("--out", type=Path, default=None)
+    ship.add_argument("--force", action="store_true", help=FORCE_HELP)
     sub.add_parser("list", help="list recipes and passes")
     sub.add_parser("schema", help="print the recipe JSON Schema")
     return parser
@@ -101,7 +109,7 @@ def _cmd_optimize(args: argparse.Namespace) -> int:
     from pipeline import console
     from pipeline.optimize import prepare, run
 
-    prepared = prepare(args.recipe, _overrides(args), args.out)
+    prepared = prepare(args.recipe, _overrides(args), args.out, args.force)
     if args.dry_run:
         console.print_plan(prepared)
         return 0
@@ -114,13 +122,13 @@ def _cmd_optimize(args: argparse.Namespace) -> int:
 def _cmd_verify(args: argparse.Namespace) -> int:
     from pipeline.optimize import prepare, run
 
-    return _finish(run(prepare(args.recipe, _overrides(args), args.out), build=False, bench="reuse"))
+    return _finish(run(prepare(args.recipe, _overrides(args), args.out, args.force), build=False, bench="reuse"))
 
 
 def _cmd_bench(args: argparse.Namespace) -> int:
     from pipeline.optimize import prepare, run
 
-    return _finish(run(prepare(args.recipe, _overrides(args), args.out), build=False, bench="force"))
+    return _finish(run(prepare(args.recipe, _overrides(args), args.out, args.force), build=False, bench="force"))
 
 
 def _cmd_ship(args: argparse.Namespace) -> int:
@@ -137,7 +145,7 @@ def _cmd_ship(args: argparse.Namespace) -> int:
         raise BadInputError("ship: give a recipe, or --check DIR")
     from pipeline.optimize import prepare, run
 
-    return _finish(run(prepare(args.recipe, args.overrides, args.out), build=False, bench="reuse"))
+    return _finish(run(prepare(args.recipe, args.overrides, args.out, args.force), build=False, bench="reuse"))
 
 
 def _cmd_list(_: argparse.Namespace) -> int:
@@ -162,19 +170,37 @@ COMMANDS = {"optimize": _cmd_optimize, "verify": _cmd_verify, "bench": _cmd_benc
             "schema": _cmd_schema}
 
 
+def _terminate(signum: int, _frame: FrameType | None) -> None:
+    raise Terminated(signal.Signals(signum).name)
+
+
 def main(argv: list[str] | None = None) -> int:
-    """Entry point; returns the exit code."""
+    """Entry point; returns the exit code. SIGTERM unwinds like Ctrl-C: temporaries removed, exit 143."""
     args = _parser().parse_args(argv)
     _setup_logging(args.verbose)
+    if threading.current_thread() is not threading.main_thread():  # signals reach the main thread only
+        return _dispatch(args)
+    previous = signal.signal(signal.SIGTERM, _terminate)
+    try:
+        return _dispatch(args)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _dispatch(args: argparse.Namespace) -> int:
+    """Run the command; every failure becomes one line on stderr and its exit code."""
     try:
         return COMMANDS[args.command](args)
     except PipelineError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return exc.exit_code
-    except OSError as exc:  # the disk, not the model: full, read-only, or not ours to write
-        where = f" {exc.filename}" if exc.filename else ""
-        print(f"error: cannot write{where}: {exc.strerror or exc}; finished steps are kept", file=sys.stderr)
+    except OSError as exc:  # the disk, not the model: read-only, or not ours to write
+        where = f"{exc.filename}: " if exc.filename else ""
+        print(f"error: {where}{exc.strerror or exc}; finished steps are kept", file=sys.stderr)
         return 2 if exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS) else 3
+    except Terminated:
+        print("terminated: stopped cleanly; finished steps are kept and reused by the next run", file=sys.stderr)
+        return 128 + signal.SIGTERM
     except KeyboardInterrupt:
         print("interrupted: stopped cleanly; finished steps are kept and reused by the next run", file=sys.stderr)
         return 130

@@ -51,3 +51,13 @@ class DeviceError(PipelineError):
     """The runtime did not get the device or execution provider it asked for."""
 
     exit_code = 3
+
+
+class DiskFullError(PipelineError):
+    """A disk filled: exit 2 when it is the output folder's disk, 3 when another (a scratch folder)."""
+
+    exit_code = 2
+
+
+class Terminated(KeyboardInterrupt):
+    """The process was asked to stop (SIGTERM); unwinds and cleans up as Ctrl-C does."""

@@ -26,6 +26,7 @@ from pipeline.artifact import (
     staging_folder,
     write_json_atomic,
 )
+from pipeline.disk import GROWTH, check_not_cut_short, disk_full, is_disk_full, require_space
 from pipeline.errors import PassError, PipelineError, first_line
 from pipeline.pass_base import Gate, PassContext
 from pipeline.progress import stage
@@ -78,12 +79,15 @@ def _run_step(planned: PlannedStep, parent: Artifact, ctx: PassContext) -> Artif
     step = planned.step
     instance = step.pass_cls(step.config)
     start = time.perf_counter()
+    require_space(planned.folder.parent, GROWTH * int(parent.stats.get("bytes", 0)), f"step {step.folder}")
     with staging_folder(planned.folder) as tmp:
         try:
             output = instance.run(parent, ctx, tmp)
         except (KeyboardInterrupt, PipelineError):
             raise
         except Exception as exc:  # any failure inside a pass is that pass's failure
+            if is_disk_full(exc):
+                raise disk_full(exc, planned.folder.parent, writing=planned.folder) from None
             raise PassError(f"pass {step.pass_cls.name} (step {step.folder}, input {parent.step}) failed: "
                             f"{type(exc).__name__}: {first_line(exc)}") from exc
         main = tmp / output.file
@@ -101,6 +105,7 @@ def _run_step(planned: PlannedStep, parent: Artifact, ctx: PassContext) -> Artif
             "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         }
         write_json_atomic(tmp / MANIFEST, manifest)
+        check_not_cut_short(tmp, planned.folder)
     for warning in output.warnings:
         log.warning("%s: %s", step.folder, warning)
     loaded = load_cached(planned.folder, planned.key)
@@ -122,11 +127,23 @@ def run_chain(planned: list[PlannedStep], ctx: PassContext,
                 artifacts[item.step.name] = cached
             else:
                 advance(f"{item.step.folder}: {item.step.pass_cls.name} on {parent.step}")
-                ctx.gate = gate_for(item.step) if gate_for is not None else None
-                try:
-                    artifacts[item.step.name] = _run_step(item, parent, ctx)
-                finally:
-                    ctx.gate = None
+                artifacts[item.step.name] = _gated_run(item, parent, ctx, gate_for)
             if on_step is not None:
                 on_step(item, artifacts[item.step.name], cached is not None)
     return artifacts
+
+
+def rebuild_steps(items: list[PlannedStep], artifacts: dict[str, Artifact], ctx: PassContext,
+                  gate_for: Callable[[Step], Gate] | None = None) -> dict[str, Artifact]:
+    """Run these steps again from their parents, replacing their cached folders."""
+    return {item.step.name: _gated_run(item, artifacts[item.step.source], ctx, gate_for) for item in items}
+
+
+def _gated_run(item: PlannedStep, parent: Artifact, ctx: PassContext,
+               gate_for: Callable[[Step], Gate] | None) -> Artifact:
+    """Run one step with its parity gate in the context (for passes that check candidates against eager)."""
+    ctx.gate = gate_for(item.step) if gate_for is not None else None
+    try:
+        return _run_step(item, parent, ctx)
+    finally:
+        ctx.gate = None

@@ -7,24 +7,21 @@ runs after the chain so a cached chain still gets checked against the current re
 
 from __future__ import annotations
 
-import fcntl
 import logging
-import os
-import shutil
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Literal
 
-from pipeline.artifact import Artifact, Format, canonical_json, load_cached, sha256_text
+from pipeline.artifact import Artifact, Format, canonical_json, load_cached, read_json, sha256_text
 from pipeline.bench import benchmark
 from pipeline.context import make_context
-from pipeline.errors import RecipeError
+from pipeline.disk import disk_full, is_disk_full
+from pipeline.errors import PipelineError, RecipeError
 from pipeline.generation import with_cache
-from pipeline.manager import check_steps, plan, run_chain
+from pipeline.manager import PlannedStep, check_steps, plan, rebuild_steps, run_chain
 from pipeline.model import ModelHandle
+from pipeline.output_folder import check_output_folder, claimed
 from pipeline.pass_base import Gate, GateResult, IOSpec
-from pipeline.recipe import Recipe, build_steps, load_recipe
+from pipeline.recipe import Recipe, Step, build_steps, load_recipe
 from pipeline.reference import Case, check_shapes, reference, reference_key, split_generation
 from pipeline.report import write_reports
 from pipeline.results import Prepared, RunResult
@@ -36,8 +33,10 @@ from pipeline.verify import Parity, blame, check, labels_of, measure_accuracy, r
 log = logging.getLogger(__name__)
 
 
-def prepare(recipe_path: Path, overrides: list[str] | None = None, out: Path | None = None) -> Prepared:
-    """Load and validate the recipe, the chain, the model's whereabouts and every pass's config."""
+def prepare(recipe_path: Path, overrides: list[str] | None = None, out: Path | None = None,
+            force: bool = False) -> Prepared:
+    """Load and validate the recipe, the chain, the model's whereabouts, every pass's config and the
+    output folder (``force``: write into a folder this tool did not make)."""
     recipe = load_recipe(recipe_path, overrides)
     steps = build_steps(recipe)
     base_dir = Path.cwd()
@@ -61,27 +60,8 @@ def prepare(recipe_path: Path, overrides: list[str] | None = None, out: Path | N
     check_steps(steps, ctx)
     _warn_on_weak_grid(recipe, handle)
     out_dir = out if out is not None else Path("artifacts") / recipe.name
-    if not out_dir.is_absolute() and not out_dir.resolve().is_relative_to(base_dir.resolve()):
-        raise RecipeError(f"--out {out}: a relative output path must stay inside {base_dir}")
+    check_output_folder(out_dir, out, force)
     return Prepared(recipe, steps, ctx, plan(steps, ctx, out_dir), out_dir)
-
-
-def remove_leftovers(out_dir: Path) -> None:
-    """Delete the temporary files and folders an interrupted run left behind.
-
-    Every write goes to a dot-named temporary and is renamed into place, so under the run lock a
-    dot-named entry (other than the lock) can only be such a leftover; none is ever read.
-    """
-    for folder in (out_dir, out_dir / "reference", out_dir / "bench", out_dir / "plots"):
-        if not folder.is_dir():
-            continue
-        for path in folder.iterdir():
-            if path.name.startswith(".") and path.name != ".lock":
-                log.info("removing %s, left by an interrupted run", path)
-                if path.is_dir():
-                    shutil.rmtree(path, ignore_errors=True)
-                else:
-                    path.unlink(missing_ok=True)
 
 
 def _warn_on_weak_grid(recipe: Recipe, handle: ModelHandle) -> None:
@@ -97,22 +77,6 @@ def _warn_on_weak_grid(recipe: Recipe, handle: ModelHandle) -> None:
                     "could go unnoticed", sorted(seqs & sizes))
     if recipe.verify.shapes and min(batch for batch, _ in recipe.verify.shapes) > 1:
         log.warning("verify.shapes: no shape at batch 1")
-
-
-@contextmanager
-def run_lock(out_dir: Path) -> Iterator[None]:
-    """Hold an exclusive lock on the output folder: a second run of the same recipe waits."""
-    out_dir.mkdir(parents=True, exist_ok=True)
-    fd = os.open(out_dir / ".lock", os.O_RDWR | os.O_CREAT, 0o644)
-    try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            log.info("another run holds %s; waiting for it", out_dir)
-            fcntl.flock(fd, fcntl.LOCK_EX)
-        yield
-    finally:
-        os.close(fd)
 
 
 def _allowed(parity: dict[str, Parity], name: str) -> bool:
@@ -180,31 +144,70 @@ def run(prepared: Prepared, build: bool = True, bench: BenchMode = "cached") -> 
 
     ``bench``: skip; reuse cached results only; cached results else measure; force a new measurement.
     """
+    with claimed(prepared.out_dir, prepared.recipe.name) as waited:
+        if waited:  # the run we waited for may have built (or removed) steps since the plan was made
+            prepared.planned = plan(prepared.steps, prepared.ctx, prepared.out_dir)
+        try:
+            return _run_claimed(prepared, build, bench)
+        except Exception as exc:
+            if is_disk_full(exc) and not isinstance(exc, PipelineError):
+                raise disk_full(exc, prepared.out_dir) from None
+            raise
+
+
+def _run_claimed(prepared: Prepared, build: bool, bench: BenchMode) -> RunResult:
     recipe, ctx = prepared.recipe, prepared.ctx
-    with run_lock(prepared.out_dir):
-        # Under the lock, any temporary file or folder is what a killed run left behind.
-        remove_leftovers(prepared.out_dir)
-        # The reference comes first: a fresh eager model, before any exporter has touched one.
-        cases, prompts = split_generation(
-            reference(recipe, ctx.model, prepared.out_dir / "reference", ctx.base_dir, recipe.device))
-        ctx.extra["model"] = ctx.model.describe()
-        cached: dict[str, bool] = {}
-        if build:
-            artifacts = run_chain(prepared.planned, ctx, lambda item, _a, hit: cached.__setitem__(item.step.name, hit),
-                                  gate_for=lambda step: make_gate(prepared, step.name, cases))
-        else:
-            artifacts = _load_built(prepared)
-            cached = {step.name: True for step in prepared.steps}
-        # Verification runs even on cached artifacts: the reference may be new.
+    passed_before = passed_in_last_report(prepared.out_dir)
+    # The reference comes first: a fresh eager model, before any exporter has touched one.
+    cases, prompts = split_generation(
+        reference(recipe, ctx.model, prepared.out_dir / "reference", ctx.base_dir, recipe.device))
+    ctx.extra["model"] = ctx.model.describe()
+    cached: dict[str, bool] = {}
+
+    def gate_for(step: Step) -> Gate:
+        return make_gate(prepared, step.name, cases)
+
+    if build:
+        artifacts = run_chain(prepared.planned, ctx, lambda item, _a, hit: cached.__setitem__(item.step.name, hit),
+                              gate_for=gate_for)
+    else:
+        artifacts = _load_built(prepared)
+        cached = {step.name: True for step in prepared.steps}
+    # Verification runs even on cached artifacts: the reference may be new.
+    parity, outputs = verify_all(prepared, artifacts, cases, prompts)
+    rebuilt = _suspect_steps(prepared, parity, cached, passed_before) if build else []
+    if rebuilt:  # a cached file that passed before and fails now was changed on disk: rebuild it once
+        for item in rebuilt:
+            log.warning("%s: the cached artifact fails its gate, where it passed before with the same cache key; "
+                        "rebuilding it from its parent once", item.step.folder)
+        artifacts.update(rebuild_steps(rebuilt, artifacts, ctx, gate_for))
+        cached.update({item.step.name: False for item in rebuilt})
         parity, outputs = verify_all(prepared, artifacts, cases, prompts)
-        result = RunResult(prepared, artifacts, parity, None, cached,
-                           blame(parity, {s.name: s.source for s in prepared.steps}),
-                           measure_accuracy(prepared, cases, outputs))
-        # Benchmarks come after verification and before the choice: the fastest passing step may ship.
-        if bench != "skip" and recipe.bench.enabled:
-            result.bench = benchmark(prepared, artifacts, force=bench == "force", measure=bench != "reuse")
-        result.shipped = choose_shipped(prepared, parity, result.bench)
-        if result.shipped is not None:
-            result.bundle = build_bundle(result)
-        write_reports(result)
+    result = RunResult(prepared, artifacts, parity, None, cached,
+                       blame(parity, {s.name: s.source for s in prepared.steps}),
+                       measure_accuracy(prepared, cases, outputs), rebuilt=[item.step.name for item in rebuilt])
+    # Benchmarks come after verification and before the choice: the fastest passing step may ship.
+    if bench != "skip" and recipe.bench.enabled:
+        result.bench = benchmark(prepared, artifacts, force=bench == "force", measure=bench != "reuse")
+    result.shipped = choose_shipped(prepared, parity, result.bench)
+    if result.shipped is not None:
+        result.bundle = build_bundle(result)
+    write_reports(result)
     return result
+
+
+def passed_in_last_report(out_dir: Path) -> dict[str, str]:
+    """Cache key of every step the folder's last report.json shows passing its gate, by step name."""
+    report = read_json(out_dir / "report.json") or {}
+    rows = report.get("artifacts") if isinstance(report.get("artifacts"), list) else []
+    return {str(row["name"]): str(row["key"]) for row in rows
+            if isinstance(row, dict) and row.get("key") and row.get("name")
+            and isinstance(row.get("parity"), dict) and row["parity"].get("passed") is True}
+
+
+def _suspect_steps(prepared: Prepared, parity: dict[str, Parity], cached: dict[str, bool],
+                   passed_before: dict[str, str]) -> list[PlannedStep]:
+    """Cached steps that fail their gate now, where the last report shows the same key passing."""
+    return [item for item in prepared.planned
+            if cached.get(item.step.name) and not _allowed(parity, item.step.name)
+            and passed_before.get(item.step.name) == item.key]

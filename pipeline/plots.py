@@ -12,6 +12,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402  (the backend is chosen first)
 from matplotlib import ticker  # noqa: E402
 
+from pipeline.artifact import temporary_path  # noqa: E402
 from pipeline.results import RunResult  # noqa: E402
 from pipeline.summary import headline_point, summary_rows, worst  # noqa: E402
 
@@ -22,7 +23,7 @@ def _targets(result: RunResult) -> list[tuple[str, dict[str, Any]]]:
 
 def _save(fig: Any, path: Path) -> None:
     fig.tight_layout()
-    tmp = path.with_name(f".{path.name}.tmp.png")
+    tmp = temporary_path(path, ".png")
     fig.savefig(tmp, dpi=110)
     plt.close(fig)
     os.replace(tmp, path)

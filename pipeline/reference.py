@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import io
 import logging
-import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -19,7 +17,14 @@ import numpy as np
 
 from pipeline.accuracy import PREFIX as ACCURACY_PREFIX
 from pipeline.accuracy import accuracy_batches, load_labeled
-from pipeline.artifact import canonical_json, read_manifest, sha256_file, sha256_text, write_json_atomic
+from pipeline.artifact import (
+    canonical_json,
+    read_manifest,
+    sha256_file,
+    sha256_text,
+    write_bytes_atomic,
+    write_json_atomic,
+)
 from pipeline.decoding import GENERATE_PREFIX, eager_generate, prompt_batches, steps
 from pipeline.errors import RecipeError
 from pipeline.generation import INPUTS, cache_layout
@@ -139,11 +144,7 @@ def _save(folder: Path, key: str, seed: int, cases: list[Case]) -> None:
         arrays.update({f"{case.name}/outputs/{k}": v for k, v in case.outputs.items()})
     buffer = io.BytesIO()
     np.savez_compressed(buffer, **arrays)
-    folder.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{FILE}.", dir=folder)
-    with os.fdopen(fd, "wb") as handle:
-        handle.write(buffer.getvalue())
-    os.replace(tmp, folder / FILE)
+    write_bytes_atomic(folder / FILE, buffer.getvalue())
     write_json_atomic(folder / "manifest.json", {"key": key, "seed": seed, "cases": [c.name for c in cases],
                                                  "sha256": sha256_file(folder / FILE)})
 

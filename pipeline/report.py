@@ -61,7 +61,8 @@ def build_report(result: RunResult, out_dir: Path) -> dict[str, Any]:
             "step": step.folder, "name": step.name, "pass": step.pass_cls.name, "format": art.format.value,
             "precision": art.precision, "path": art.path.relative_to(out_dir).as_posix() if art.path else None,
             "sha256": art.sha256, "parent": folders.get(step.source),
-            "cached": result.cached.get(step.name, False), "stats": art.stats,
+            "key": art.key, "cached": result.cached.get(step.name, False),
+            "rebuilt": step.name in result.rebuilt, "stats": art.stats,
             "parity": parity.to_json() if parity else None, **_bench_fields(result.bench.get(step.name)),
             "accuracy": result.accuracy.get(step.name),
         })

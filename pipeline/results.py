@@ -37,3 +37,4 @@ class RunResult:
     accuracy: dict[str, Any] = field(default_factory=dict)
     bench: dict[str, dict[str, Any]] = field(default_factory=dict)
     bundle: Path | None = None
+    rebuilt: list[str] = field(default_factory=list)  # cached steps rebuilt because they failed where they passed

@@ -29,7 +29,8 @@ from pipeline.artifact import (
     verify_folder,
     write_json_atomic,
 )
-from pipeline.errors import ArtifactError, ParityError
+from pipeline.disk import GROWTH, check_not_cut_short, disk_full, is_disk_full, require_space
+from pipeline.errors import ArtifactError, ParityError, PipelineError
 from pipeline.model import ModelHandle, _auto_class
 from pipeline.triton import DEFAULT_MAX_BATCH, write_repository
 from pipeline.versions import library_versions
@@ -58,8 +59,21 @@ def build_bundle(result: RunResult, max_batch_size: int = DEFAULT_MAX_BATCH) -> 
     if artifact.path is None or artifact.format not in SHIPPABLE:
         raise ArtifactError(f"step {name}: a {artifact.format.value} artifact cannot be shipped")
     prepared = result.prepared
-    handle = prepared.ctx.model
     final = prepared.out_dir / SHIP_DIR
+    require_space(prepared.out_dir, GROWTH * int(artifact.stats.get("bytes", 0)), "ship")
+    try:
+        return _write_bundle(result, artifact, final, max_batch_size)
+    except Exception as exc:
+        if is_disk_full(exc) and not isinstance(exc, PipelineError):
+            raise disk_full(exc, prepared.out_dir, writing=final) from None
+        raise
+
+
+def _write_bundle(result: RunResult, artifact: Artifact, final: Path, max_batch_size: int) -> Path:
+    """Build the bundle in a staging folder and swap it in as ``final``."""
+    assert artifact.path is not None and result.shipped is not None
+    prepared = result.prepared
+    handle = prepared.ctx.model
     with staging_folder(final) as tmp:
         copied = copy_artifact(artifact, tmp)
         write_config(handle, tmp)
@@ -72,9 +86,10 @@ def build_bundle(result: RunResult, max_batch_size: int = DEFAULT_MAX_BATCH) -> 
         changed = sorted(rel for rel, digest in copied.items() if files.get(rel) != digest)
         if changed:
             raise ArtifactError(f"ship: {', '.join(changed)} in the bundle no longer match the step's artifact")
-        manifest = bundle_manifest(result, name, files, triton.relative_to(tmp) if triton else None)
+        manifest = bundle_manifest(result, result.shipped, files, triton.relative_to(tmp) if triton else None)
         write_json_atomic(tmp / MANIFEST, manifest)
         make_readable(tmp)
+        check_not_cut_short(tmp, final)
     log.info("shipped %s to %s (%d files)", artifact.path.parent.name, final, len(files))
     return final
 

@@ -19,6 +19,7 @@ import pytest
 import yaml
 
 from pipeline import ship
+from pipeline.artifact import TMP_PREFIX
 from pipeline.errors import ArtifactError, ParityError
 from pipeline.optimize import prepare, run
 from pipeline.results import RunResult
@@ -344,7 +345,7 @@ def test_a_failed_rebuild_leaves_the_previous_bundle_whole(onnx_run: RunResult, 
     before = (bundle / "manifest.json").read_bytes()
 
     def broken(*args: Any, **kwargs: Any) -> None:
-        staging = next(out.glob(".tmp-ship-*"))  # the new bundle, half written
+        staging = next(out.glob(f"{TMP_PREFIX}ship-*"))  # the new bundle, half written
         (staging / "half-written").write_text("x")
         raise RuntimeError("disk full")
 

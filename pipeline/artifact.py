@@ -32,6 +32,7 @@ MANIFEST = "manifest.json"
 TOOL = "model-pipeline"
 TMP_PREFIX = f".{TOOL}-tmp-"  # the name of every temporary file or folder starts so
 TMP_MARKER = f".{TOOL}-tmp"  # ... and a temporary folder holds this file
+STAGED = "content"  # the folder inside a staging shell that becomes the final folder
 SWAP_PREFIX = f".{TOOL}-swap-"  # journal of a folder swap in progress: <prefix><final name>.json
 
 
@@ -133,12 +134,22 @@ def staging_folder(final: Path) -> Iterator[Path]:
     shell = Path(tempfile.mkdtemp(prefix=f"{TMP_PREFIX}{final.name}-", dir=final.parent))
     try:
         (shell / TMP_MARKER).write_text(f"{TOOL} {os.getpid()}\n", encoding="utf-8")
-        content = shell / "content"
+        content = shell / STAGED
         content.mkdir()
         yield content
         replace_folder(content, final)
     finally:
         shutil.rmtree(shell, ignore_errors=True)
+
+
+def final_path(path: Path) -> Path:
+    """Where a file being written in a staging folder will lie once the folder is in place."""
+    parts = list(Path(path).parts)
+    for i, part in enumerate(parts[:-1]):
+        if part.startswith(TMP_PREFIX) and parts[i + 1] == STAGED:
+            parts[i:i + 2] = [part.removeprefix(TMP_PREFIX).rsplit("-", 1)[0]]
+            return Path(*parts)
+    return Path(path)
 
 
 def replace_folder(new: Path, final: Path) -> None:

@@ -13,6 +13,7 @@ import shutil
 import tempfile
 from pathlib import Path
 
+from pipeline.artifact import final_path
 from pipeline.errors import DiskFullError
 
 MIN_FREE_BYTES = 256 << 20  # a step or a bundle is not started with less free space than this
@@ -61,6 +62,7 @@ def disk_full(exc: BaseException, out_dir: Path, writing: Path | None = None) ->
         path = scratch
     else:
         path = writing or out_dir
+    path = final_path(path)
     same_disk = os.stat(existing(path)).st_dev == os.stat(existing(out_dir)).st_dev
     error = DiskFullError(f"disk full writing {path} ({mib(free_bytes(path))} free on that disk); "
                           f"finished steps are kept and temporaries removed")
@@ -68,9 +70,10 @@ def disk_full(exc: BaseException, out_dir: Path, writing: Path | None = None) ->
     return error
 
 
-def require_space(folder: Path, needed: int, what: str) -> None:
-    """Raise DiskFullError (exit 2) unless the disk of ``folder`` has ``needed`` bytes free (at least the floor)."""
-    needed = max(needed, MIN_FREE_BYTES)
+def require_space(folder: Path, source_bytes: int, what: str) -> None:
+    """Raise DiskFullError (exit 2) unless the disk of ``folder`` has room to write from ``source_bytes``:
+    ``GROWTH`` times as much, and at least ``MIN_FREE_BYTES``."""
+    needed = max(GROWTH * source_bytes, MIN_FREE_BYTES)
     free = free_bytes(folder)
     if free < needed:
         raise DiskFullError(f"{what}: {existing(folder)} has {mib(free)} free, and this needs about {mib(needed)}; "

@@ -26,7 +26,7 @@ from pipeline.artifact import (
     staging_folder,
     write_json_atomic,
 )
-from pipeline.disk import GROWTH, check_not_cut_short, disk_full, is_disk_full, require_space
+from pipeline.disk import check_not_cut_short, disk_full, is_disk_full, require_space
 from pipeline.errors import PassError, PipelineError, first_line
 from pipeline.pass_base import Gate, PassContext
 from pipeline.progress import stage
@@ -79,7 +79,7 @@ def _run_step(planned: PlannedStep, parent: Artifact, ctx: PassContext) -> Artif
     step = planned.step
     instance = step.pass_cls(step.config)
     start = time.perf_counter()
-    require_space(planned.folder.parent, GROWTH * int(parent.stats.get("bytes", 0)), f"step {step.folder}")
+    require_space(planned.folder.parent, int(parent.stats.get("bytes", 0)), f"step {step.folder}")
     with staging_folder(planned.folder) as tmp:
         try:
             output = instance.run(parent, ctx, tmp)

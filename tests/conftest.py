@@ -3,7 +3,9 @@ random-weight GPT-2 with the same tokenizer."""
 
 from __future__ import annotations
 
+import hashlib
 import json
+import os
 from collections.abc import Callable
 from pathlib import Path
 
@@ -117,3 +119,24 @@ def tiny_fused(tiny_onnx: Artifact, tiny_ctx: PassContext, tmp_path: Path) -> Ar
     optimized = OrtOptimize(OrtOptimizeConfig()).run(tiny_onnx, tiny_ctx, folder)
     return Artifact(step="02_ort_optimize", format=Format.ONNX, key="fused", path=folder / optimized.file,
                     parent=tiny_onnx.step, produced_by="ort_optimize", meta=optimized.meta)
+
+
+def snapshot(root: Path) -> dict[str, str]:
+    """Every entry under ``root`` (dot-named ones included, links not followed): a file's sha256, a
+    link's target, or 'folder'."""
+    entries = {}
+    for path in sorted(root.rglob("*")):
+        rel = path.relative_to(root).as_posix()
+        if path.is_symlink():
+            entries[rel] = f"link -> {os.readlink(path)}"
+        elif path.is_dir():
+            entries[rel] = "folder"
+        else:
+            entries[rel] = hashlib.sha256(path.read_bytes()).hexdigest()
+    return entries
+
+
+@pytest.fixture
+def tree_snapshot() -> Callable[[Path], dict[str, str]]:
+    """A listing of a folder with hashes, to show that a command changed nothing in it."""
+    return snapshot

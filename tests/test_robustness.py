@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import errno
 import json
+import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -14,6 +16,7 @@ from pathlib import Path
 
 import pytest
 
+from pipeline import disk
 from pipeline.artifact import TMP_PREFIX, Artifact, Format, load_cached, read_manifest
 from pipeline.cli import main
 from pipeline.output_folder import MARKER
@@ -169,3 +172,96 @@ def test_no_pickle_is_loaded_from_an_artifact() -> None:
                                               *Path(__file__).parents[1].glob("passes/*.py")])
     assert "pickle" not in sources.replace("allow_pickle=False", "")
     assert "torch.load(" not in sources and "yaml.load(" not in sources
+
+
+@pytest.mark.slow
+def test_sigterm_stops_cleanly_with_a_message(recipe: Path) -> None:
+    out = recipe.parent / "artifacts" / "tiny"
+    proc = _spawn(recipe)
+    assert _wait_for(lambda: any(out.glob(f"{TMP_PREFIX}01_onnx_export-*")), proc)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 143 and "terminated: stopped cleanly" in err and "Traceback" not in err
+    assert not any(out.glob(f"{TMP_PREFIX}*"))
+
+
+def _free_space(monkeypatch: pytest.MonkeyPatch, free: Callable[[Path], int]) -> None:
+    import shutil as real_shutil
+
+    usage = real_shutil.disk_usage
+
+    def disk_usage(path: Path):
+        total, used, _ = usage(path)
+        return real_shutil._ntuple_diskusage(total, used, free(Path(path)))
+
+    monkeypatch.setattr(disk.shutil, "disk_usage", disk_usage)
+
+
+def test_a_step_is_not_started_without_room_for_it(recipe: Path, monkeypatch: pytest.MonkeyPatch,
+                                                   capsys: pytest.CaptureFixture) -> None:
+    _free_space(monkeypatch, lambda path: 10 << 20)
+    assert main(["optimize", str(recipe), "--no-bench"]) == 2
+    err = _errors(capsys)
+    assert len(err) == 1 and "step 01_onnx_export" in err[0] and "has 10.0 MiB free" in err[0]
+    out = Path("artifacts/tiny")
+    assert not list(out.glob("[0-9]*")) and not [p for p in out.iterdir() if p.name.startswith(TMP_PREFIX)]
+
+
+def test_a_step_that_leaves_its_disk_full_is_not_kept(recipe: Path, monkeypatch: pytest.MonkeyPatch,
+                                                      capsys: pytest.CaptureFixture) -> None:
+    """A native writer can stop at a full disk without an error: a step that fills the disk is not trusted."""
+    _free_space(monkeypatch, lambda path: 0 if "02_onnx_simplify" in str(path) else 1 << 40)
+    assert main(["optimize", str(recipe), "--no-bench"]) == 2
+    err = _errors(capsys)
+    assert len(err) == 1 and "disk full writing artifacts/tiny/02_onnx_simplify" in err[0], err
+    out = Path("artifacts/tiny")
+    assert sorted(p.name for p in out.glob("[0-9]*")) == ["01_onnx_export"]
+    assert not [p for p in out.iterdir() if p.name.startswith(TMP_PREFIX)]
+
+
+def test_disk_full_while_shipping_names_the_file_being_written(recipe: Path, monkeypatch: pytest.MonkeyPatch,
+                                                              capsys: pytest.CaptureFixture) -> None:
+    from pipeline import ship
+
+    def copyfile(src: Path, dst: Path) -> None:  # as shutil reports it: the source as filename, dst as filename2
+        raise OSError(errno.ENOSPC, "No space left on device", str(src), None, str(dst))
+
+    monkeypatch.setattr(ship.shutil, "copyfile", copyfile)
+    assert main(["optimize", str(recipe), "--no-bench"]) == 2
+    err = _errors(capsys)
+    assert len(err) == 1 and "disk full writing artifacts/tiny/ship/model.onnx" in err[0], err
+    assert "03_fp16" not in err[0] and "free on that disk" in err[0]
+    out = Path("artifacts/tiny")
+    assert not (out / "ship").exists() and not [p for p in out.iterdir() if p.name.startswith(TMP_PREFIX)]
+
+
+def _mount_tmpfs(where: Path, size: str) -> bool:
+    where.mkdir()
+    if os.geteuid() != 0 or not shutil.which("mount"):
+        return False
+    return subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(where)],
+                          capture_output=True).returncode == 0
+
+
+@pytest.mark.slow
+# full while: the export writes, onnxsim writes, the bundle is copied, the bundle leaves under 1 MiB free
+@pytest.mark.parametrize("size", ["3M", "9M", "13M", "15M"])
+def test_a_real_full_disk_is_one_line_and_leaves_no_temporary(recipe: Path, tmp_path: Path, size: str,
+                                                              monkeypatch: pytest.MonkeyPatch,
+                                                              capsys: pytest.CaptureFixture) -> None:
+    disk_dir = tmp_path / "small-disk"
+    if not _mount_tmpfs(disk_dir, size):
+        pytest.skip("mounting a small tmpfs needs root")
+    monkeypatch.setattr(disk, "MIN_FREE_BYTES", 0)  # let the steps start, so the disk fills while they write
+    monkeypatch.setattr(disk, "GROWTH", 0)
+    try:
+        code = main(["optimize", str(recipe), "--no-bench", "--out", str(disk_dir / "out")])
+        err = _errors(capsys)
+        assert code == 2 and len(err) == 1, err
+        assert "disk full writing" in err[0] and "free on that disk" in err[0] and TMP_PREFIX not in err[0]
+        out = disk_dir / "out"
+        assert not [p for p in out.rglob("*") if p.name.startswith(TMP_PREFIX)]
+        for folder in out.glob("[0-9]*"):
+            assert load_cached(folder, read_manifest(folder)["key"]) is not None, folder
+    finally:
+        subprocess.run(["umount", str(disk_dir)], check=False)

@@ -120,9 +120,9 @@ class Int8Dynamic(Pass):
         if not config.smooth:
             return
         path = ctx.sentence_file(config.calibration)
-        if not path.is_file():
+        if not path.exists():
             raise RecipeError(f"int8_dynamic.calibration: file {path} does not exist")
-        load_sentences(path)  # RecipeError when it holds no sentence
+        load_sentences(path, key="int8_dynamic.calibration")  # RecipeError when it holds no sentence or breaks a limit
 
     def data_digest(self, ctx: PassContext) -> str | None:
         """sha256 of the sentences the smoothing measures on, when it runs."""

@@ -233,9 +233,9 @@ class Int8Static(Pass):
         """The calibration file must exist and hold sentences."""
         config = cast(Int8StaticConfig, self.config)
         path = ctx.sentence_file(config.calibration)
-        if not path.is_file():
+        if not path.exists():
             raise RecipeError(f"int8_static.calibration: file {path} does not exist")
-        load_sentences(path)  # RecipeError when it holds no sentence
+        load_sentences(path, key="int8_static.calibration")  # RecipeError when it holds no sentence or breaks a limit
 
     def data_digest(self, ctx: PassContext) -> str | None:
         """sha256 of the calibration file's bytes and of how many sentences are read, in what batches."""

@@ -11,6 +11,7 @@ import numpy as np
 
 from pipeline.errors import RecipeError
 from pipeline.inputs import Inputs, tokenize
+from pipeline.limits import text_lines
 from pipeline.schema import AccuracySpec
 
 PREFIX = "accuracy_"
@@ -19,14 +20,12 @@ PREFIX = "accuracy_"
 def load_labeled(path: Path, spec: AccuracySpec) -> tuple[list[str], list[str]]:
     """Texts and raw labels from a CSV (with a header) or JSONL file, the first ``spec.limit`` of them."""
     where = f"verify.accuracy.file: {spec.file}"
+    lines = text_lines(path, where)  # read lazily within the limits of pipeline/limits.py
     try:
-        with open(path, encoding="utf-8", newline="") as handle:
-            if path.suffix.lower() in (".jsonl", ".json"):
-                rows = [json.loads(line) for line in handle if line.strip()]
-            else:
-                rows = list(csv.DictReader(handle))
-    except OSError as exc:
-        raise RecipeError(f"{where}: {exc.strerror or exc}") from None
+        if path.suffix.lower() in (".jsonl", ".json"):
+            rows = [json.loads(line) for line in lines if line.strip()]
+        else:
+            rows = list(csv.DictReader(lines))
     except (ValueError, csv.Error) as exc:
         raise RecipeError(f"{where}: cannot parse it ({exc})") from None
     rows = rows[: spec.limit] if spec.limit else rows

@@ -13,26 +13,30 @@ from pathlib import Path
 import numpy as np
 
 from pipeline.errors import RecipeError
+from pipeline.limits import MAX_SENTENCE_TOKENS, MAX_SENTENCES, text_lines
 
 DEFAULT_CORPUS = Path(__file__).parent / "data" / "sentences.txt"
 Inputs = dict[str, np.ndarray]
 
 
-def load_sentences(path: Path | None = None) -> list[str]:
-    """Non-empty lines of a sentence file (default: the corpus shipped with the project)."""
+def load_sentences(path: Path | None = None, key: str | None = None) -> list[str]:
+    """Non-empty lines of a sentence file (default: the corpus shipped with the project), read lazily
+    within the limits of pipeline/limits.py; errors name ``key``, the recipe key that names the file."""
     path = Path(path) if path is not None else DEFAULT_CORPUS
-    try:
-        lines = path.read_text(encoding="utf-8").splitlines()
-    except OSError as exc:
-        raise RecipeError(f"sentence file {path}: {exc.strerror or exc}") from exc
-    sentences = [line.strip() for line in lines if line.strip()]
+    where = f"{key}: {path}" if key else f"sentence file {path}"
+    sentences = []
+    for line in text_lines(path, where):
+        if line.strip():
+            if len(sentences) == MAX_SENTENCES:
+                raise RecipeError(f"{where}: more than {MAX_SENTENCES:,} sentences, the limit of a sentence file")
+            sentences.append(line.strip())
     if not sentences:
-        raise RecipeError(f"sentence file {path}: no sentences in it")
+        raise RecipeError(f"{where}: no sentences in it")
     return sentences
 
 
 def tokenize(tokenizer: object, sentences: Sequence[str], input_names: Sequence[str],
-             seq: int | None = None, max_length: int = 512) -> Inputs:
+             seq: int | None = None, max_length: int = MAX_SENTENCE_TOKENS) -> Inputs:
     """Tokenize a batch: padded to ``seq`` (truncating longer ones) or, when None, to the longest."""
     encoded = tokenizer(  # type: ignore[operator]
         list(sentences),

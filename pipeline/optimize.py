@@ -17,6 +17,7 @@ from pipeline.context import make_context
 from pipeline.disk import disk_full, is_disk_full
 from pipeline.errors import PipelineError, RecipeError
 from pipeline.generation import with_cache
+from pipeline.inputs import load_sentences
 from pipeline.manager import PlannedStep, check_steps, plan, rebuild_steps, run_chain
 from pipeline.model import ModelHandle
 from pipeline.output_folder import check_output_folder, claimed
@@ -49,10 +50,12 @@ def prepare(recipe_path: Path, overrides: list[str] | None = None, out: Path | N
     corpus = recipe.inputs.corpus_path
     if not corpus.is_absolute():
         corpus = base_dir / corpus
-    if recipe.inputs.corpus and not corpus.is_file():
+    if recipe.inputs.corpus and not corpus.exists():
         raise RecipeError(f"inputs.corpus: file {recipe.inputs.corpus} does not exist")
+    if recipe.inputs.corpus:
+        load_sentences(corpus, key="inputs.corpus")
     ctx = make_context(handle, io, base_dir, corpus=corpus, seed=recipe.inputs.seed, device=recipe.device)
-    check_shapes(recipe, handle.max_positions)
+    check_shapes(recipe, handle)
     ctx.gate_digest = sha256_text(reference_key(recipe, handle, base_dir)
                                   + canonical_json(recipe.verify.model_dump(mode="json")))
     if recipe.verify.accuracy is not None:

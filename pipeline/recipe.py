@@ -16,6 +16,7 @@ from pydantic import BaseModel, Field, ValidationError, field_validator
 
 from pipeline.artifact import Format
 from pipeline.errors import RecipeError
+from pipeline.limits import MAX_RECIPE_BYTES, load_yaml, read_capped
 from pipeline.model import TASKS, ModelSpec
 from pipeline.pass_base import Pass, PassConfig, get_pass, load_builtin_passes
 from pipeline.schema import BenchSpec, InputsSpec, ShipSpec, Strict, VerifySpec
@@ -151,7 +152,7 @@ def _parse_override(text: str) -> tuple[list[str | int], Any]:
             path.append(int(match.group(1)) if match.group(1).isdigit() else match.group(1))
         path.extend(int(i) for i in re.findall(r"\[(\d+)\]", match.group(2)))
     try:
-        parsed = yaml.safe_load(value) if value.strip() else ""
+        parsed = load_yaml(value, f"--set {text!r}") if value.strip() else ""
     except yaml.YAMLError:
         parsed = value
     return path, parsed
@@ -185,22 +186,22 @@ def apply_override(raw: dict[str, Any], text: str) -> None:
 
 
 def load_raw(path: Path) -> dict[str, Any]:
-    """The recipe file as a mapping, read with yaml.safe_load."""
+    """The recipe file as a mapping: a regular file of at most MAX_RECIPE_BYTES, read with yaml's safe
+    loader after its aliases are checked (pipeline/limits.py)."""
+    where = f"recipe {path}"
     try:
-        text = Path(path).read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise RecipeError(f"recipe {path}: no such file") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise RecipeError(f"recipe {path}: cannot read it ({exc})") from None
+        text = read_capped(Path(path), where, MAX_RECIPE_BYTES).decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise RecipeError(f"{where}: cannot read it ({exc})") from None
     try:
-        raw = yaml.safe_load(text)
+        raw = load_yaml(text, where)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
-        where = f" line {mark.line + 1}" if mark else ""
+        line = f" line {mark.line + 1}" if mark else ""
         problem = getattr(exc, "problem", None) or "invalid YAML"
-        raise RecipeError(f"recipe {path}{where}: {problem}") from None
+        raise RecipeError(f"{where}{line}: {problem}") from None
     if not isinstance(raw, dict):
-        raise RecipeError(f"recipe {path}: the top level must be a mapping, not {type(raw).__name__}")
+        raise RecipeError(f"{where}: the top level must be a mapping, not {type(raw).__name__}")
     return raw
 
 

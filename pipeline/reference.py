@@ -29,6 +29,7 @@ from pipeline.decoding import GENERATE_PREFIX, eager_generate, prompt_batches, s
 from pipeline.errors import RecipeError
 from pipeline.generation import INPUTS, cache_layout
 from pipeline.inputs import Inputs, load_sentences, random_tokens, resize_examples, sentence_batches
+from pipeline.limits import check_memory
 from pipeline.model import ModelHandle
 from pipeline.runtime import ModelFn, Outputs, Runner
 from pipeline.versions import library_versions
@@ -117,10 +118,15 @@ def reference_key(recipe: Any, handle: ModelHandle, base_dir: Path) -> str:
     return sha256_text(canonical_json(parts))
 
 
-def check_shapes(recipe: Any, max_positions: int | None) -> None:
-    """Reject sequence lengths the model cannot take, before anything is written."""
-    if not max_positions:
-        return
+def check_shapes(recipe: Any, handle: ModelHandle) -> None:
+    """Reject sequence lengths the model cannot take and shapes whose forward pass would not fit in
+    memory (pipeline/limits.py), before anything is written."""
+    if handle.max_positions:
+        _check_positions(recipe, handle.max_positions)
+    check_memory(recipe, handle.hf_config, handle.max_positions)
+
+
+def _check_positions(recipe: Any, max_positions: int) -> None:
     for _batch, seq in recipe.verify.shapes:
         if seq > max_positions:
             raise RecipeError(f"verify.shapes: sequence {seq} exceeds the model's {max_positions} positions")

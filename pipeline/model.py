@@ -14,10 +14,12 @@ from __future__ import annotations
 import copy
 import functools
 import importlib
+import json
 import logging
 import os
 import re
 import socket
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -37,6 +39,13 @@ TASKS = ("feature-extraction", "text-classification", "text-generation")
 BUNDLED_CONFIGS = Path(__file__).parent / "model_configs"
 TEXT_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
 WEIGHT_FILES = ("*.safetensors", "*.bin", "*.pt", "*.pth")
+# what transformers reads from a model folder, in its order of preference (an index names shards)
+LOADED_WEIGHTS = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin",
+                  "pytorch_model.bin.index.json")
+MODEL_JSON = ("generation_config.json", "model.safetensors.index.json", "pytorch_model.bin.index.json")
+TOKENIZER_JSON = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "added_tokens.json")
+ANSI_ESCAPE = re.compile(r"\x1b\[[0-9;]*m")
+NUMERIC_KINDS = "biufc"  # numpy dtype kinds: bool, signed, unsigned, float, complex
 
 
 class ModelSpec(BaseModel):
@@ -123,6 +132,35 @@ def _hub_reachable(host: str = "huggingface.co", timeout: float = 3.0) -> bool:
         return False
 
 
+def _reason(exc: BaseException) -> str:
+    """An error's type and the first sentence of its message, for a one-line report."""
+    text = ANSI_ESCAPE.sub("", str(exc)).strip()
+    if not text:
+        return type(exc).__name__
+    sentence = re.split(r"(?<=\.)\s", text.splitlines()[0], maxsplit=1)[0].rstrip(".")
+    return f"{type(exc).__name__}: {sentence}"
+
+
+def _json_problem(path: Path) -> str | None:
+    """Why a JSON file cannot be read ("is not valid JSON (...)"), or None when it parses."""
+    try:
+        json.loads(path.read_bytes())
+    except OSError as exc:
+        return f"cannot be read ({exc.strerror or exc})"
+    except ValueError as exc:  # also bytes that are not text
+        return f"is not valid JSON ({first_line(exc)})"
+    return None
+
+
+def _first_broken_json(folder: Path, names: tuple[str, ...]) -> tuple[str, str] | None:
+    """(name, problem) of the first of these JSON files in ``folder`` that does not parse."""
+    for name in names:
+        problem = _json_problem(folder / name) if (folder / name).is_file() else None
+        if problem:
+            return name, problem
+    return None
+
+
 def packaged_path(name: str) -> Path:
     """Folder of a model shipped in a pip package, e.g. ``all-MiniLM-L6-v2``."""
     if name not in PACKAGED:
@@ -203,7 +241,24 @@ class ModelHandle:
         kind, where = self.location
         if kind == "hub":
             return self._hub_config(where)
-        return transformers.AutoConfig.from_pretrained(where)
+        path = Path(where) if kind == "config" else Path(where) / "config.json"
+        problem = _json_problem(path)
+        if problem:
+            raise ModelError(f"model.source: {self._shown(path)} {problem}")
+        try:
+            return transformers.AutoConfig.from_pretrained(where)
+        except Exception as exc:  # transformers rejects a config in many ways (ValueError, KeyError, its own)
+            raise ModelError(f"model.source: {self._shown(path)} is not a usable model config "
+                             f"({_reason(exc)})") from exc
+
+    def _shown(self, path: Path) -> str:
+        """A file of the model as the recipe names it: under model.source as written, else its full path."""
+        kind, where = self.location
+        if kind not in ("folder", "config"):
+            return str(path)
+        source = self.spec.source or ""
+        rel = path.relative_to(where).as_posix()
+        return source if rel == "." else f"{source.rstrip('/')}/{rel}"
 
     @functools.cached_property
     def hf_config(self) -> Any | None:
@@ -299,7 +354,7 @@ class ModelHandle:
         if kind == "config":
             raise ModelError("model.source: a config file has no weights; use model.weights: random")
         if kind != "hub":
-            return auto.from_pretrained(where, dtype=torch.float32, **extra)
+            return self._local_pretrained(auto, Path(where), extra)
         try:
             return auto.from_pretrained(where, dtype=torch.float32, local_files_only=True, **extra)
         except OSError:
@@ -311,30 +366,47 @@ class ModelHandle:
                 ) from None
             return auto.from_pretrained(where, dtype=torch.float32, **extra)
 
+    def _local_pretrained(self, auto: Any, folder: Path, extra: dict[str, Any]) -> torch.nn.Module:
+        """Pretrained weights from a local folder; when they fail to load, the error names the file."""
+        try:
+            return auto.from_pretrained(str(folder), dtype=torch.float32, **extra)
+        except Exception as exc:  # safetensors and torch's weights-only loader raise many kinds of error
+            broken = _first_broken_json(folder, MODEL_JSON)
+            if broken:
+                raise ModelError(f"model.source: {self._shown(folder / broken[0])} {broken[1]}") from exc
+            weights = next((folder / name for name in LOADED_WEIGHTS if (folder / name).is_file()), folder)
+            raise ModelError(f"model.source: cannot load {self._shown(weights)}: {_reason(exc)}") from exc
+
     @functools.cached_property
     def tokenizer(self) -> Any:
         """The model's tokenizer (None for a factory model); loaded once, offline."""
-        from transformers import AutoTokenizer
-
         kind, where = self.location
         if kind == "factory":
             return None
         name = self.spec.tokenizer
-        candidates = [where] if kind in ("packaged", "folder", "hub") else []
-        if name is not None and name.startswith("packaged:"):
-            candidates.append(str(packaged_path(name.split(":", 1)[1])))
-        elif name is not None:
-            candidates.append(str(self.base_dir / name) if (self.base_dir / name).exists() else name)
-        for candidate in candidates:
-            try:
-                tokenizer = AutoTokenizer.from_pretrained(candidate, local_files_only=True)
-            except (OSError, ValueError):
-                continue
-            return prepare_tokenizer(tokenizer) if self.task == "text-generation" else tokenizer
+        for key, shown, candidate in self._tokenizer_candidates():
+            tokenizer = _try_tokenizer(key, shown, candidate)
+            if tokenizer is not None:
+                return prepare_tokenizer(tokenizer) if self.task == "text-generation" else tokenizer
         raise ModelError(
             f"model.tokenizer: no tokenizer found for {name or where!r} offline; "
             f"name one with model.tokenizer (a folder or packaged:all-MiniLM-L6-v2)"
         )
+
+    def _tokenizer_candidates(self) -> list[tuple[str, str, str]]:
+        """(recipe key, name to show, what transformers loads) for each place a tokenizer may be, in order."""
+        kind, where = self.location
+        name = self.spec.tokenizer
+        candidates = []
+        if kind in ("packaged", "folder", "hub"):
+            candidates.append(("model.source", self.spec.source if kind == "folder" else where, where))
+        if name is not None and name.startswith("packaged:"):
+            path = str(packaged_path(name.split(":", 1)[1]))
+            candidates.append(("model.tokenizer", path, path))
+        elif name is not None:
+            local = self.base_dir / name
+            candidates.append(("model.tokenizer", name, str(local) if local.exists() else name))
+        return candidates
 
     @functools.cached_property
     def factory_examples(self) -> dict[str, np.ndarray]:
@@ -344,24 +416,74 @@ class ModelHandle:
             raise ModelError("model.factory: only a factory model has example inputs")
         return examples
 
-    def _factory_function(self) -> Any:
+    def _factory_function(self) -> Callable[[], Any]:
         """The factory the recipe names under model.factory (imported only then)."""
         target = self.spec.factory or ""
         module_name, _, fn_name = target.partition(":")
         try:
-            return getattr(importlib.import_module(module_name), fn_name)
+            function = getattr(importlib.import_module(module_name), fn_name)
         except (ImportError, AttributeError) as exc:
             raise ModelError(f"model.factory: cannot import {target!r}: {exc}") from exc
+        if not callable(function):
+            raise ModelError(f"model.factory {target} is not callable (it is a {type(function).__name__})")
+        return function
+
+    def _call_factory(self, target: str) -> tuple[torch.nn.Module, dict[str, np.ndarray]]:
+        """Call the factory and check its contract: (torch.nn.Module, example inputs by name)."""
+        function = self._factory_function()
+        try:
+            result = function()
+        except (Exception, SystemExit) as exc:  # the recipe's own code: any failure is bad input
+            raise ModelError(f"model.factory {target}: calling it raised {_reason(exc)}") from exc
+        if not (isinstance(result, tuple) and len(result) == 2 and isinstance(result[0], torch.nn.Module)
+                and isinstance(result[1], Mapping)):
+            raise ModelError(f"model.factory {target} must return (torch.nn.Module, dict of example inputs), "
+                             f"got {_type_names(result)}")
+        module, examples = result
+        return module, {name: _example_array(target, name, value) for name, value in examples.items()}
 
     def _load_factory(self, target: str) -> LoadedModel:
-        result = self._factory_function()()
-        if not (isinstance(result, tuple) and len(result) == 2 and isinstance(result[0], torch.nn.Module)):
-            raise ModelError(f"model.factory: {target} must return (torch.nn.Module, dict of example inputs)")
-        module, examples = result
-        examples = {name: np.asarray(value.detach().cpu() if torch.is_tensor(value) else value)
-                    for name, value in dict(examples).items()}
+        module, examples = self._call_factory(target)
         missing = [name for name in self.input_names if name not in examples]
         if missing:
             raise ModelError(f"inputs.names: the factory's example inputs lack {missing[0]!r}")
         return LoadedModel(module=module.float().eval(), tokenizer=None, config=None, random_weights=False,
                            example_inputs=examples, description={"factory": target, "kind": "factory"})
+
+
+def _try_tokenizer(key: str, shown: str, candidate: str) -> Any | None:
+    """The tokenizer at ``candidate``, or None when it has none; a damaged tokenizer file is bad input."""
+    from transformers import AutoTokenizer
+
+    try:
+        return AutoTokenizer.from_pretrained(candidate, local_files_only=True)
+    except Exception as exc:  # a damaged file fails in many ways (ValueError, KeyError, TypeError, ...)
+        broken = _first_broken_json(Path(candidate), TOKENIZER_JSON) if Path(candidate).is_dir() else None
+        if broken:
+            raise ModelError(f"{key}: {shown.rstrip('/')}/{broken[0]} {broken[1]}") from exc
+        if isinstance(exc, (OSError, ValueError)):
+            return None
+        raise ModelError(f"{key}: cannot load the tokenizer in {shown}: {_reason(exc)}") from exc
+
+
+def _type_names(value: Any) -> str:
+    """What a factory returned, by type: ``str``, or ``(SmallCNN, list)`` for a tuple."""
+    if isinstance(value, tuple):
+        return f"({', '.join(type(item).__name__ for item in value)})"
+    return type(value).__name__
+
+
+def _example_array(target: str, name: Any, value: Any) -> np.ndarray:
+    """A factory's example input as a numeric numpy array, or a ModelError saying what it is instead."""
+    if not isinstance(name, str):
+        raise ModelError(f"model.factory {target}: example input names must be strings, got {name!r}")
+    try:
+        array = np.asarray(value.detach().cpu() if torch.is_tensor(value) else value)
+    except (TypeError, ValueError, RuntimeError) as exc:
+        detail = _reason(exc)
+    else:
+        if array.dtype.kind in NUMERIC_KINDS:
+            return array
+        detail = f"dtype {array.dtype}"
+    raise ModelError(f"model.factory {target}: example input {name!r} must be a tensor or a numeric array, "
+                     f"got {type(value).__name__} ({detail})")

@@ -14,7 +14,9 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 import shutil
+import stat
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -29,7 +31,7 @@ from pipeline.artifact import (
     verify_folder,
     write_json_atomic,
 )
-from pipeline.disk import GROWTH, check_not_cut_short, disk_full, is_disk_full, require_space
+from pipeline.disk import check_not_cut_short, disk_full, is_disk_full, require_space
 from pipeline.errors import ArtifactError, ParityError, PipelineError
 from pipeline.model import ModelHandle, _auto_class
 from pipeline.triton import DEFAULT_MAX_BATCH, write_repository
@@ -48,6 +50,7 @@ BUNDLE_VERSION = 1
 SHIPPABLE = (Format.ONNX, Format.TORCHSCRIPT)
 ROW_KEYS = ("batch", "seq", "p50_ms", "p90_ms", "p99_ms", "mean_ms", "cv", "throughput", "peak_rss_mb")
 BENCH_KEYS = ("best_batch", "real_data", "peak_rss_mb", "peak_gpu_mb", "fingerprint", "error")
+REGULAR_ONLY = "(a bundle holds regular files only)"
 
 
 def build_bundle(result: RunResult, max_batch_size: int = DEFAULT_MAX_BATCH) -> Path:
@@ -60,7 +63,7 @@ def build_bundle(result: RunResult, max_batch_size: int = DEFAULT_MAX_BATCH) -> 
         raise ArtifactError(f"step {name}: a {artifact.format.value} artifact cannot be shipped")
     prepared = result.prepared
     final = prepared.out_dir / SHIP_DIR
-    require_space(prepared.out_dir, GROWTH * int(artifact.stats.get("bytes", 0)), "ship")
+    require_space(prepared.out_dir, int(artifact.stats.get("bytes", 0)), "ship")
     try:
         return _write_bundle(result, artifact, final, max_batch_size)
     except Exception as exc:
@@ -95,37 +98,77 @@ def _write_bundle(result: RunResult, artifact: Artifact, final: Path, max_batch_
 
 
 def check_bundle(path: Path) -> list[str]:
-    """Every way the bundle at ``path`` differs from its manifest, one line each; empty when intact."""
+    """Every way the bundle at ``path`` differs from its manifest, one line each; empty when intact.
+
+    A bundle holds regular files only: a symbolic link (to a file, to a folder, or dangling) or any
+    other entry that is not a regular file or folder is a finding of its own; links are not followed.
+    """
     path = Path(path)
     if not path.is_dir():
         return [f"{path}: not a folder"]
-    manifest = read_manifest(path)
+    files, irregular = _walk_bundle(path)
+    problems = [f"{rel}: {what} {REGULAR_ONLY}" for rel, what in irregular.items()]
+    manifest = read_manifest(path) if MANIFEST in files else None
     if not isinstance(manifest, dict):
-        return [f"{MANIFEST}: missing or not valid JSON"]
+        return problems if MANIFEST in irregular else [*problems, f"{MANIFEST}: missing or not valid JSON"]
     listed = manifest.get("files")
     if not isinstance(listed, dict) or not listed:
-        return [f"{MANIFEST}: no files table"]
-    actual = bundle_files(path)
-    problems = []
-    for rel, digest in sorted(listed.items()):
-        if rel not in actual:
-            problems.append(f"{rel}: missing")
-        elif actual[rel] != digest:
-            problems.append(f"{rel}: changed (sha256 {actual[rel][:12]}..., the manifest says {str(digest)[:12]}...)")
-    problems += [f"{rel}: not listed in {MANIFEST}" for rel in sorted(set(actual) - set(listed))]
+        return [*problems, f"{MANIFEST}: no files table"]
+    actual = {rel: sha256_file(file) for rel, file in files.items() if rel != MANIFEST}
+    problems += _against_manifest(listed, actual, irregular)
     if manifest.get("model_file") not in listed:
         problems.append(f"{MANIFEST}: its model_file {manifest.get('model_file')!r} is not among its files")
     return problems
 
 
+def _against_manifest(listed: dict[str, Any], actual: dict[str, str], irregular: dict[str, str]) -> list[str]:
+    """The listed files that are missing or changed, then the files the manifest does not list.
+
+    A listed file at or under an irregular entry is left out: that entry has its own line."""
+    problems = []
+    for rel, digest in sorted(listed.items()):
+        if any(rel == odd or rel.startswith(f"{odd}/") for odd in irregular):
+            continue
+        if rel not in actual:
+            problems.append(f"{rel}: missing")
+        elif actual[rel] != digest:
+            problems.append(f"{rel}: changed (sha256 {actual[rel][:12]}..., the manifest says {str(digest)[:12]}...)")
+    return problems + [f"{rel}: not listed in {MANIFEST}" for rel in sorted(set(actual) - set(listed))]
+
+
 def bundle_files(folder: Path) -> dict[str, str]:
-    """sha256 of every file under ``folder`` but the top-level manifest, by relative POSIX path."""
-    hashes = {}
-    for path in sorted(folder.rglob("*")):
-        rel = path.relative_to(folder).as_posix()
-        if path.is_file() and rel != MANIFEST:
-            hashes[rel] = sha256_file(path)
-    return hashes
+    """sha256 of every file under ``folder`` but the top-level manifest, by relative POSIX path.
+
+    Raises ArtifactError when the folder holds a symbolic link or anything else but regular files
+    and folders, so no link is ever shipped.
+    """
+    files, irregular = _walk_bundle(folder)
+    if irregular:
+        found = "; ".join(f"{rel}: {what}" for rel, what in irregular.items())
+        raise ArtifactError(f"ship: {folder} holds {found} {REGULAR_ONLY}")
+    return {rel: sha256_file(path) for rel, path in files.items() if rel != MANIFEST}
+
+
+def _walk_bundle(folder: Path) -> tuple[dict[str, Path], dict[str, str]]:
+    """The regular files under ``folder`` and what every other entry is, both by relative POSIX path.
+
+    Nothing is followed: a link is reported as a link (a linked folder is not descended), and so is
+    any entry that is neither a regular file nor a folder (a fifo, a socket, a device).
+    """
+    files: dict[str, Path] = {}
+    irregular: dict[str, str] = {}
+    for top, dirs, names in os.walk(folder, followlinks=False):
+        for name in [*dirs, *names]:
+            path = Path(top) / name
+            rel = path.relative_to(folder).as_posix()
+            mode = path.lstat().st_mode
+            if stat.S_ISLNK(mode):
+                irregular[rel] = "a symbolic link"
+            elif stat.S_ISREG(mode):
+                files[rel] = path
+            elif not stat.S_ISDIR(mode):
+                irregular[rel] = "not a regular file"
+    return dict(sorted(files.items())), dict(sorted(irregular.items()))
 
 
 def make_readable(folder: Path) -> None:

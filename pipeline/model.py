@@ -14,12 +14,10 @@ from __future__ import annotations
 import copy
 import functools
 import importlib
-import json
 import logging
 import os
 import re
 import socket
-from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -30,7 +28,9 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from pipeline.artifact import canonical_json, sha256_file, sha256_text
 from pipeline.errors import ModelError, first_line
+from pipeline.factory import call_factory, factory_function
 from pipeline.generation import INPUTS, DecoderWrapper, cache_layout, prepare_tokenizer
+from pipeline.model_files import MODEL_JSON, TOKENIZER_JSON, first_broken_json, json_problem, reason
 
 log = logging.getLogger(__name__)
 
@@ -42,10 +42,6 @@ WEIGHT_FILES = ("*.safetensors", "*.bin", "*.pt", "*.pth")
 # what transformers reads from a model folder, in its order of preference (an index names shards)
 LOADED_WEIGHTS = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin",
                   "pytorch_model.bin.index.json")
-MODEL_JSON = ("generation_config.json", "model.safetensors.index.json", "pytorch_model.bin.index.json")
-TOKENIZER_JSON = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "added_tokens.json")
-ANSI_ESCAPE = re.compile(r"\x1b\[[0-9;]*m")
-NUMERIC_KINDS = "biufc"  # numpy dtype kinds: bool, signed, unsigned, float, complex
 
 
 class ModelSpec(BaseModel):
@@ -132,35 +128,6 @@ def _hub_reachable(host: str = "huggingface.co", timeout: float = 3.0) -> bool:
         return False
 
 
-def _reason(exc: BaseException) -> str:
-    """An error's type and the first sentence of its message, for a one-line report."""
-    text = ANSI_ESCAPE.sub("", str(exc)).strip()
-    if not text:
-        return type(exc).__name__
-    sentence = re.split(r"(?<=\.)\s", text.splitlines()[0], maxsplit=1)[0].rstrip(".")
-    return f"{type(exc).__name__}: {sentence}"
-
-
-def _json_problem(path: Path) -> str | None:
-    """Why a JSON file cannot be read ("is not valid JSON (...)"), or None when it parses."""
-    try:
-        json.loads(path.read_bytes())
-    except OSError as exc:
-        return f"cannot be read ({exc.strerror or exc})"
-    except ValueError as exc:  # also bytes that are not text
-        return f"is not valid JSON ({first_line(exc)})"
-    return None
-
-
-def _first_broken_json(folder: Path, names: tuple[str, ...]) -> tuple[str, str] | None:
-    """(name, problem) of the first of these JSON files in ``folder`` that does not parse."""
-    for name in names:
-        problem = _json_problem(folder / name) if (folder / name).is_file() else None
-        if problem:
-            return name, problem
-    return None
-
-
 def packaged_path(name: str) -> Path:
     """Folder of a model shipped in a pip package, e.g. ``all-MiniLM-L6-v2``."""
     if name not in PACKAGED:
@@ -202,7 +169,7 @@ class ModelHandle:
         """(kind, where): kind is packaged, folder, config, hub or factory."""
         spec = self.spec
         if spec.factory:
-            self._factory_function()
+            factory_function(self.spec.factory)
             return "factory", spec.factory
         source = spec.source or ""
         if source.startswith("packaged:"):
@@ -242,14 +209,14 @@ class ModelHandle:
         if kind == "hub":
             return self._hub_config(where)
         path = Path(where) if kind == "config" else Path(where) / "config.json"
-        problem = _json_problem(path)
+        problem = json_problem(path)
         if problem:
             raise ModelError(f"model.source: {self._shown(path)} {problem}")
         try:
             return transformers.AutoConfig.from_pretrained(where)
         except Exception as exc:  # transformers rejects a config in many ways (ValueError, KeyError, its own)
             raise ModelError(f"model.source: {self._shown(path)} is not a usable model config "
-                             f"({_reason(exc)})") from exc
+                             f"({reason(exc)})") from exc
 
     def _shown(self, path: Path) -> str:
         """A file of the model as the recipe names it: under model.source as written, else its full path."""
@@ -371,11 +338,11 @@ class ModelHandle:
         try:
             return auto.from_pretrained(str(folder), dtype=torch.float32, **extra)
         except Exception as exc:  # safetensors and torch's weights-only loader raise many kinds of error
-            broken = _first_broken_json(folder, MODEL_JSON)
+            broken = first_broken_json(folder, MODEL_JSON)
             if broken:
                 raise ModelError(f"model.source: {self._shown(folder / broken[0])} {broken[1]}") from exc
             weights = next((folder / name for name in LOADED_WEIGHTS if (folder / name).is_file()), folder)
-            raise ModelError(f"model.source: cannot load {self._shown(weights)}: {_reason(exc)}") from exc
+            raise ModelError(f"model.source: cannot load {self._shown(weights)}: {reason(exc)}") from exc
 
     @functools.cached_property
     def tokenizer(self) -> Any:
@@ -416,34 +383,8 @@ class ModelHandle:
             raise ModelError("model.factory: only a factory model has example inputs")
         return examples
 
-    def _factory_function(self) -> Callable[[], Any]:
-        """The factory the recipe names under model.factory (imported only then)."""
-        target = self.spec.factory or ""
-        module_name, _, fn_name = target.partition(":")
-        try:
-            function = getattr(importlib.import_module(module_name), fn_name)
-        except (ImportError, AttributeError) as exc:
-            raise ModelError(f"model.factory: cannot import {target!r}: {exc}") from exc
-        if not callable(function):
-            raise ModelError(f"model.factory {target} is not callable (it is a {type(function).__name__})")
-        return function
-
-    def _call_factory(self, target: str) -> tuple[torch.nn.Module, dict[str, np.ndarray]]:
-        """Call the factory and check its contract: (torch.nn.Module, example inputs by name)."""
-        function = self._factory_function()
-        try:
-            result = function()
-        except (Exception, SystemExit) as exc:  # the recipe's own code: any failure is bad input
-            raise ModelError(f"model.factory {target}: calling it raised {_reason(exc)}") from exc
-        if not (isinstance(result, tuple) and len(result) == 2 and isinstance(result[0], torch.nn.Module)
-                and isinstance(result[1], Mapping)):
-            raise ModelError(f"model.factory {target} must return (torch.nn.Module, dict of example inputs), "
-                             f"got {_type_names(result)}")
-        module, examples = result
-        return module, {name: _example_array(target, name, value) for name, value in examples.items()}
-
     def _load_factory(self, target: str) -> LoadedModel:
-        module, examples = self._call_factory(target)
+        module, examples = call_factory(target)
         missing = [name for name in self.input_names if name not in examples]
         if missing:
             raise ModelError(f"inputs.names: the factory's example inputs lack {missing[0]!r}")
@@ -458,32 +399,9 @@ def _try_tokenizer(key: str, shown: str, candidate: str) -> Any | None:
     try:
         return AutoTokenizer.from_pretrained(candidate, local_files_only=True)
     except Exception as exc:  # a damaged file fails in many ways (ValueError, KeyError, TypeError, ...)
-        broken = _first_broken_json(Path(candidate), TOKENIZER_JSON) if Path(candidate).is_dir() else None
+        broken = first_broken_json(Path(candidate), TOKENIZER_JSON) if Path(candidate).is_dir() else None
         if broken:
             raise ModelError(f"{key}: {shown.rstrip('/')}/{broken[0]} {broken[1]}") from exc
         if isinstance(exc, (OSError, ValueError)):
             return None
-        raise ModelError(f"{key}: cannot load the tokenizer in {shown}: {_reason(exc)}") from exc
-
-
-def _type_names(value: Any) -> str:
-    """What a factory returned, by type: ``str``, or ``(SmallCNN, list)`` for a tuple."""
-    if isinstance(value, tuple):
-        return f"({', '.join(type(item).__name__ for item in value)})"
-    return type(value).__name__
-
-
-def _example_array(target: str, name: Any, value: Any) -> np.ndarray:
-    """A factory's example input as a numeric numpy array, or a ModelError saying what it is instead."""
-    if not isinstance(name, str):
-        raise ModelError(f"model.factory {target}: example input names must be strings, got {name!r}")
-    try:
-        array = np.asarray(value.detach().cpu() if torch.is_tensor(value) else value)
-    except (TypeError, ValueError, RuntimeError) as exc:
-        detail = _reason(exc)
-    else:
-        if array.dtype.kind in NUMERIC_KINDS:
-            return array
-        detail = f"dtype {array.dtype}"
-    raise ModelError(f"model.factory {target}: example input {name!r} must be a tensor or a numeric array, "
-                     f"got {type(value).__name__} ({detail})")
+        raise ModelError(f"{key}: cannot load the tokenizer in {shown}: {reason(exc)}") from exc

@@ -6,6 +6,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import stat
 from collections.abc import Callable
 from pathlib import Path
 
@@ -123,16 +124,19 @@ def tiny_fused(tiny_onnx: Artifact, tiny_ctx: PassContext, tmp_path: Path) -> Ar
 
 def snapshot(root: Path) -> dict[str, str]:
     """Every entry under ``root`` (dot-named ones included, links not followed): a file's sha256, a
-    link's target, or 'folder'."""
+    link's target, 'folder', or the type of a special file (a FIFO is listed, never read)."""
     entries = {}
     for path in sorted(root.rglob("*")):
         rel = path.relative_to(root).as_posix()
-        if path.is_symlink():
+        mode = path.lstat().st_mode
+        if stat.S_ISLNK(mode):
             entries[rel] = f"link -> {os.readlink(path)}"
-        elif path.is_dir():
+        elif stat.S_ISDIR(mode):
             entries[rel] = "folder"
-        else:
+        elif stat.S_ISREG(mode):
             entries[rel] = hashlib.sha256(path.read_bytes()).hexdigest()
+        else:
+            entries[rel] = f"special {stat.S_IFMT(mode):o}"
     return entries
 
 

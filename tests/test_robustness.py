@@ -116,13 +116,16 @@ def test_kill_9_at_any_point_then_the_same_run_completes(recipe: Path, point: st
 
 
 @pytest.mark.slow
-def test_ctrl_c_stops_cleanly_with_a_message(recipe: Path) -> None:
+@pytest.mark.parametrize(("sent", "code", "said"), [(signal.SIGINT, 130, "interrupted: stopped cleanly"),
+                                                     (signal.SIGTERM, 143, "terminated: stopped cleanly")],
+                         ids=["ctrl-c", "sigterm"])
+def test_a_signal_stops_cleanly_with_a_message(recipe: Path, sent: signal.Signals, code: int, said: str) -> None:
     out = recipe.parent / "artifacts" / "tiny"
     proc = _spawn(recipe)
     assert _wait_for(lambda: any(out.glob(f"{TMP_PREFIX}01_onnx_export-*")), proc)
-    proc.send_signal(signal.SIGINT)
+    proc.send_signal(sent)
     _, err = proc.communicate(timeout=60)
-    assert proc.returncode == 130 and "interrupted: stopped cleanly" in err and "Traceback" not in err
+    assert proc.returncode == code and said in err and "Traceback" not in err
     assert not any(out.glob(f"{TMP_PREFIX}*"))
 
 
@@ -172,17 +175,6 @@ def test_no_pickle_is_loaded_from_an_artifact() -> None:
                                               *Path(__file__).parents[1].glob("passes/*.py")])
     assert "pickle" not in sources.replace("allow_pickle=False", "")
     assert "torch.load(" not in sources and "yaml.load(" not in sources
-
-
-@pytest.mark.slow
-def test_sigterm_stops_cleanly_with_a_message(recipe: Path) -> None:
-    out = recipe.parent / "artifacts" / "tiny"
-    proc = _spawn(recipe)
-    assert _wait_for(lambda: any(out.glob(f"{TMP_PREFIX}01_onnx_export-*")), proc)
-    proc.send_signal(signal.SIGTERM)
-    _, err = proc.communicate(timeout=60)
-    assert proc.returncode == 143 and "terminated: stopped cleanly" in err and "Traceback" not in err
-    assert not any(out.glob(f"{TMP_PREFIX}*"))
 
 
 def _free_space(monkeypatch: pytest.MonkeyPatch, free: Callable[[Path], int]) -> None:

@@ -1,14 +1,14 @@
 """The eager model under ``torch.compile`` in its own process, with the project's benchmark protocol.
 
-    python -m benchmarks.compile_worker SPEC.json OUT.json      (from the repository root)
+    python -m benchmarks.compile_worker SPEC.json      (from the repository root)
 
 The spec is the one ``pipeline.bench.worker_spec`` writes for the eager target, plus optional
 ``compile`` (keyword arguments of ``torch.compile``; default: inductor), ``parity_inputs`` (an
 .npz of ``<case>/<input>`` arrays) and ``parity_outputs`` (where the compiled model's outputs on
-them are saved, as ``<case>/<output>``). Timing runs through ``pipeline.bench_worker.run`` itself,
-with its engine opener replaced by one that compiles the module, so the grid, warm-up, statistics,
-best-batch search and memory readings are exactly the project's. Compilation happens on the first
-call, which is timed on its own (``compile_seconds``) and never counted as a latency.
+them are saved, as ``<case>/<output>``). It serves the interleaved rounds through
+``pipeline.bench_worker.main`` itself, with an engine opener that compiles the module, so the blocks,
+warm-up, best-batch search and memory readings are exactly the project's. Compilation happens on the
+first call, which is timed on its own (``compile_seconds``) and never counted as a latency.
 """
 
 from __future__ import annotations
@@ -40,7 +40,7 @@ def open_compiled(spec: dict[str, Any]) -> Any:
     batch, seq = spec["grid"][0]
     start = time.perf_counter()
     engine.run_host(bench_worker._grid_inputs(spec, batch, seq))
-    STATE.update(engine=engine, compile_seconds=time.perf_counter() - start, compile_shape=[batch, seq])
+    STATE.update(compile_seconds=time.perf_counter() - start, compile_shape=[batch, seq])
     return engine
 
 
@@ -75,19 +75,15 @@ def run_parity(engine: Any, spec: dict[str, Any]) -> dict[str, Any]:
     return {"cases": len(cases), "seconds": time.perf_counter() - start}
 
 
-def run(spec: dict[str, Any]) -> dict[str, Any]:
-    """Benchmark the compiled model with the project's protocol, then run the parity cases."""
-    if not hasattr(bench_worker, "_open_engine"):
-        raise RuntimeError("pipeline.bench_worker has no _open_engine to replace; update benchmarks/compile_worker.py")
-    bench_worker._open_engine = open_compiled  # this process only: the worker's protocol, a compiled engine
-    result = bench_worker.run(spec)
-    result.update(compile_seconds=STATE["compile_seconds"], compile_shape=STATE["compile_shape"],
-                  compile_options=spec.get("compile", {}), graphs_after_bench=graph_count())
+def compiled_extras(engine: Any, spec: dict[str, Any]) -> dict[str, Any]:
+    """Compile time and graph counts, then the parity cases (their recompiles counted apart)."""
+    out = {"compile_seconds": STATE["compile_seconds"], "compile_shape": STATE["compile_shape"],
+           "compile_options": spec.get("compile", {}), "graphs_after_bench": graph_count()}
     if spec.get("parity_inputs"):
-        result["parity_run"] = run_parity(STATE["engine"], spec)
-        result["graphs_after_parity"] = graph_count()
-    return result
+        out["parity_run"] = run_parity(engine, spec)
+        out["graphs_after_parity"] = graph_count()
+    return out
 
 
 if __name__ == "__main__":
-    sys.exit(bench_worker.main(sys.argv[1:], run))
+    sys.exit(bench_worker.main(sys.argv[1:], open_compiled, compiled_extras))

@@ -1,14 +1,14 @@
-"""Parity and benchmarks of every target, with the project's own metrics and benchmark worker.
+"""Parity and benchmarks of every target, with the project's own metrics and benchmark workers.
 
 Parity runs in this process on the recipe's reference cases (onnxruntime through
-``pipeline.runtime``); each benchmark runs in a fresh process: ``pipeline.bench_worker`` for eager,
-TorchScript and any ONNX file, ``benchmarks.compile_worker`` for ``torch.compile``.
+``pipeline.runtime``); every target's benchmark runs in its own long-lived process, all of them in
+the project's interleaved rounds: ``pipeline.bench_worker`` for eager, TorchScript and any ONNX
+file, ``benchmarks.compile_worker`` for ``torch.compile``.
 """
 
 from __future__ import annotations
 
 import logging
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -18,11 +18,12 @@ import numpy as np
 from benchmarks.peer_build import ROOT, reason
 from benchmarks.peer_table import Target
 from pipeline.artifact import Artifact, Format
-from pipeline.bench import available_memory_mb, run_worker, worker_spec
+from pipeline.bench import available_memory_mb, worker_spec
 from pipeline.reference import Case
 from pipeline.results import Prepared
 from pipeline.runtime import Outputs, Runner
 from pipeline.verify import check, run_cases
+from pipeline.workers import Launch
 
 log = logging.getLogger("benchmarks.peers")
 QUICK = {"warmup": 1, "warmup_seconds": 0.05, "min_repeats": 3, "min_seconds": 0.1, "max_seconds": 1.0,
@@ -94,16 +95,6 @@ def peer_spec(prepared: Prepared, target: Target, settings: Settings) -> dict[st
     return spec
 
 
-def run_compile_worker(spec: dict[str, Any], timeout: float) -> dict[str, Any]:
-    """pipeline.bench.run_worker with ``python -m benchmarks.compile_worker`` from the repository root.
-
-    Inductor gets an empty cache, so the compile time is a first compile's, not a cache hit's.
-    """
-    return run_worker(spec, timeout, module="benchmarks.compile_worker", cwd=ROOT,
-                      extra_env=lambda tmp: {"PYTHONPATH": str(ROOT),
-                                             "TORCHINDUCTOR_CACHE_DIR": str(tmp / "inductor-cache")})
-
-
 def save_case_inputs(cases: list[Case], path: Path) -> None:
     """The reference cases' inputs as ``<case>/<input>`` arrays, for a worker in another process."""
     np.savez(path, **{f"{c.name}/{k}": v for c in cases for k, v in c.inputs.items()})
@@ -115,22 +106,20 @@ def load_case_outputs(cases: list[Case], path: Path) -> list[Outputs]:
         return [{k.split("/", 1)[1]: data[k] for k in data.files if k.split("/", 1)[0] == c.name} for c in cases]
 
 
-def bench_compiled(prepared: Prepared, target: Target, cases: list[Case], settings: Settings, timeout: float) -> None:
-    """torch.compile in its own process: benchmark, then parity on the reference cases it ran there."""
-    with tempfile.TemporaryDirectory(prefix="peers-compile-") as tmp:
-        spec = peer_spec(prepared, target, settings)
-        spec.update(parity_inputs=str(Path(tmp) / "inputs.npz"), parity_outputs=str(Path(tmp) / "outputs.npz"))
-        save_case_inputs(cases, Path(spec["parity_inputs"]))
-        target.bench = run_compile_worker(spec, timeout)
-        if target.bench.get("error"):
-            target.error = f"torch.compile: {target.bench['error']}"
-            return
-        target.stats["seconds"] = target.bench.get("compile_seconds")
-        target.parity = judge(prepared, target, cases, load_case_outputs(cases, Path(spec["parity_outputs"])))
+def launch(prepared: Prepared, target: Target, cases: list[Case], settings: Settings, scratch: Path) -> Launch:
+    """How to start the target's worker. ``torch.compile`` runs ``benchmarks.compile_worker`` from the
+    repository root, with an empty inductor cache (a first compile's time, not a cache hit's), and
+    runs the reference cases' inputs there for its parity."""
+    spec = peer_spec(prepared, target, settings)
+    if target.kind != "compile":
+        return Launch(target.name, spec)
+    spec.update(parity_inputs=str(scratch / "inputs.npz"), parity_outputs=str(scratch / "outputs.npz"))
+    save_case_inputs(cases, Path(spec["parity_inputs"]))
+    return Launch(target.name, spec, module="benchmarks.compile_worker", cwd=ROOT,
+                  extra_env=lambda tmp: {"PYTHONPATH": str(ROOT), "TORCHINDUCTOR_CACHE_DIR": str(tmp / "inductor")})
 
 
-def bench_target(prepared: Prepared, target: Target, settings: Settings, timeout: float) -> None:
-    """One target through pipeline.bench_worker in a fresh process."""
-    target.bench = run_worker(peer_spec(prepared, target, settings), timeout)
-    if target.bench.get("error"):
-        log.warning("bench %s failed: %s", target.name, target.bench["error"])
+def judge_compiled(prepared: Prepared, target: Target, cases: list[Case], outputs: Path) -> None:
+    """torch.compile's parity, from the outputs its worker saved on the reference cases."""
+    target.stats["seconds"] = (target.bench or {}).get("compile_seconds")
+    target.parity = judge(prepared, target, cases, load_case_outputs(cases, outputs))

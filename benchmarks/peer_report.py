@@ -28,6 +28,26 @@ def md_table(header: list[str], rows: list[list[str]]) -> list[str]:
             *["| " + " | ".join(cell(c) for c in row) + " |" for row in rows]]
 
 
+def with_interval(value: float | None, ci95: list[float] | None) -> str:
+    """'1.92x [1.85, 2.01]', or '-'."""
+    if value is None:
+        return "-"
+    return f"{value:.2f}x" + (f" [{ci95[0]:.2f}, {ci95[1]:.2f}]" if ci95 else "")
+
+
+def against(row: dict[str, Any]) -> str:
+    """The shipped artifact against one target in words: faster or slower by a ratio and its interval,
+    or not told apart when the interval holds 1."""
+    value, ci95 = row["shipped_latency_ratio"], row["shipped_latency_ci95"]
+    if value is None or ci95 is None:
+        return "-"
+    if ci95[0] <= 1.0 <= ci95[1]:
+        return f"not told apart ({with_interval(value, ci95)})"
+    if value >= 1.0:
+        return f"faster by {with_interval(value, ci95)}"
+    return f"slower by {with_interval(1 / value, [1 / ci95[1], 1 / ci95[0]])}"
+
+
 def at(point: Point) -> str:
     """'b1 s128'."""
     return f"b{point[0]} s{point[1]}"
@@ -43,12 +63,13 @@ def summary(targets: list[Target], point: Point, busy: float = 0.10) -> list[str
             name += f" † {r['others_cpu_share']:.0%}"
         best_at = f"{r['best_batch']}" if r["best_batch"] is not None else "-"
         rows.append([name, r["group"], r["precision"], r["verdict"], num(r["max_abs"], ".2e"), num(r["cos_min"], ".6f"),
-                     num(r["p50_ms"], ".2f"), num(r["speedup_vs_eager"], ".2f", "x"), best_at,
-                     num(r["ms_per_call_at_best"], ".1f"), num(r["best_throughput"], ".1f"),
-                     num(r["shipped_latency_ratio"], ".2f", "x"), num(r["shipped_throughput_ratio"], ".2f", "x")])
+                     num(r["p50_ms"], ".2f"), with_interval(r["speedup_vs_eager"], r["speedup_vs_eager_ci95"]),
+                     best_at, num(r["ms_per_call_at_best"], ".1f"), num(r["best_throughput"], ".1f"),
+                     "shipped" if r["shipped"] else against(r), num(r["shipped_throughput_ratio"], ".2f", "x")])
     header = ["target", "made by", "precision", "parity (project gate)", "max abs err vs eager", "min cosine",
-              f"p50 ms ({at(point)})", f"speed-up over eager ({at(point)})", "best batch", "ms/call at best batch",
-              "best samples/s", f"shipped faster by ({at(point)} p50)", "shipped faster by (best samples/s)"]
+              f"p50 ms ({at(point)})", f"speed-up over eager ({at(point)}) [95%]", "best batch",
+              "ms/call at best batch", "best samples/s", f"shipped against it ({at(point)} latency) [95%]",
+              "shipped faster by (best samples/s)"]
     return md_table(header, rows)
 
 
@@ -160,7 +181,8 @@ def rule_text(rule: dict[str, Any] | None) -> str:
     if rule.get("step"):
         return f"step {rule['step']}"
     if rule.get("fastest_at"):
-        return f"the passing artifact with the lowest p50 at {at(tuple(rule['fastest_at']))}"
+        return (f"the passing artifact fastest over eager at {at(tuple(rule['fastest_at']))} when its 95% interval "
+                "separates it from the next, else the best parity of those it is not told apart from")
     return "the last artifact of the chain that passes"
 
 
@@ -178,10 +200,14 @@ def markdown(targets: list[Target], meta: dict[str, Any]) -> str:
               if shipped else "**This project ships nothing: no artifact it may ship passed the gate.**"), "",
              *leaders(targets, point),
              *summary(targets, point, meta.get("busy_threshold", 0.10)), "",
-             f"Speed-up over eager: eager p50 / target p50 at {at(point)}. *Shipped faster by*: target p50 / shipped "
-             "p50, and shipped best samples/s / target best samples/s; above 1.00x the shipped artifact is faster "
-             "than that target. *ms/call at best batch*: best batch / best samples/s (back-to-back calls). † n%: other "
-             "processes kept n% of the cores busy while the target was measured; its numbers are suspect.", ""]
+             f"Every target was measured in the same interleaved rounds at each point ({meta.get('rounds', '?')} "
+             "rounds, the order rotated each round, a pause before each turn); a ratio is taken within a round and "
+             "summarized as the median over rounds with a 95% bootstrap interval in brackets. Speed-up over eager: "
+             f"eager's latency over the target's at {at(point)}. *Shipped against it*: the target's latency over "
+             "the shipped artifact's (faster by, slower by, or not told apart when the interval holds 1.00x); "
+             "*shipped faster by (best samples/s)*: shipped best samples/s / target best samples/s. *ms/call at best "
+             "batch*: best batch / best samples/s (back-to-back calls). † n%: other processes kept n% of the cores "
+             "busy while the benchmark ran; its numbers are suspect.", ""]
     if meta.get("plot"):
         lines += [f"![speed-up over eager against parity]({meta['plot']})", ""]
     lines += meta.get("drift", [])

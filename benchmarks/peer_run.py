@@ -4,18 +4,20 @@ from __future__ import annotations
 
 import gc
 import logging
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
-from benchmarks.peer_build import optimum_peers, optimum_source, ort_optimized, ort_quantized, reason
-from benchmarks.peer_measure import Settings, bench_compiled, bench_target, parity_in_process, parity_json
-from benchmarks.peer_table import Target, p50_at
+from benchmarks.peer_build import optimum_peers, optimum_source, ort_optimized, ort_quantized
+from benchmarks.peer_measure import QUICK, Settings, judge_compiled, launch, parity_in_process, parity_json
+from benchmarks.peer_table import Target
 from benchmarks.quiet import contention, wait_for_quiet
-from pipeline.optimize import choose_shipped
-from pipeline.reference import Case, reference
-from pipeline.results import Prepared, RunResult
+from pipeline.bench import measure_session, round_plan
+from pipeline.reference import reference
+from pipeline.results import RunResult
 from pipeline.runtime import Runner
+from pipeline.ship_rule import choose_shipped
 
 log = logging.getLogger("benchmarks.peers")
 
@@ -68,8 +70,9 @@ def peer_targets(result: RunResult, work: Path, isa: str, skip: set[str], timeou
     return targets, versions, used
 
 
-def measure(result: RunResult, targets: list[Target], settings: Settings, timeout: float) -> None:
-    """Parity here for every target without a verdict, then every benchmark in its own process."""
+def measure(result: RunResult, targets: list[Target], settings: Settings, timeout: float) -> list[dict[str, Any]]:
+    """Parity here for every target without a verdict, then one interleaved benchmark session of every
+    target that loads, each in its own process; returns the session's ratios over eager."""
     prepared = result.prepared
     recipe = prepared.recipe
     cases = reference(recipe, prepared.ctx.model, prepared.out_dir / "reference", prepared.ctx.base_dir, recipe.device)
@@ -81,44 +84,41 @@ def measure(result: RunResult, targets: list[Target], settings: Settings, timeou
     gc.collect()  # close this process's sessions: their spinning threads must not share the cores with a worker
     time.sleep(2)
     runnable = [t for t in targets if t.error is None]
-    for i, t in enumerate(runnable, 1):
-        log.info("bench %d/%d: %s (own process)", i, len(runnable), t.name)
-        start = time.perf_counter()
-        bench_one(prepared, t, cases, settings, timeout)
-        log.info("bench %s: %.0f s", t.name, time.perf_counter() - start)
+    bench = recipe.bench.model_copy(update={**QUICK, "rounds": 3}) if settings.quick else recipe.bench
+    grid = [(b, s) for b in settings.batches for s in settings.seqs]
+    load: dict[str, float] = {"others_cpu_share_before": wait_for_quiet(settings.quiet_threshold, settings.quiet_wait)}
+    with tempfile.TemporaryDirectory(prefix="peers-") as scratch:
+        launches = [launch(prepared, t, cases, settings, Path(scratch)) for t in runnable]
+        log.info("bench: %d targets in interleaved rounds, each in its own process", len(launches))
+        with contention(load):
+            session = measure_session(launches, grid, round_plan(bench, recipe.device), timeout)
+        for t in runnable:
+            t.bench = session.results.get(t.name)
+            t.stats.update(load)
+            if (t.bench or {}).get("error"):
+                t.error = f"benchmark: {t.bench['error']}"
+                log.warning("bench %s failed: %s", t.name, t.error)
+            elif t.kind == "compile":
+                judge_compiled(prepared, t, cases, Path(scratch) / "outputs.npz")
+    if load["others_cpu_share"] > settings.quiet_threshold:
+        log.warning("other processes used %.0f%% of the cores during the benchmark", 100 * load["others_cpu_share"])
+    return session.ratios
 
 
-def bench_one(prepared: Prepared, t: Target, cases: list[Case], settings: Settings, timeout: float) -> None:
-    """Wait for a quiet machine, then benchmark one target, noting how busy other processes kept the cores."""
-    t.stats["others_cpu_share_before"] = wait_for_quiet(settings.quiet_threshold, settings.quiet_wait)
-    try:
-        with contention(t.stats):
-            if t.kind == "compile":
-                bench_compiled(prepared, t, cases, settings, timeout)
-            else:
-                bench_target(prepared, t, settings, timeout)
-    except Exception as exc:  # one target's failure is a row of the table, not the end of the run
-        log.warning("bench %s failed: %s", t.name, reason(exc))
-        t.error = f"benchmark: {reason(exc)}"
-    if t.stats["others_cpu_share"] > settings.quiet_threshold:
-        log.warning("bench %s: other processes used %.0f%% of the cores meanwhile; its numbers are suspect",
-                    t.name, 100 * t.stats["others_cpu_share"])
-
-
-def drift_lines(first: Target | None, again: dict[str, Any] | None, settings: Settings) -> list[str]:
-    """Eager measured first and again last: how far its p50 moved over the run."""
-    if first is None or not again or again.get("error"):
-        return []
+def drift_lines(eager: Target | None) -> list[str]:
+    """How far eager's median latency moved from its first round to its last at each point: drift the
+    interleaved ratios cancel, shown so that a reader sees how much there was."""
     parts = []
-    for b in settings.batches:
-        for s in settings.seqs:
-            before, after = p50_at(first.bench, (b, s)), p50_at(again, (b, s))
-            if before and after:
-                parts.append(f"b{b} s{s} {before:.2f} -> {after:.2f} ms ({(after - before) / before:+.1%})")
-    return [f"Drift check: eager p50 measured first and again last: {'; '.join(parts)}.", ""] if parts else []
+    for row in (eager.bench or {}).get("rows", []) if eager else []:
+        first, last = row["round_p50_ms"][0], row["round_p50_ms"][-1]
+        parts.append(f"b{row['batch']} s{row['seq']} {first:.2f} -> {last:.2f} ms ({(last - first) / first:+.1%})")
+    return [f"Drift check: eager's median latency in its first and its last round at each point: "
+            f"{'; '.join(parts)}. Ratios are taken within a round, so this drift does not enter them.", ""
+            ] if parts else []
 
 
-def mark_shipped(result: RunResult, targets: list[Target]) -> tuple[str | None, list[str]]:
+def mark_shipped(result: RunResult, targets: list[Target], ratios: list[dict[str, Any]]
+                 ) -> tuple[str | None, list[str]]:
     """Mark the artifact the recipe's ship rule picks with this run's measurements; (its name, notes).
 
     The rule (``ship.fastest_at``, ``ship.step`` or the last passing step) and the parity verdicts are
@@ -127,11 +127,13 @@ def mark_shipped(result: RunResult, targets: list[Target]) -> tuple[str | None, 
     """
     by_folder = {t.name: t for t in targets}
     bench = {s.name: by_folder[s.folder].bench or {} for s in result.prepared.steps if s.folder in by_folder}
-    chosen = choose_shipped(result.prepared, result.parity, bench)
+    names = {s.folder: s.name for s in result.prepared.steps}
+    by_step = [{**e, "target": names[e["target"]]} for e in ratios if e["target"] in names]
+    chosen, why = choose_shipped(result.prepared, result.parity, bench, by_step)
     folder = next((s.folder for s in result.prepared.steps if s.name == chosen), None)
     for t in targets:
         t.shipped = t.name == folder
-    notes = []
+    notes = [why] if why else []
     if chosen != result.shipped:
         notes.append(f"The recipe run shipped {result.shipped} to its bundle (its own benchmarks were not cached for "
                      f"this code and recipe); its ship rule, given this run's measurements, picks {chosen}, the "

@@ -9,6 +9,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from pipeline.rounds import paired_interval
+
 Point = tuple[int, int]
 GROUPS = ("this project", "PyTorch", "Optimum", "onnxruntime")
 
@@ -44,6 +46,23 @@ def p50_at(bench: dict[str, Any] | None, point: Point) -> float | None:
     return None
 
 
+def rounds_at(bench: dict[str, Any] | None, point: Point) -> list[float]:
+    """The per-round median latencies (ms) at one point, in round order (empty when not measured)."""
+    for row in (bench or {}).get("rows", []):
+        if (row["batch"], row["seq"]) == tuple(point):
+            return list(row.get("round_p50_ms") or [])
+    return []
+
+
+def paired(baseline: Target | None, target: Target | None, point: Point, tolerance: float) -> dict[str, Any] | None:
+    """``baseline``'s latency over ``target``'s at ``point``, round by round of the same interleaved
+    session: median and 95% interval (above 1: ``target`` is faster); None when either is missing."""
+    if baseline is None or target is None:
+        return None
+    return paired_interval(rounds_at(baseline.bench, point), rounds_at(target.bench, point),
+                           f"{baseline.name}/{target.name}/{point[0]}/{point[1]}", tolerance)
+
+
 def best(bench: dict[str, Any] | None) -> tuple[int, int, float] | None:
     """(batch, seq, samples/s) with the highest measured throughput: the best-batch search or any grid point."""
     if not bench:
@@ -72,21 +91,20 @@ def verdict(target: Target) -> str:
     return "pass" if target.parity.get("passed") else "FAIL"
 
 
-def table_rows(targets: list[Target], point: Point) -> list[dict[str, Any]]:
+def table_rows(targets: list[Target], point: Point, tolerance: float = 0.10) -> list[dict[str, Any]]:
     """One row per target: parity, p50 at ``point``, best throughput, speed-up over eager, and the
-    shipped artifact against it (latency: peer p50 / shipped p50; throughput: shipped / peer; above 1
-    the shipped artifact is faster)."""
+    shipped artifact against it (latency: target over shipped, round by round of the interleaved
+    session, with a 95% interval; throughput: shipped / target; above 1 the shipped artifact is faster)."""
     by_name = {t.name: t for t in targets}
     eager = by_name.get("eager")
     shipped = next((t for t in targets if t.shipped), None)
-    eager_p50 = p50_at(eager.bench, point) if eager else None
     eager_best = best(eager.bench) if eager else None
-    shipped_p50 = p50_at(shipped.bench, point) if shipped else None
     shipped_best = best(shipped.bench) if shipped else None
     rows = []
     for t in targets:
         p50, top = p50_at(t.bench, point), best(t.bench)
         throughput = top[2] if top else None
+        over_eager, against_shipped = paired(eager, t, point, tolerance), paired(t, shipped, point, tolerance)
         rows.append({
             "name": t.name, "group": t.group, "kind": t.kind, "precision": t.precision, "shipped": t.shipped,
             "verdict": verdict(t), "max_abs": worst(t.parity, "max_abs", max),
@@ -94,9 +112,11 @@ def table_rows(targets: list[Target], point: Point) -> list[dict[str, Any]]:
             "best_batch": top[0] if top else None, "best_seq": top[1] if top else None,
             "best_throughput": throughput,
             "ms_per_call_at_best": 1000.0 * top[0] / top[2] if top and top[2] > 0 else None,
-            "speedup_vs_eager": ratio(eager_p50, p50),
+            "speedup_vs_eager": over_eager["ratio"] if over_eager else None,
+            "speedup_vs_eager_ci95": over_eager["ci95"] if over_eager else None,
             "throughput_vs_eager": ratio(throughput, eager_best[2] if eager_best else None),
-            "shipped_latency_ratio": ratio(p50, shipped_p50),
+            "shipped_latency_ratio": against_shipped["ratio"] if against_shipped else None,
+            "shipped_latency_ci95": against_shipped["ci95"] if against_shipped else None,
             "shipped_throughput_ratio": ratio(shipped_best[2] if shipped_best else None, throughput),
             "error": t.error or (t.bench or {}).get("error"),
             "others_cpu_share": t.stats.get("others_cpu_share"),

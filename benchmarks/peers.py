@@ -33,14 +33,13 @@ from benchmarks.peer_measure import Settings  # noqa: E402
 from benchmarks.peer_plot import plot  # noqa: E402
 from benchmarks.peer_report import write  # noqa: E402
 from benchmarks.peer_run import (  # noqa: E402
-    bench_one,
     drift_lines,
     mark_shipped,
     measure,
     peer_targets,
     project_targets,
 )
-from benchmarks.peer_table import Point, Target  # noqa: E402
+from benchmarks.peer_table import Point  # noqa: E402
 from pipeline.fingerprint import fingerprint  # noqa: E402
 from pipeline.optimize import prepare, run  # noqa: E402
 from pipeline.results import RunResult  # noqa: E402
@@ -74,7 +73,6 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help="share of the cores other processes may use before a target waits (default 0.10)")
     parser.add_argument("--quiet-wait", type=float, default=120.0,
                         help="seconds a target waits at most for other processes to leave the cores")
-    parser.add_argument("--no-drift-check", action="store_true", help="do not re-measure eager at the end")
     parser.add_argument("--quick", action="store_true", help="tiny protocol, for development (numbers meaningless)")
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results", help="where results go")
     parser.add_argument("--work", type=Path, default=None, help="where peer models go (default artifacts/peers/RECIPE)")
@@ -103,7 +101,8 @@ def settings_meta(settings: Settings, point: Point, result: RunResult, timeout: 
     """What the report says about the grid and protocol."""
     bench = result.prepared.recipe.bench
     protocol = {k: getattr(bench, k) for k in ("warmup", "warmup_seconds", "min_repeats", "min_seconds",
-                                                "max_seconds", "throughput_seconds", "cv_threshold")}
+                                                "max_seconds", "throughput_seconds", "cv_threshold", "rounds",
+                                                "pause_seconds", "max_steal", "max_others_cpu")}
     return {"grid": f"batches {list(settings.batches)} x sequences {list(settings.seqs)}; headline point b{point[0]} "
                     f"s{point[1]}",
             "best-batch search": (f"sequence {settings.best_seq}, batch doubling from 1 to {settings.max_batch}"
@@ -164,16 +163,11 @@ def main(argv: list[str] | None = None) -> int:
         peers, optimum_versions, isa = peer_targets(result, work, args.isa, args.skip, timeout)
         targets += peers
         add_stats(targets)
-    with phase("parity and benchmarks", timings):
-        measure(result, targets, settings, timeout)
-    drift: list[str] = []
+    with phase("parity and benchmarks (interleaved rounds)", timings):
+        ratios = measure(result, targets, settings, timeout)
     eager = next((t for t in targets if t.name == "eager" and t.bench), None)
-    if eager is not None and not args.no_drift_check:
-        with phase("drift check (eager again)", timings):
-            again = Target("eager", "PyTorch", "eager")
-            bench_one(result.prepared, again, [], settings, timeout)
-            drift = drift_lines(eager, again.bench, settings)
-    shipped, notes = mark_shipped(result, targets)
+    drift = drift_lines(eager)
+    shipped, notes = mark_shipped(result, targets, ratios)
     if isa:
         notes.append(f"Optimum's quantization preset: AutoQuantizationConfig.{isa}, chosen from the CPU flags in "
                      "/proc/cpuinfo (--isa to force one).")
@@ -185,7 +179,8 @@ def main(argv: list[str] | None = None) -> int:
             "ship_rule": recipe.ship.model_dump(), "recipe_run_shipped": result.shipped,
             "fingerprint": fp or fingerprint(recipe.bench.threads, recipe.device),
             "versions": library_versions(), "optimum_versions": optimum_versions, "git": git_state(),
-            "notes": notes, "drift": drift, "settings": settings_meta(settings, point, result, timeout),
+            "notes": notes, "drift": drift, "ratios": ratios, "rounds": recipe.bench.rounds,
+            "settings": settings_meta(settings, point, result, timeout),
             "timings": timings, "plot": f"{md_path.stem}.png", "busy_threshold": settings.quiet_threshold,
             "command": shlex.join(["python", "benchmarks/peers.py", *(sys.argv[1:] if argv is None else argv)])}
     plot(targets, point, f"{recipe.name} against its peers ({date}; {meta['fingerprint']['cpu']}, "

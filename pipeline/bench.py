@@ -1,32 +1,51 @@
-"""Benchmarks of the eager model and every artifact, each in its own process, with fair settings.
+"""Benchmarks of the eager model and every artifact, side by side: each target in its own long-lived
+process (pipeline.workers), measured in interleaved rounds (pipeline.rounds), with each artifact's
+ratio over eager taken within a round and summarized with a 95% interval.
 
-Results are cached per target under ``bench/`` (keyed by the artifact, the protocol and the
-machine), so an unchanged recipe re-uses them; ``python -m pipeline bench`` always re-measures and
-flags every point whose p50 moved more than ``rerun_tolerance`` from the previous measurement.
+The benchmark is one session. Its results are cached under ``bench/`` (one file per target, and
+``ratios.json``), keyed by the artifacts, the protocol and the machine, and re-used only whole: a
+changed artifact re-measures every target, since a ratio is only true when both sides were measured
+together. ``python -m pipeline bench`` always re-measures, and flags every point whose p50 moved
+more than ``rerun_tolerance`` from the previous measurement.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
+import math
 import os
-import subprocess
 import sys
-import tempfile
-from collections.abc import Callable
+import uuid
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+import numpy as np
 
 from pipeline.artifact import Artifact, canonical_json, read_json, sha256_text, write_json_atomic
 from pipeline.fingerprint import fingerprint
 from pipeline.generation import cache_layout
+from pipeline.noise import sample
 from pipeline.progress import stage
 from pipeline.results import Prepared
+from pipeline.rounds import BlockFailed, RoundPlan, measure_point, ratio_entry
+from pipeline.schema import BenchSpec
+from pipeline.timing import summarize
+from pipeline.workers import Launch, started
 
 log = logging.getLogger(__name__)
 PROTOCOL_KEYS = ("warmup", "warmup_seconds", "min_repeats", "min_seconds", "max_seconds", "throughput_seconds",
                  "cv_threshold")
+BASELINE = "eager"
+
+
+@dataclass
+class Benchmarks:
+    """One benchmark session: each target's result (rows, extras, error), and the ratios over eager."""
+
+    results: dict[str, dict[str, Any]] = field(default_factory=dict)
+    ratios: list[dict[str, Any]] = field(default_factory=list)
 
 
 def available_memory_mb() -> float:
@@ -83,27 +102,6 @@ def bench_key(prepared: Prepared, artifact: Artifact) -> str:
                                        "machine": machine, "device": prepared.recipe.device}))
 
 
-def run_worker(spec: dict[str, Any], timeout: float, module: str = "pipeline.bench_worker",
-               extra_env: Callable[[Path], dict[str, str]] | None = None, cwd: Path | None = None) -> dict[str, Any]:
-    """Run one target's benchmark in a fresh process (``python -m module SPEC OUT``); returns its
-    result or {'error': ...}. ``extra_env`` adds variables, given the run's scratch folder."""
-    env = {**os.environ, "OMP_NUM_THREADS": str(spec["threads"]), "MKL_NUM_THREADS": str(spec["threads"]),
-           "TOKENIZERS_PARALLELISM": "false"}
-    with tempfile.TemporaryDirectory(prefix="bench-") as tmp:
-        env.update(extra_env(Path(tmp)) if extra_env else {})
-        spec_path, out_path = Path(tmp) / "spec.json", Path(tmp) / "out.json"
-        spec_path.write_text(json.dumps(spec), encoding="utf-8")
-        try:
-            proc = subprocess.run([sys.executable, "-m", module, str(spec_path), str(out_path)],
-                                  capture_output=True, text=True, timeout=timeout, env=env, cwd=cwd)
-        except subprocess.TimeoutExpired:
-            return {"target": spec["target"], "error": f"timed out after {timeout:.0f} s", "rows": []}
-        if proc.returncode != 0 or not out_path.is_file():
-            lines = [line for line in proc.stderr.strip().splitlines() if line.strip()]
-            return {"target": spec["target"], "error": lines[-1] if lines else f"exit {proc.returncode}", "rows": []}
-        return json.loads(out_path.read_text(encoding="utf-8"))
-
-
 def flag_reruns(result: dict[str, Any], previous: dict[str, Any] | None, tolerance: float) -> None:
     """Mark points whose p50 moved more than ``tolerance`` from the previous measurement of the same
     target (same cache key: artifact, protocol, machine) as unstable; a changed artifact is no rerun."""
@@ -123,36 +121,112 @@ def flag_reruns(result: dict[str, Any], previous: dict[str, Any] | None, toleran
             row.setdefault("unstable_reasons", []).append(f"cv {row['cv']:.2f}")
 
 
+def round_plan(bench: BenchSpec, device: str) -> RoundPlan:
+    """The rounds of every point, and what one target measures in one: the protocol's repeats and
+    seconds shared out over the rounds, a one-call warm-up (the first round of a point warms up in
+    full), and back-to-back throughput only where a timed call synchronizes (GPU): on CPU the timed
+    calls are back to back already."""
+    rounds = bench.rounds
+    block = {"warmup": 1, "warmup_seconds": min(bench.warmup_seconds, 0.05),
+             "min_repeats": math.ceil(bench.min_repeats / rounds), "min_seconds": bench.min_seconds / rounds,
+             "max_seconds": bench.max_seconds / rounds, "cv_threshold": bench.cv_threshold,
+             "throughput_seconds": 0.0 if device == "cpu" else bench.throughput_seconds / rounds}
+    return RoundPlan(rounds=rounds, pause_seconds=bench.pause_seconds, max_steal=bench.max_steal,
+                     max_others=bench.max_others_cpu, max_redo=bench.redo_rounds,
+                     interval_tolerance=bench.interval_tolerance, block=block)
+
+
+def grid_row(blocks: list[dict[str, Any]], batch: int, seq: int, cv_threshold: float) -> dict[str, Any]:
+    """A report ROW from one target's blocks at a point: percentiles over every timed call of the
+    rounds that count, and throughput from back-to-back calls (or the timed calls, on CPU)."""
+    times = [t for block in blocks for t in block["latencies_ms"]]
+    row = summarize(times, cv_threshold)
+    if all("throughput_calls" in block for block in blocks):
+        calls, seconds = sum(b["throughput_calls"] for b in blocks), sum(b["throughput_seconds"] for b in blocks)
+    else:
+        calls, seconds = len(times), sum(times) / 1e3
+    gpu = [b["peak_gpu_mb"] for b in blocks if b.get("peak_gpu_mb") is not None]
+    row.update(round_p50_ms=[float(np.median(b["latencies_ms"])) for b in blocks],
+               batch=batch, seq=seq, throughput=calls * batch / seconds, tokens_per_s=calls * batch * seq / seconds,
+               throughput_calls=calls, rounds=len(blocks), peak_rss_mb=max(b["peak_rss_mb"] for b in blocks),
+               peak_gpu_mb=max(gpu) if gpu else None)
+    return row
+
+
+def measure_session(launches: list[Launch], grid: list[tuple[int, int]], plan: RoundPlan, timeout: float
+                    ) -> Benchmarks:
+    """Start every target's worker, measure every grid point in interleaved rounds, then each target's
+    extras (best batch, memory, real data, generation) one target at a time."""
+    failed: dict[str, str] = {}
+    results: dict[str, dict[str, Any]] = {launch.name: {"target": launch.name, "rows": []} for launch in launches}
+    ratios: list[dict[str, Any]] = []
+    cv = plan.block.get("cv_threshold", 0.10)
+    with started(launches, timeout, failed) as workers, stage("bench", len(grid) + len(workers)) as advance:
+        for worker in workers:
+            results[worker.name].update(load_seconds=worker.ready["load_seconds"],
+                                        fingerprint=worker.ready["fingerprint"])
+        pids = [os.getpid(), *(worker.pid for worker in workers)]
+        for batch, seq in grid:
+            live = [worker for worker in workers if worker.name not in failed]
+            advance(f"b{batch} s{seq}: {len(live)} targets in {plan.rounds} interleaved rounds")
+            rounds = measure_point(live, (batch, seq), plan, lambda: sample(pids))
+            failed.update(rounds.failed)
+            for worker in live:
+                blocks = rounds.blocks(worker.name)
+                if worker.name in failed or not blocks:
+                    continue
+                results[worker.name]["rows"].append(grid_row(blocks, batch, seq, cv))
+                entry = ratio_entry(rounds, worker.name, BASELINE, plan.interval_tolerance)
+                if worker.name != BASELINE and BASELINE not in failed and entry is not None:
+                    ratios.append(entry)
+        for worker in workers:
+            if worker.name in failed:
+                continue
+            advance(f"{worker.name}: best batch, memory, real data (own process)")
+            try:
+                results[worker.name].update(worker.request("extras"))
+            except BlockFailed as exc:
+                failed[worker.name] = str(exc)
+    for name, why in failed.items():
+        results[name]["error"] = why
+    return Benchmarks(results, ratios)
+
+
+def _whole_session(previous: dict[str, dict[str, Any] | None], saved: dict[str, Any] | None,
+                   keys: dict[str, str]) -> bool:
+    """Whether the cached results are one session of exactly these targets, none of them failed."""
+    if not saved or not saved.get("session"):
+        return False
+    return all(result is not None and result.get("key") == keys[name] and not result.get("error")
+               and result.get("session") == saved["session"] for name, result in previous.items())
+
+
 def benchmark(prepared: Prepared, artifacts: dict[str, Artifact], force: bool = False,
-              measure: bool = True) -> dict[str, dict[str, Any]]:
-    """Benchmark results by target ('eager' and every step name): re-used from cache unless ``force``;
-    without ``measure``, only cached results are returned."""
+              measure: bool = True) -> Benchmarks:
+    """The benchmark session of 'eager' and every step: re-used from cache when whole unless ``force``;
+    without ``measure``, only a whole cached session is returned (else an empty one)."""
     folder = prepared.out_dir / "bench"
-    targets = ["eager", *[step.name for step in prepared.steps]]
-    results: dict[str, dict[str, Any]] = {}
-    with stage("bench", len(targets)) as advance:
-        for target in targets:
-            advance(f"{target} (own process)")
-            _bench_target(prepared, target, artifacts[target], folder, results, force, measure)
-    return results
-
-
-def _bench_target(prepared: Prepared, target: str, artifact: Artifact, folder: Path,
-                  results: dict[str, dict[str, Any]], force: bool, measure: bool) -> None:
-    """Reuse or measure one target; a measurement is compared with the one it replaces."""
-    key = bench_key(prepared, artifact)
-    path = folder / f"{target}.json"
-    previous = read_json(path)
-    if not force and previous is not None and previous.get("key") == key and not previous.get("error"):
-        results[target] = previous
-        return
+    bench = prepared.recipe.bench
+    targets = [BASELINE, *[step.name for step in prepared.steps]]
+    keys = {target: bench_key(prepared, artifacts[target]) for target in targets}
+    previous = {target: read_json(folder / f"{target}.json") for target in targets}
+    saved = read_json(folder / "ratios.json")
+    if not force and _whole_session(previous, saved, keys):
+        assert saved is not None
+        return Benchmarks({t: r for t, r in previous.items() if r is not None}, saved["ratios"])
     if not measure:
-        return
-    result = run_worker(worker_spec(prepared, target, artifact), prepared.recipe.bench.timeout_seconds)
-    result["key"] = key
-    result["cv_threshold"] = prepared.recipe.bench.cv_threshold
-    flag_reruns(result, previous, prepared.recipe.bench.rerun_tolerance)
-    if result.get("error"):
-        log.warning("bench %s failed: %s", target, result["error"])
-    write_json_atomic(path, result)
-    results[target] = result
+        return Benchmarks()
+    launches = [Launch(target, worker_spec(prepared, target, artifacts[target])) for target in targets]
+    grid = [(b, s) for b in bench.batches for s in bench.seqs]
+    outcome = measure_session(launches, grid, round_plan(bench, prepared.recipe.device), bench.timeout_seconds)
+    session = uuid.uuid4().hex
+    folder.mkdir(parents=True, exist_ok=True)
+    for target in targets:
+        result = outcome.results[target]
+        result.update(key=keys[target], session=session, cv_threshold=bench.cv_threshold)
+        flag_reruns(result, previous[target], bench.rerun_tolerance)
+        if result.get("error"):
+            log.warning("bench %s failed: %s", target, result["error"])
+        write_json_atomic(folder / f"{target}.json", result)
+    write_json_atomic(folder / "ratios.json", {"session": session, "baseline": BASELINE, "ratios": outcome.ratios})
+    return outcome

@@ -1,8 +1,9 @@
-"""One benchmark target in its own process: `python -m pipeline.bench_worker SPEC.json OUT.json`.
+"""One benchmark target in its own long-lived process: `python -m pipeline.bench_worker SPEC.json`.
 
-Each target (the eager model, or one artifact) gets a fresh process, so memory and thread pools
-do not leak from one to the next: onnxruntime's intra-op threads keep spinning after a run, and an
-eager call timed right after one in the same process ran at half speed.
+Each target (the eager model, or one artifact) gets its own process, so memory and thread pools do
+not leak from one to the next: onnxruntime's intra-op threads keep spinning after a run, and an
+eager call timed right after one in the same process ran at half speed. The process loads its target
+once, then measures blocks of timed calls whenever the orchestrator's rounds ask (pipeline.workers).
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import numpy as np
 
@@ -22,7 +23,7 @@ from pipeline.fingerprint import fingerprint
 from pipeline.gen_bench import generation_rows
 from pipeline.generation import INPUTS, CacheLayout
 from pipeline.inputs import Inputs, load_sentences, random_tokens, tokenize
-from pipeline.timing import Protocol, latencies, summarize, throughput, warm_up
+from pipeline.timing import Protocol, latencies, throughput, warm_up
 
 
 def peak_rss_mb() -> float:
@@ -56,7 +57,8 @@ def gpu_peak_mb(device: str) -> float | None:
     return torch.cuda.max_memory_allocated() / 2**20
 
 
-def _open_engine(spec: dict[str, Any]) -> Any:
+def open_engine(spec: dict[str, Any]) -> Any:
+    """The target's engine: onnxruntime for an ONNX file, torch for TorchScript and the eager model."""
     from pipeline.engines import OrtEngine, TorchEngine
     from pipeline.model import ModelHandle, ModelSpec
 
@@ -84,17 +86,6 @@ def _grid_inputs(spec: dict[str, Any], batch: int, seq: int) -> Inputs:
         tokens = random_tokens(list(INPUTS), batch, seq, spec["vocab_size"], seed=batch * 1000 + seq, pad_fraction=0)
         return {**tokens, **CacheLayout(**spec["cache"]).empty(batch)}
     return random_tokens(spec["input_names"], batch, seq, spec["vocab_size"], seed=batch * 1000 + seq, pad_fraction=0)
-
-
-def measure_point(engine: Any, inputs: Inputs, protocol: Protocol, tokens: int) -> dict[str, Any]:
-    """Latency percentiles and measured throughput at one (batch, seq) point."""
-    call = engine.stage(inputs)
-    warm_up(call, engine.timer, protocol)
-    row = summarize(latencies(call, engine.timer, protocol), protocol.cv_threshold)
-    calls, seconds = throughput(call, engine.sync, protocol)
-    batch = next(iter(inputs.values())).shape[0]
-    row.update(throughput=calls * batch / seconds, tokens_per_s=calls * tokens / seconds, throughput_calls=calls)
-    return row
 
 
 def best_batch(engine: Any, spec: dict[str, Any], protocol: Protocol) -> dict[str, Any]:
@@ -178,43 +169,105 @@ def real_data(engine: Any, spec: dict[str, Any], protocol: Protocol) -> dict[str
     return out
 
 
-def run(spec: dict[str, Any]) -> dict[str, Any]:
-    """Benchmark one target as the spec says; returns rows in the report's ROW shape plus extras."""
+class Target:
+    """The worker's target: its engine, and the current point's staged inputs, warmed up once per point."""
+
+    def __init__(self, spec: dict[str, Any], engine: Any) -> None:
+        self.spec, self.engine = spec, engine
+        self.protocol = Protocol(**spec["protocol"])
+        self._point: tuple[int, int] | None = None
+        self._call: Callable[[], Any] | None = None
+
+    def block(self, batch: int, seq: int, protocol: Protocol) -> dict[str, Any]:
+        """Timed calls at one point: the round's warm-up and latencies, and back-to-back throughput
+        when the round asks for it; a new point is first staged and warmed up with the full protocol."""
+        engine = self.engine
+        if self._point != (batch, seq) or self._call is None:
+            self._call = None  # free the previous point's inputs before staging the next
+            self._call = engine.stage(_grid_inputs(self.spec, batch, seq))
+            self._point = (batch, seq)
+            warm_up(self._call, engine.timer, self.protocol)
+        warm_up(self._call, engine.timer, protocol)
+        out: dict[str, Any] = {"latencies_ms": latencies(self._call, engine.timer, protocol)}
+        if protocol.throughput_seconds > 0:
+            out["throughput_calls"], out["throughput_seconds"] = throughput(self._call, engine.sync, protocol)
+        out.update(peak_rss_mb=peak_rss_mb(), peak_gpu_mb=gpu_peak_mb(self.spec["device"]))
+        return out
+
+    def extras(self) -> dict[str, Any]:
+        """What is measured per target, not against the others: best batch, memory, generation, real data."""
+        spec, engine, protocol = self.spec, self.engine, self.protocol
+        self._call = self._point = None
+        out: dict[str, Any] = {}
+        if spec.get("best_batch"):
+            out["best_batch"] = best_batch(engine, spec, protocol)
+        # Peak memory of the model alone: the real-data run below loads a tokenizer (and with it torch).
+        out["peak_rss_mb"] = peak_rss_mb()
+        out["peak_gpu_mb"] = gpu_peak_mb(spec["device"])
+        if spec.get("generation"):
+            out["generation"] = generation_rows(engine.host_outputs, spec, protocol)
+        if spec.get("real_data") and spec.get("tokenizer_dir"):
+            out["real_data"] = real_data(engine, spec, protocol)
+            out["real_data"]["peak_rss_mb"] = peak_rss_mb()
+        return out
+
+
+def _reason(exc: BaseException) -> str:
+    return f"{type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc).strip() else ''}".rstrip(": ")
+
+
+def serve(spec: dict[str, Any], requests: IO[str], replies: IO[str],
+          open_engine: Callable[[dict[str, Any]], Any] = open_engine,
+          extras: Callable[[Any, dict[str, Any]], dict[str, Any]] | None = None) -> int:
+    """Load the target, say so, then answer requests (one JSON line each) until 'quit' or end of input.
+
+    ``block`` measures one point; ``extras`` measures the per-target extras (plus ``extras(engine,
+    spec)``, a caller's own). A request that fails is answered with its error, and the worker goes on.
+    """
+    def reply(message: dict[str, Any]) -> None:
+        replies.write(json.dumps(message) + "\n")
+        replies.flush()
+
     sys.path[:0] = [p for p in spec.get("sys_path", []) if p not in sys.path]
     threads = spec["threads"]
     if spec["format"] != "onnx":  # an ONNX target never imports torch, so its memory is its own
         import torch
 
         torch.set_num_threads(threads)
-    protocol = Protocol(**spec["protocol"])
     start = time.perf_counter()
-    engine = _open_engine(spec)
-    result: dict[str, Any] = {"target": spec["target"], "load_seconds": time.perf_counter() - start,
-                              "fingerprint": fingerprint(threads, spec["device"]), "rows": []}
-    for batch, seq in spec["grid"]:
-        row = measure_point(engine, _grid_inputs(spec, batch, seq), protocol, tokens=batch * seq)
-        row.update(batch=batch, seq=seq, peak_rss_mb=peak_rss_mb(), peak_gpu_mb=gpu_peak_mb(spec["device"]))
-        result["rows"].append(row)
-    if spec.get("best_batch"):
-        result["best_batch"] = best_batch(engine, spec, protocol)
-    # Peak memory of the model alone: the real-data run below loads a tokenizer (and with it torch).
-    result["peak_rss_mb"] = peak_rss_mb()
-    result["peak_gpu_mb"] = gpu_peak_mb(spec["device"])
-    if spec.get("generation"):
-        result["generation"] = generation_rows(engine.host_outputs, spec, protocol)
-    if spec.get("real_data") and spec.get("tokenizer_dir"):
-        result["real_data"] = real_data(engine, spec, protocol)
-        result["real_data"]["peak_rss_mb"] = peak_rss_mb()
-    return result
+    try:
+        target = Target(spec, open_engine(spec))
+    except Exception as exc:  # the orchestrator reports the target as failed, with this reason
+        reply({"error": _reason(exc)})
+        return 1
+    reply({"ready": True, "pid": os.getpid(), "load_seconds": time.perf_counter() - start,
+           "fingerprint": fingerprint(threads, spec["device"])})
+    for line in requests:
+        request = json.loads(line)
+        try:
+            if request["op"] == "quit":
+                break
+            if request["op"] == "block":
+                reply(target.block(request["batch"], request["seq"], Protocol(**request["protocol"])))
+            elif request["op"] == "extras":
+                reply({**target.extras(), **(extras(target.engine, spec) if extras else {})})
+            else:
+                reply({"error": f"unknown request {request['op']!r}"})
+        except Exception as exc:  # one failed request is the target's error, not the worker's end
+            reply({"error": _reason(exc)})
+    return 0
 
 
-def main(argv: list[str], run_spec: Callable[[dict[str, Any]], dict[str, Any]] = run) -> int:
-    """Read the spec, benchmark (with ``run_spec``), write the result JSON."""
+def main(argv: list[str], open_target: Callable[[dict[str, Any]], Any] = open_engine,
+         extras: Callable[[Any, dict[str, Any]], dict[str, Any]] | None = None) -> int:
+    """Read the spec, then serve requests on stdin with replies on the original stdout; anything a
+    library prints goes to stderr, so it can never corrupt a reply."""
     spec = json.loads(Path(argv[0]).read_text(encoding="utf-8"))
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
-    result = run_spec(spec)
-    Path(argv[1]).write_text(json.dumps(result, indent=1), encoding="utf-8")
-    return 0
+    replies = os.fdopen(os.dup(1), "w", encoding="utf-8")
+    os.dup2(2, 1)
+    sys.stdout = sys.stderr
+    return serve(spec, sys.stdin, replies, open_target, extras)
 
 
 if __name__ == "__main__":

@@ -8,7 +8,16 @@ from rich.console import Console
 from rich.table import Table
 
 from pipeline.results import Prepared, RunResult
-from pipeline.summary import generation_matches, generation_table, headline_point, size_text, summary_rows
+from pipeline.summary import (
+    generation_matches,
+    generation_table,
+    headline_point,
+    ratio_at,
+    ratio_notes,
+    size_text,
+    speedup_cell,
+    summary_rows,
+)
 
 console = Console(highlight=False, width=None if sys.stdout.isatty() else 160)
 
@@ -33,14 +42,16 @@ def print_summary(result: RunResult) -> None:
     at = f" b{point[0]} s{point[1]}" if point else ""
     table = Table(title=f"{result.prepared.recipe.name}: {len(result.prepared.steps)} steps{weights}")
     for column in ("artifact", "format", "precision", "size", "built", "parity", "max abs err", "min cosine",
-                   f"p50 ms{at}", "best samples/s", "vs eager"):
+                   f"p50 ms{at}", "best samples/s", f"vs eager{at} [95%]"):
         table.add_column(column, justify="left" if column in ("artifact", "format", "parity") else "right")
     for r in summary_rows(result):
         table.add_row(r["step"] + (" (shipped)" if r["shipped"] else ""), r["format"], r["precision"],
                       size_text(r["bytes"]), "cached" if r["cached"] else "built", r["verdict"],
                       _fmt(r["max_abs"], 2, "e"), _fmt(r["cos_min"], 6), _fmt(r["p50_ms"]),
-                      _fmt(r["best_throughput"], 1), f"{r['speedup']:.2f}x" if r["speedup"] else "-")
+                      _fmt(r["best_throughput"], 1), r["speedup_cell"])
     console.print(table)
+    if result.ship_note:
+        console.print(result.ship_note)
     if result.accuracy:
         parts = [f"eager {result.accuracy['eager']['accuracy']:.3f}"] + [
             f"{name} {s['accuracy']:.3f} (agrees {s['agreement']:.3f})"
@@ -89,11 +100,10 @@ def _fmt(value: float | None, digits: int = 2, kind: str = "f") -> str:
 def print_bench(result: RunResult) -> None:
     """Latency percentiles, spread and measured throughput of every target at every grid point."""
     bench = result.bench
-    eager = {(r["batch"], r["seq"]): r["p50_ms"] for r in bench.get("eager", {}).get("rows", [])}
     env = next((b["fingerprint"] for b in bench.values() if "fingerprint" in b), {})
     table = Table(title=f"{result.prepared.recipe.name}: latency (ms) and throughput, "
                         f"{env.get('threads')} threads on {env.get('cpu')}")
-    for column in ("target", "batch", "seq", "p50", "p90", "p99", "cv", "samples/s", "tokens/s", "vs eager",
+    for column in ("target", "batch", "seq", "p50", "p90", "p99", "cv", "samples/s", "tokens/s", "vs eager [95%]",
                    "peak RSS MB", ""):
         table.add_column(column, justify="left" if column in ("target", "") else "right")
     for target, res in bench.items():
@@ -101,13 +111,14 @@ def print_bench(result: RunResult) -> None:
             table.add_row(target, "-", "-", "-", "-", "-", "-", "-", "-", "-", "-", f"failed: {res['error']}")
             continue
         for row in res["rows"]:
-            base = eager.get((row["batch"], row["seq"]))
-            speedup = f"{base / row['p50_ms']:.2f}x" if base else "-"
+            speedup = speedup_cell(ratio_at(result, target, (row["batch"], row["seq"])))
             table.add_row(target, str(row["batch"]), str(row["seq"]), _fmt(row["p50_ms"]), _fmt(row["p90_ms"]),
                           _fmt(row["p99_ms"]), _fmt(row["cv"]), f"{row['throughput']:.1f}",
                           f"{row['tokens_per_s']:.0f}", speedup, f"{row['peak_rss_mb']:.0f}",
                           "UNSTABLE" if row.get("unstable") else "")
     console.print(table)
+    for line in ratio_notes(result):
+        console.print(line)
     if not any(res.get("best_batch") or res.get("real_data") for res in bench.values()):
         return
     extra = Table(title="best batch and real-data throughput (sentences/s, tokenize + run)")

@@ -3,7 +3,16 @@
 from __future__ import annotations
 
 from pipeline.results import RunResult
-from pipeline.summary import generation_matches, generation_table, headline_point, size_text, summary_rows
+from pipeline.summary import (
+    generation_matches,
+    generation_table,
+    headline_point,
+    ratio_at,
+    ratio_notes,
+    size_text,
+    speedup_cell,
+    summary_rows,
+)
 
 
 def _num(value: float | None, fmt: str) -> str:
@@ -23,9 +32,9 @@ def _summary(result: RunResult) -> list[str]:
         name = f"**{r['step']}** (shipped)" if r["shipped"] else r["step"]
         rows.append([name, r["format"], r["precision"], size_text(r["bytes"]), r["verdict"],
                      _num(r["max_abs"], ".2e"), _num(r["cos_min"], ".6f"), _num(r["p50_ms"], ".2f"),
-                     _num(r["best_throughput"], ".1f"), _num(r["speedup"], ".2f") + ("x" if r["speedup"] else "")])
+                     _num(r["best_throughput"], ".1f"), r["speedup_cell"]])
     header = ["artifact", "format", "precision", "size", "parity", "max abs err vs eager", "min cosine",
-              f"p50 ms ({at})", "best samples/s", f"speed-up over eager ({at})"]
+              f"p50 ms ({at})", "best samples/s", f"speed-up over eager ({at}) [95% interval]"]
     return _table(header, rows)
 
 
@@ -67,14 +76,16 @@ def _bench(result: RunResult) -> list[str]:
     rows = []
     for target, res in result.bench.items():
         if res.get("error"):
-            rows.append([target, "-", "-", "-", "-", "-", "-", "-", "-", f"failed: {res['error']}"])
+            rows.append([target, "-", "-", "-", "-", "-", "-", "-", "-", "-", f"failed: {res['error']}"])
         for r in res.get("rows", []):
             rows.append([target, str(r["batch"]), str(r["seq"]), f"{r['p50_ms']:.2f}", f"{r['p90_ms']:.2f}",
-                         f"{r['p99_ms']:.2f}", f"{r['cv']:.3f}", f"{r['throughput']:.1f}", f"{r['peak_rss_mb']:.0f}",
+                         f"{r['p99_ms']:.2f}", f"{r['cv']:.3f}", f"{r['throughput']:.1f}",
+                         speedup_cell(ratio_at(result, target, (r["batch"], r["seq"]))), f"{r['peak_rss_mb']:.0f}",
                          "unstable" if r.get("unstable") else ""])
     lines = ["## Latency and throughput", "",
-             *_table(["target", "batch", "seq", "p50 ms", "p90 ms", "p99 ms", "CV", "samples/s", "peak RSS MB",
-                      "flag"], rows), ""]
+             *_table(["target", "batch", "seq", "p50 ms", "p90 ms", "p99 ms", "CV", "samples/s",
+                      "vs eager [95% interval]", "peak RSS MB", "flag"], rows), "",
+             *[f"- {line}" for line in ratio_notes(result)], ""]
     extra = []
     for target, res in result.bench.items():
         best, real = res.get("best_batch") or {}, res.get("real_data") or {}
@@ -133,6 +144,7 @@ def markdown(result: RunResult) -> str:
              + ".", "",
              f"Shipped: **{result.shipped}** (bundle `ship/`)." if result.shipped
              else "**Nothing shipped: no artifact the recipe may ship passed the parity gate.**", "",
+             *([result.ship_note, ""] if result.ship_note else []),
              *_summary(result), ""]
     plots = ["latency_vs_batch", "throughput_vs_seq", "speedup", "parity_error", "memory"]
     if result.bench:

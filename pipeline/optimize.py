@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Any, Literal
+from typing import Literal
 
 from pipeline.artifact import Artifact, Format, canonical_json, load_cached, read_json, sha256_text
 from pipeline.bench import benchmark
@@ -28,6 +28,7 @@ from pipeline.report import write_reports
 from pipeline.results import Prepared, RunResult
 from pipeline.runtime import Runner
 from pipeline.ship import build_bundle
+from pipeline.ship_rule import choose_shipped, may_ship
 from pipeline.summary import worst
 from pipeline.verify import Parity, blame, check, labels_of, measure_accuracy, run_cases, verify_all
 
@@ -80,32 +81,6 @@ def _warn_on_weak_grid(recipe: Recipe, handle: ModelHandle) -> None:
                     "could go unnoticed", sorted(seqs & sizes))
     if recipe.verify.shapes and min(batch for batch, _ in recipe.verify.shapes) > 1:
         log.warning("verify.shapes: no shape at batch 1")
-
-
-def _allowed(parity: dict[str, Parity], name: str) -> bool:
-    verdict = parity.get(name)
-    return verdict is not None and (verdict.passed or verdict.exempt)
-
-
-def choose_shipped(prepared: Prepared, parity: dict[str, Parity], bench: dict[str, dict[str, Any]]) -> str | None:
-    """The step to ship, among those that pass the gate (or are exempt); None when none may ship.
-
-    ``ship.step`` names it; ``ship.fastest_at: [batch, seq]`` takes the lowest p50 there; otherwise
-    the last step of the chain that passes.
-    """
-    spec = prepared.recipe.ship
-    if spec.step:
-        return spec.step if _allowed(parity, spec.step) else None
-    allowed = [s.name for s in prepared.steps if _allowed(parity, s.name)]
-    if spec.fastest_at is not None:
-        point = tuple(spec.fastest_at)
-        timed = {name: row["p50_ms"] for name in allowed for row in bench.get(name, {}).get("rows", [])
-                 if (row["batch"], row["seq"]) == point}
-        if timed:
-            return min(timed, key=timed.__getitem__)
-        if allowed:
-            log.warning("ship.fastest_at %s: no benchmark at that point; shipping the last passing step", point)
-    return allowed[-1] if allowed else None
 
 
 def make_gate(prepared: Prepared, step: str, cases: list[Case]) -> Gate:
@@ -191,8 +166,11 @@ def _run_claimed(prepared: Prepared, build: bool, bench: BenchMode) -> RunResult
                        measure_accuracy(prepared, cases, outputs), rebuilt=[item.step.name for item in rebuilt])
     # Benchmarks come after verification and before the choice: the fastest passing step may ship.
     if bench != "skip" and recipe.bench.enabled:
-        result.bench = benchmark(prepared, artifacts, force=bench == "force", measure=bench != "reuse")
-    result.shipped = choose_shipped(prepared, parity, result.bench)
+        measured = benchmark(prepared, artifacts, force=bench == "force", measure=bench != "reuse")
+        result.bench, result.ratios = measured.results, measured.ratios
+    result.shipped, result.ship_note = choose_shipped(prepared, parity, result.bench, result.ratios)
+    if result.ship_note:
+        log.info("%s", result.ship_note)
     if result.shipped is not None:
         result.bundle = build_bundle(result)
     write_reports(result)
@@ -212,5 +190,5 @@ def _suspect_steps(prepared: Prepared, parity: dict[str, Parity], cached: dict[s
                    passed_before: dict[str, str]) -> list[PlannedStep]:
     """Cached steps that fail their gate now, where the last report shows the same key passing."""
     return [item for item in prepared.planned
-            if cached.get(item.step.name) and not _allowed(parity, item.step.name)
+            if cached.get(item.step.name) and not may_ship(parity, item.step.name)
             and passed_before.get(item.step.name) == item.key]

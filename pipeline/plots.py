@@ -88,9 +88,13 @@ def speedup(result: RunResult, path: Path) -> None:
     fig, ax = plt.subplots(figsize=(9, 0.5 * len(rows) + 1.8))
     ys = range(len(rows))
     latency = [r["speedup"] or 0 for r in rows]
+    spans = [r["speedup_ci95"] or [r["speedup"] or 0] * 2 for r in rows]
+    errors = [[max(0.0, v - lo) for v, (lo, _) in zip(latency, spans, strict=True)],
+              [max(0.0, hi - v) for v, (_, hi) in zip(latency, spans, strict=True)]]
     best = [(r["best_throughput"] / eager_best) if eager_best and r["best_throughput"] else 0 for r in rows]
-    ax.barh([y + 0.2 for y in ys], latency, height=0.4, label=f"p50 latency at batch {point[0]}, seq {point[1]}"
-            if point else "p50 latency")
+    ax.barh([y + 0.2 for y in ys], latency, height=0.4, xerr=errors, capsize=3,
+            label=(f"latency at batch {point[0]}, seq {point[1]}: median of interleaved rounds, 95% interval"
+                   if point else "latency, interleaved rounds, 95% interval"))
     ax.barh([y - 0.2 for y in ys], best, height=0.4, label="best throughput (any batch)")
     ax.axvline(1.0, color="black", linewidth=1)
     ax.set_yticks(list(ys), [f"{r['step']} ({r['verdict']})" for r in rows])

@@ -26,6 +26,9 @@ DEFAULT_OUTPUTS = {"feature-extraction": ["last_hidden_state"], "text-classifica
                    "text-generation": ["logits"]}
 
 
+RESERVED_NAMES = ("eager", "ratios")  # the baseline target, and bench/ratios.json
+
+
 class Recipe(Strict):
     """A whole recipe: the model, the task, the chain of passes, and what to check and ship."""
 
@@ -253,8 +256,9 @@ def build_steps(recipe: Recipe) -> list[Step]:
         except ValidationError as exc:
             raise RecipeError(format_validation_error(exc, pass_cls.Config, (f"passes[{i}]", pass_name))) from None
         name = config.name or pass_name
-        if not NAME_RE.match(name) or name == "eager":
-            raise RecipeError(f"{where}.{pass_name}.name: {name!r} is not a valid step name")
+        if not NAME_RE.match(name) or name in RESERVED_NAMES:
+            raise RecipeError(f"{where}.{pass_name}.name: {name!r} is not a valid step name"
+                              + (" (reserved)" if name in RESERVED_NAMES else ""))
         if name in produced:
             raise RecipeError(f"{where}.{pass_name}: a step named {name!r} comes earlier; give this one a name")
         source = config.from_ or (steps[-1].name if steps else "eager")

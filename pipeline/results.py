@@ -36,5 +36,7 @@ class RunResult:
     blame: dict[str, Any] | None = None
     accuracy: dict[str, Any] = field(default_factory=dict)
     bench: dict[str, dict[str, Any]] = field(default_factory=dict)
+    ratios: list[dict[str, Any]] = field(default_factory=list)  # interleaved, over eager (pipeline.rounds)
+    ship_note: str | None = None  # why the ship rule picked what it did, when it was not plain
     bundle: Path | None = None
     rebuilt: list[str] = field(default_factory=list)  # cached steps rebuilt because they failed where they passed

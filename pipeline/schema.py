@@ -174,6 +174,20 @@ class BenchSpec(Strict):
                                                                 "is flagged unstable.")
     rerun_tolerance: float = Field(default=0.10, gt=0, description="p50 change from the previous run above "
                                                                    "which a point is flagged unstable.")
+    rounds: int = Field(default=6, ge=2, le=1000,
+                        description="Interleaved rounds per grid point: each round measures every target once, in "
+                                    "an order rotated each round; ratios over eager are taken within a round.")
+    pause_seconds: float = Field(default=0.1, ge=0, le=60, description="Pause before each target's turn in a "
+                                                                       "round, so spinning thread pools park.")
+    max_steal: float = Field(default=0.05, ge=0, le=1, description="CPU steal (share of all CPU time) above which "
+                                                                   "a round is dropped and run again.")
+    max_others_cpu: float = Field(default=0.15, ge=0, le=1,
+                                  description="Share of the cores other processes may use during a round before it "
+                                              "is dropped and run again.")
+    redo_rounds: int = Field(default=3, ge=0, le=1000, description="Extra rounds a point may run, at most, to "
+                                                                   "replace dropped ones.")
+    interval_tolerance: float = Field(default=0.10, gt=0, description="A ratio whose 95% interval is wider than "
+                                                                      "this share of it either side is flagged.")
     best_batch: BestBatchSpec | None = Field(default_factory=BestBatchSpec,
                                              description="Best batch size search (null: skip).")
     real_data: RealDataSpec | None = Field(

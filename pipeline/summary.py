@@ -39,6 +39,35 @@ def _p50(bench: dict[str, Any] | None, point: tuple[int, int] | None) -> float |
     return None
 
 
+def ratio_at(result: RunResult, name: str, point: tuple[int, int] | None) -> dict[str, Any] | None:
+    """The interleaved ratio of ``name`` over eager at ``point`` (None when not measured)."""
+    return next((e for e in result.ratios if e["target"] == name and (e["batch"], e["seq"]) == point), None)
+
+
+def speedup_cell(entry: dict[str, Any] | None) -> str:
+    """'1.92x [1.85, 2.01]' for a table cell, with a '?' when the interval is flagged; '-' when absent."""
+    if entry is None:
+        return "-"
+    low, high = entry["ci95"]
+    return f"{entry['ratio']:.2f}x [{low:.2f}, {high:.2f}]" + ("?" if entry.get("unstable") else "")
+
+
+def ratio_notes(result: RunResult) -> list[str]:
+    """How the ratios were measured, how many rounds noise cost, and why each flagged one is flagged."""
+    if not result.ratios:
+        return []
+    points = {(e["batch"], e["seq"]): e for e in result.ratios}
+    dropped = sum(e["dropped"] for e in points.values())
+    steal = max(e["steal_max"] for e in points.values())
+    others = max(e["others_cpu_max"] for e in points.values())
+    lines = [f"vs eager: the median over interleaved rounds of eager's median latency over the target's in the "
+             f"same round, with a 95% bootstrap interval; {dropped} round(s) dropped for noise over "
+             f"{len(points)} points (steal up to {steal:.0%}, other processes up to {others:.0%} of the cores)"]
+    lines += [f"? {e['target']} b{e['batch']} s{e['seq']}: {'; '.join(e.get('reasons', []))}"
+              for e in result.ratios if e.get("unstable")]
+    return lines
+
+
 def best_throughput(bench: dict[str, Any] | None) -> float | None:
     """Highest samples/s seen: the best-batch search or any grid point."""
     if not bench:
@@ -58,21 +87,23 @@ def verdict(result: RunResult, name: str) -> str:
 
 
 def summary_rows(result: RunResult) -> list[dict[str, Any]]:
-    """The summary table: artifact, format, precision, size, verdict, error, p50, throughput, speed-up."""
+    """The summary table: artifact, format, precision, size, verdict, error, p50, throughput, and the
+    interleaved speed-up over eager with its 95% interval."""
     point = headline_point(result)
-    eager_p50 = _p50(result.bench.get("eager"), point)
     rows = []
     for step in result.prepared.steps:
         art = result.artifacts[step.name]
         parity = result.parity.get(step.name)
         metrics = parity.metrics if parity else {}
         p50 = _p50(result.bench.get(step.name), point)
+        ratio = ratio_at(result, step.name, point)
         rows.append({
             "step": step.folder, "name": step.name, "format": art.format.value, "precision": art.precision,
             "bytes": art.stats.get("bytes"), "verdict": verdict(result, step.name),
             "max_abs": worst(metrics, "max_abs", max), "cos_min": worst(metrics, "cos_min", min),
             "p50_ms": p50, "best_throughput": best_throughput(result.bench.get(step.name)),
-            "speedup": eager_p50 / p50 if eager_p50 and p50 else None,
+            "speedup": ratio["ratio"] if ratio else None, "speedup_ci95": ratio["ci95"] if ratio else None,
+            "speedup_cell": speedup_cell(ratio),
             "shipped": step.name == result.shipped, "cached": result.cached.get(step.name, False),
         })
     return rows

@@ -18,7 +18,8 @@ from pipeline.runtime import onnx_session
 ROW = {"batch", "seq", "p50_ms", "p90_ms", "p99_ms", "mean_ms", "cv", "throughput", "peak_rss_mb"}
 FAST = ["--set", "bench.min_seconds=0.05", "--set", "bench.min_repeats=5", "--set", "bench.throughput_seconds=0.05",
         "--set", "bench.warmup_seconds=0.01", "--set", "bench.best_batch.max_batch=4",
-        "--set", "bench.best_batch.seq=16", "--set", "bench.real_data.max_length=32"]
+        "--set", "bench.best_batch.seq=16", "--set", "bench.real_data.max_length=32", "--set", "bench.rounds=3",
+        "--set", "bench.pause_seconds=0.01"]
 
 
 @pytest.fixture

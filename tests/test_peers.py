@@ -17,16 +17,18 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from benchmarks.peer_report import finite, markdown, write  # noqa: E402
+from benchmarks.peer_report import against, finite, markdown, write  # noqa: E402
 from benchmarks.peer_table import Target, best, p50_at, ratio, table_rows, worst  # noqa: E402
 
 POINT = (1, 128)
+DRIFT = (1.0, 1.1, 1.25, 1.1, 0.95, 1.0)  # every target's rounds: the machine slowed, then recovered
 
 
 def bench(p50_b1: float, p50_b8: float, best_batch: int, best_throughput: float) -> dict[str, Any]:
     """A worker result with two grid points and a best-batch search."""
     rows = [{"batch": b, "seq": 128, "p50_ms": p, "p90_ms": p * 1.1, "p99_ms": p * 1.2, "cv": 0.02,
-             "throughput": b * 1000 / p, "peak_rss_mb": 400.0} for b, p in ((1, p50_b1), (8, p50_b8))]
+             "throughput": b * 1000 / p, "peak_rss_mb": 400.0, "round_p50_ms": [p * f for f in DRIFT]}
+            for b, p in ((1, p50_b1), (8, p50_b8))]
     return {"rows": rows, "best_batch": {"seq": 128, "batch": best_batch, "throughput": best_throughput,
                                          "stopped_by": "plateau", "curve": []}}
 
@@ -81,6 +83,17 @@ def test_rows_carry_speedups_and_shipped_ratios(targets: list[Target]) -> None:
     assert failed["error"] == "ValueError: could not optimize"
 
 
+def test_a_peer_that_drifts_apart_from_the_shipped_one_gets_a_wide_interval(targets: list[Target]) -> None:
+    jittery = Target("jittery", "onnxruntime", "onnx", parity=parity(3e-6, 1.0), bench=bench(10.0, 80.0, 16, 100.0))
+    row = jittery.bench["rows"][0]
+    row["round_p50_ms"] = [p * j for p, j in zip(row["round_p50_ms"], (0.8, 1.2, 0.9, 1.3, 0.85, 1.1), strict=True)]
+    rows = {r["name"]: r for r in table_rows([*targets, jittery], POINT)}
+    low, high = rows["jittery"]["shipped_latency_ci95"]
+    assert low < 1.0 < high and low <= rows["jittery"]["shipped_latency_ratio"] <= high
+    assert against(rows["jittery"]).startswith("not told apart (")
+    assert against(rows["optimum-O2"]) == "faster by 1.25x [1.25, 1.25]"
+
+
 def test_rows_without_eager_or_shipped_leave_ratios_empty(targets: list[Target]) -> None:
     rows = table_rows([t for t in targets if t.name not in ("eager", "02_onnx_export")], POINT)
     assert all(r["speedup_vs_eager"] is None and r["shipped_latency_ratio"] is None for r in rows)
@@ -102,11 +115,13 @@ def test_markdown_has_the_table_the_failures_and_the_environment(targets: list[T
     header = next(line for line in lines if line.startswith("| target | made by"))
     assert "p50 ms (b1 s128)" in header and "shipped faster by" in header
     row = next(line for line in lines if line.startswith("| **02_onnx_export** (shipped)"))
-    assert "| 10.00 |" in row and "| 2.00x |" in row and "| 1.00x | 1.00x |" in row
+    assert "| 10.00 |" in row and "| 2.00x [2.00, 2.00] |" in row and "| shipped | 1.00x |" in row
     o2 = next(line for line in lines if line.startswith("| optimum-O2"))
-    assert "† 40%" in o2 and "| 1.25x | 1.25x |" in o2
-    assert "This project ships **02_onnx_export** (the recipe's ship rule: the passing artifact with the lowest " \
-           "p50 at b1 s128)" in text
+    assert "† 40%" in o2 and "| faster by 1.25x [1.25, 1.25] | 1.25x |" in o2
+    quantized = next(line for line in lines if line.startswith("| ort-quantize_dynamic"))
+    assert "| slower by 2.00x [2.00, 2.00] |" in quantized
+    assert "This project ships **02_onnx_export** (the recipe's ship rule: the passing artifact fastest over eager " \
+           "at b1 s128 when its 95% interval separates it from the next" in text
     assert "Fastest at b1 s128, passing the project's gate: **02_onnx_export** (10.00 ms). Fastest at b1 s128, " \
            "overall: **ort-quantize_dynamic** (5.00 ms, fails the gate with min cosine 0.7500)." in text
     assert "- **optimum-O3**: ValueError: could not optimize" in text

@@ -45,8 +45,9 @@ test-fast: setup
 lint: setup
 	$(PY) -m ruff check pipeline passes tests benchmarks
 
-# This project's artifacts against Optimum, onnxruntime's own tools, eager PyTorch and torch.compile, each
-# benchmarked in its own process with the project's protocol (about 10-15 minutes on 2 cores; not part of `make test`).
+# This project's artifacts against Optimum, onnxruntime's own tools, eager PyTorch and torch.compile, each in
+# its own process, all measured in the project's interleaved rounds (about 10-15 minutes on 2 cores; not part
+# of `make test`).
 # Writes benchmarks/results/<recipe>-<date>.md, .json and .png.
 peers: setup optimum-env
 	$(PY) benchmarks/peers.py recipes/$(RECIPE).yaml $(ARGS)

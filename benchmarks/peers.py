@@ -6,7 +6,8 @@ In one run, for the recipe's model: this project's artifacts (the recipe is run 
 artifacts are reused), eager PyTorch, ``torch.compile``, Optimum's export, O1/O2/O3 and dynamic
 int8 (in ``.venv-optimum``), and onnxruntime's own ``optimize_model`` and ``quantize_dynamic``
 with their defaults. Every target is checked against eager with the project's parity metrics and
-benchmarked in its own process by the project's worker, with the recipe's protocol and threads.
+benchmarked in its own process by the project's worker, all of them in one session of interleaved
+rounds (ratios within a round, with 95% intervals), with the recipe's protocol and threads.
 Writes ``benchmarks/results/<recipe>-<date>.md``, ``.json`` and ``.png``.
 """
 

@@ -1,6 +1,7 @@
-"""Other processes on the cores: wait for them to leave before a benchmark, and measure their share
-during one. On 2 cores, one other busy process running its own thread pool slowed an eager call from
-20 ms to 900 ms (both pools spinning on the same cores), so a peers table is only as good as this."""
+"""Other processes on the cores: wait for them to leave before the peers' benchmark session, and
+measure their share during it (each round of the session also measures its own, pipeline.noise).
+On 2 cores, one other busy process running its own thread pool slowed an eager call from 20 ms to
+900 ms (both pools spinning on the same cores), so a peers table is only as good as this."""
 
 from __future__ import annotations
 
@@ -11,16 +12,17 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 
+from pipeline.noise import system_ticks
+
 log = logging.getLogger("benchmarks.peers")
 
 
 def cpu_times() -> tuple[float, float]:
-    """(busy, total) seconds summed over every core since boot, from /proc/stat."""
-    with open("/proc/stat", encoding="ascii") as handle:
-        values = [int(v) for v in handle.readline().split()[1:9]]  # user nice system idle iowait irq softirq steal
+    """(busy, total) seconds summed over every core since boot, from /proc/stat (steal counts as busy:
+    the cores were not ours)."""
+    busy, steal, total = system_ticks()
     hz = os.sysconf("SC_CLK_TCK")
-    idle = values[3] + values[4]
-    return (sum(values) - idle) / hz, sum(values) / hz
+    return (busy + steal) / hz, total / hz
 
 
 def own_cpu() -> float:

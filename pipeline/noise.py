@@ -39,7 +39,7 @@ class Disturbance:
         return "; ".join(reasons) or None
 
 
-def _system_ticks() -> tuple[int, int, int]:
+def system_ticks() -> tuple[int, int, int]:
     """(busy, steal, total) ticks over every core since boot, from the first line of /proc/stat."""
     with open("/proc/stat", encoding="ascii") as handle:
         # user nice system idle iowait irq softirq steal (guest time is already inside user)
@@ -62,7 +62,7 @@ def process_ticks(pid: int) -> int:
 
 def sample(pids: Iterable[int]) -> CpuSample:
     """The CPU counters now, with ``pids`` (the benchmark's own processes) as the watched ones."""
-    busy, steal, total = _system_ticks()
+    busy, steal, total = system_ticks()
     return CpuSample(busy, steal, total, sum(process_ticks(pid) for pid in pids))
 
 

@@ -31,7 +31,7 @@ def _finite(value: Any) -> Any:
 
 ROW_KEYS = ("batch", "seq", "p50_ms", "p90_ms", "p99_ms", "mean_ms", "std_ms", "min_ms", "cv", "unstable",
             "unstable_reasons", "p50_change_from_previous", "repeats", "throughput", "tokens_per_s", "peak_rss_mb",
-            "peak_gpu_mb")
+            "peak_gpu_mb", "rounds", "round_p50_ms")
 
 
 def _bench_fields(bench: dict[str, Any] | None) -> dict[str, Any]:

@@ -43,8 +43,8 @@ class Measurer(Protocol):
 class RoundPlan:
     """How many rounds a point gets, what each target measures in one, and what counts as disturbed."""
 
-    rounds: int = 6
-    pause_seconds: float = 0.1
+    rounds: int = 8
+    pause_seconds: float = 0.05
     max_steal: float = 0.05
     max_others: float = 0.15
     max_redo: int = 3

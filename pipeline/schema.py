@@ -174,10 +174,10 @@ class BenchSpec(Strict):
                                                                 "is flagged unstable.")
     rerun_tolerance: float = Field(default=0.10, gt=0, description="p50 change from the previous run above "
                                                                    "which a point is flagged unstable.")
-    rounds: int = Field(default=6, ge=2, le=1000,
+    rounds: int = Field(default=8, ge=2, le=1000,
                         description="Interleaved rounds per grid point: each round measures every target once, in "
                                     "an order rotated each round; ratios over eager are taken within a round.")
-    pause_seconds: float = Field(default=0.1, ge=0, le=60, description="Pause before each target's turn in a "
+    pause_seconds: float = Field(default=0.05, ge=0, le=60, description="Pause before each target's turn in a "
                                                                        "round, so spinning thread pools park.")
     max_steal: float = Field(default=0.05, ge=0, le=1, description="CPU steal (share of all CPU time) above which "
                                                                    "a round is dropped and run again.")

@@ -274,13 +274,15 @@ def parity_summary(parity: Parity | None) -> dict[str, Any] | None:
 
 
 def bench_summary(result: RunResult, name: str) -> dict[str, Any] | None:
-    """The step's benchmark, when the run measured it: DESIGN.md's rows, best batch, real data, machine."""
+    """The step's benchmark, when the run measured it: DESIGN.md's rows, its interleaved ratios over
+    eager, best batch, real data, machine."""
     bench = getattr(result, "bench", None) or {}
     measured = bench.get(name) if isinstance(bench, dict) else None
     if not isinstance(measured, dict):
         return None
     summary = {key: measured[key] for key in BENCH_KEYS if measured.get(key) is not None}
     summary["rows"] = [{key: row[key] for key in ROW_KEYS if key in row} for row in measured.get("rows", [])]
+    summary["ratios"] = [entry for entry in getattr(result, "ratios", []) if entry.get("target") == name]
     if isinstance(summary.get("best_batch"), dict):
         summary["best_batch"] = {k: v for k, v in summary["best_batch"].items() if k != "curve"}
     return summary

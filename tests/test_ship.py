@@ -118,9 +118,12 @@ def test_manifest_summarises_the_benchmark(onnx_run: RunResult, tmp_path: Path) 
     measured = {"rows": [row], "best_batch": {"batch": 8, "throughput": 900.0, "curve": [{"batch": 1}] * 9},
                 "real_data": {"sentences": 64}, "fingerprint": {"cpu": "x"}, "load_seconds": 0.3}
     result = dataclasses.replace(onnx_run, prepared=dataclasses.replace(onnx_run.prepared, out_dir=tmp_path),
-                                 bench={onnx_run.shipped: measured})
+                                 bench={onnx_run.shipped: measured},
+                                 ratios=[{"target": onnx_run.shipped, "ratio": 2.0, "ci95": [1.9, 2.1]},
+                                         {"target": "other", "ratio": 3.0, "ci95": [2.9, 3.1]}])
     bench = manifest_of(build_bundle(result))["bench"]
     assert bench["rows"] == [{k: v for k, v in row.items() if k != "samples_ms"}]
+    assert bench["ratios"] == [{"target": onnx_run.shipped, "ratio": 2.0, "ci95": [1.9, 2.1]}]
     assert bench["best_batch"] == {"batch": 8, "throughput": 900.0}
     assert bench["real_data"] == {"sentences": 64} and bench["fingerprint"] == {"cpu": "x"}
     assert "load_seconds" not in bench

@@ -42,6 +42,7 @@ class Settings:
     quick: bool = False
     quiet_threshold: float = 0.10  # share of the cores other processes may use before a target waits
     quiet_wait: float = 120.0  # seconds a target waits at most for them
+    point: tuple[int, int] = (1, 128)  # the headline point: measured in bench.headline_rounds
 
 
 def parity_json(parity: Any) -> dict[str, Any]:

@@ -84,14 +84,16 @@ def measure(result: RunResult, targets: list[Target], settings: Settings, timeou
     gc.collect()  # close this process's sessions: their spinning threads must not share the cores with a worker
     time.sleep(2)
     runnable = [t for t in targets if t.error is None]
-    bench = recipe.bench.model_copy(update={**QUICK, "rounds": 3}) if settings.quick else recipe.bench
-    grid = [(b, s) for b in settings.batches for s in settings.seqs]
+    quick = {**QUICK, "rounds": 3, "headline_rounds": 3}
+    bench = recipe.bench.model_copy(update=quick) if settings.quick else recipe.bench
+    plans = {(b, s): round_plan(bench, recipe.device, bench.headline_rounds if (b, s) == settings.point else None)
+             for b in settings.batches for s in settings.seqs}
     load: dict[str, float] = {"others_cpu_share_before": wait_for_quiet(settings.quiet_threshold, settings.quiet_wait)}
     with tempfile.TemporaryDirectory(prefix="peers-") as scratch:
         launches = [launch(prepared, t, cases, settings, Path(scratch)) for t in runnable]
         log.info("bench: %d targets in interleaved rounds, each in its own process", len(launches))
         with contention(load):
-            session = measure_session(launches, grid, round_plan(bench, recipe.device), timeout)
+            session = measure_session(launches, plans, timeout)
         for t in runnable:
             t.bench = session.results.get(t.name)
             t.stats.update(load)

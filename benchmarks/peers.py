@@ -133,7 +133,7 @@ def make_settings(args: argparse.Namespace, result: RunResult) -> tuple[Settings
     point: Point = tuple(args.point) if args.point else fastest or (1, 128)  # type: ignore[assignment]
     settings = Settings(tuple(sorted({*args.batches, point[0]})), tuple(sorted({*args.seqs, point[1]})),
                         args.best_seq, args.max_batch, args.real_data, args.quick, args.quiet_threshold,
-                        args.quiet_wait)
+                        args.quiet_wait, point)
     return settings, point
 
 

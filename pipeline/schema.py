@@ -177,6 +177,9 @@ class BenchSpec(Strict):
     rounds: int = Field(default=8, ge=2, le=1000,
                         description="Interleaved rounds per grid point: each round measures every target once, in "
                                     "an order rotated each round; ratios over eager are taken within a round.")
+    headline_rounds: int = Field(default=24, ge=2, le=1000,
+                                 description="Interleaved rounds at the ship point (ship.fastest_at), where the ship "
+                                             "rule compares intervals: more rounds of shorter blocks narrow them.")
     pause_seconds: float = Field(default=0.05, ge=0, le=60, description="Pause before each target's turn in a "
                                                                        "round, so spinning thread pools park.")
     max_steal: float = Field(default=0.05, ge=0, le=1, description="CPU steal (share of all CPU time) above which "

@@ -9,11 +9,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from pipeline.bench import round_plans
 from pipeline.cli import main
 from pipeline.engines import OrtEngine, TorchEngine
 from pipeline.errors import DeviceError
 from pipeline.inputs import random_tokens
 from pipeline.runtime import onnx_session
+from pipeline.schema import BenchSpec
 
 ROW = {"batch", "seq", "p50_ms", "p90_ms", "p99_ms", "mean_ms", "cv", "throughput", "peak_rss_mb"}
 FAST = ["--set", "bench.min_seconds=0.05", "--set", "bench.min_repeats=5", "--set", "bench.throughput_seconds=0.05",
@@ -113,3 +115,13 @@ def test_pad_batch_matches_the_tokenizer_padding_to_the_longest(tiny_ctx) -> Non
     theirs = tokenize(tokenizer, texts, names)
     for name in names:
         assert np.array_equal(ours[name], theirs[name]), name
+
+
+def test_the_ship_point_gets_the_headline_rounds_and_the_protocol_is_shared_out_over_them() -> None:
+    spec = BenchSpec(batches=[1, 8], seqs=[16, 128], rounds=8, headline_rounds=24, min_repeats=48, min_seconds=2.4)
+    plans = round_plans(spec, "cpu", headline=(1, 128))
+    assert list(plans) == [(1, 16), (1, 128), (8, 16), (8, 128)]
+    assert {point: plan.rounds for point, plan in plans.items()} == {(1, 16): 8, (1, 128): 24, (8, 16): 8, (8, 128): 8}
+    assert plans[(1, 128)].block["min_repeats"] == 2 and plans[(1, 16)].block["min_repeats"] == 6
+    assert plans[(1, 128)].block["min_seconds"] == pytest.approx(0.1)
+    assert all(plan.rounds == 8 for plan in round_plans(spec, "cpu", headline=None).values())

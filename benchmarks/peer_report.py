@@ -201,7 +201,8 @@ def markdown(targets: list[Target], meta: dict[str, Any]) -> str:
              *leaders(targets, point),
              *summary(targets, point, meta.get("busy_threshold", 0.10)), "",
              f"Every target was measured in the same interleaved rounds at each point ({meta.get('rounds', '?')} "
-             "rounds, the order rotated each round, a pause before each turn); a ratio is taken within a round and "
+             f"rounds; {meta.get('headline_rounds', meta.get('rounds', '?'))} at {at(point)}; the order rotated each "
+             "round, a pause before each turn); a ratio is taken within a round and "
              "summarized as the median over rounds with a 95% bootstrap interval in brackets. Speed-up over eager: "
              f"eager's latency over the target's at {at(point)}. *Shipped against it*: the target's latency over "
              "the shipped artifact's (faster by, slower by, or not told apart when the interval holds 1.00x); "

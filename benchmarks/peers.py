@@ -181,6 +181,7 @@ def main(argv: list[str] | None = None) -> int:
             "fingerprint": fp or fingerprint(recipe.bench.threads, recipe.device),
             "versions": library_versions(), "optimum_versions": optimum_versions, "git": git_state(),
             "notes": notes, "drift": drift, "ratios": ratios, "rounds": recipe.bench.rounds,
+            "headline_rounds": recipe.bench.headline_rounds,
             "settings": settings_meta(settings, point, result, timeout),
             "timings": timings, "plot": f"{md_path.stem}.png", "busy_threshold": settings.quiet_threshold,
             "command": shlex.join(["python", "benchmarks/peers.py", *(sys.argv[1:] if argv is None else argv)])}

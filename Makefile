@@ -44,6 +44,7 @@ test-fast: setup
 
 lint: setup
 	$(PY) -m ruff check pipeline passes tests benchmarks
+	$(PY) -m mypy
 
 # This project's artifacts against Optimum, onnxruntime's own tools, eager PyTorch and torch.compile, each in
 # its own process, all measured in the project's interleaved rounds (about 10-15 minutes on 2 cores; not part

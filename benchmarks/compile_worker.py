@@ -2,11 +2,11 @@
 
     python -m benchmarks.compile_worker SPEC.json      (from the repository root)
 
-The spec is the one ``pipeline.bench.worker_spec`` writes for the eager target, plus optional
+The spec is the one ``pipeline.bench.orchestrate.worker_spec`` writes for the eager target, plus optional
 ``compile`` (keyword arguments of ``torch.compile``; default: inductor), ``parity_inputs`` (an
 .npz of ``<case>/<input>`` arrays) and ``parity_outputs`` (where the compiled model's outputs on
 them are saved, as ``<case>/<output>``). It serves the interleaved rounds through
-``pipeline.bench_worker.main`` itself, with an engine opener that compiles the module, so the blocks,
+``pipeline.bench.worker.main`` itself, with an engine opener that compiles the module, so the blocks,
 warm-up, best-batch search and memory readings are exactly the project's. Compilation happens on the
 first call, which is timed on its own (``compile_seconds``) and never counted as a latency.
 """
@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from pipeline import bench_worker
+from pipeline.bench import worker as bench_worker
 
 STATE: dict[str, Any] = {}
 
@@ -29,8 +29,9 @@ def open_compiled(spec: dict[str, Any]) -> Any:
     """A TorchEngine over ``torch.compile(eager module)``, compiled by one call at the first grid point."""
     import torch
 
-    from pipeline.engines import TorchEngine
-    from pipeline.model import ModelHandle, ModelSpec
+    from pipeline.model.loading import ModelHandle
+    from pipeline.model.spec import ModelSpec
+    from pipeline.runtime.engines import TorchEngine
 
     handle = ModelHandle(ModelSpec(**spec["model"]), spec["task"], spec["input_names"], spec["output_names"],
                          Path(spec["base_dir"]))
@@ -39,7 +40,7 @@ def open_compiled(spec: dict[str, Any]) -> Any:
     engine = TorchEngine(compiled, spec["input_names"], spec["device"])
     batch, seq = spec["grid"][0]
     start = time.perf_counter()
-    engine.run_host(bench_worker._grid_inputs(spec, batch, seq))
+    engine.run_host(bench_worker.grid_inputs(spec, batch, seq))
     STATE.update(compile_seconds=time.perf_counter() - start, compile_shape=[batch, seq])
     return engine
 

@@ -1,8 +1,8 @@
 """Parity and benchmarks of every target, with the project's own metrics and benchmark workers.
 
 Parity runs in this process on the recipe's reference cases (onnxruntime through
-``pipeline.runtime``); every target's benchmark runs in its own long-lived process, all of them in
-the project's interleaved rounds: ``pipeline.bench_worker`` for eager, TorchScript and any ONNX
+``pipeline.runtime.runner``); every target's benchmark runs in its own long-lived process, all of them in
+the project's interleaved rounds: ``pipeline.bench.worker`` for eager, TorchScript and any ONNX
 file, ``benchmarks.compile_worker`` for ``torch.compile``.
 """
 
@@ -17,13 +17,13 @@ import numpy as np
 
 from benchmarks.peer_build import ROOT, reason
 from benchmarks.peer_table import Target
-from pipeline.artifact import Artifact, Format
-from pipeline.bench import available_memory_mb, worker_spec
-from pipeline.reference import Case
-from pipeline.results import Prepared
-from pipeline.runtime import Outputs, Runner
-from pipeline.verify import check, run_cases
-from pipeline.workers import Launch
+from pipeline.bench.orchestrate import available_memory_mb, worker_spec
+from pipeline.bench.workers import Launch
+from pipeline.core.artifact import Artifact, Format
+from pipeline.engine.results import Prepared
+from pipeline.runtime.runner import Outputs, Runner
+from pipeline.verify.cases import Case
+from pipeline.verify.parity import check, run_cases
 
 log = logging.getLogger("benchmarks.peers")
 QUICK = {"warmup": 1, "warmup_seconds": 0.05, "min_repeats": 3, "min_seconds": 0.1, "max_seconds": 1.0,
@@ -46,7 +46,7 @@ class Settings:
 
 
 def parity_json(parity: Any) -> dict[str, Any]:
-    """The parts of a pipeline.verify.Parity the peers report keeps."""
+    """The parts of a pipeline.verify.parity.Parity the peers report keeps."""
     return {"passed": parity.passed, "metrics": parity.metrics, "tolerance": parity.tolerance,
             "failures": parity.failures}
 

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks.peer_table import Point, Target, table_rows
+from pipeline.core.store import json_safe
 
 
 def num(value: float | None, fmt: str, suffix: str = "") -> str:
@@ -192,7 +193,7 @@ def markdown(targets: list[Target], meta: dict[str, Any]) -> str:
     shipped = next((t.name for t in targets if t.shipped), None)
     lines = [f"# {meta['recipe']} against its peers ({meta['date']})", "",
              f"Model: `{meta.get('model', '?')}` ({meta.get('task', '?')}). Every target ran in its own process "
-             "through this project's benchmark worker (`pipeline.bench_worker`: same inputs, warm-up, repeats, "
+             "through this project's benchmark worker (`pipeline.bench.worker`: same inputs, warm-up, repeats, "
              "statistics, threads and best-batch search); parity is this project's, against eager PyTorch on the "
              "recipe's reference cases, over the positions the attention mask keeps, judged by the project's "
              "gate for the target's precision.", "",
@@ -223,20 +224,11 @@ def markdown(targets: list[Target], meta: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def finite(value: Any) -> Any:
-    """``value`` with every non-finite float written as a string ('inf', '-inf', 'nan'): strict JSON."""
-    if isinstance(value, float) and not math.isfinite(value):
-        return str(value)
-    if isinstance(value, dict):
-        return {str(k): finite(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [finite(v) for v in value]
-    return value
 
 
 def to_json(targets: list[Target], meta: dict[str, Any]) -> dict[str, Any]:
     """Raw results: the settings and environment, every target, and the table's rows."""
-    return finite({"meta": meta, "targets": [dataclasses.asdict(t) for t in targets],
+    return json_safe({"meta": meta, "targets": [dataclasses.asdict(t) for t in targets],
                    "table": table_rows(targets, tuple(meta["point"]))})
 
 

@@ -13,11 +13,11 @@ from benchmarks.peer_build import optimum_peers, optimum_source, ort_optimized, 
 from benchmarks.peer_measure import QUICK, Settings, judge_compiled, launch, parity_in_process, parity_json
 from benchmarks.peer_table import Target
 from benchmarks.quiet import contention, wait_for_quiet
-from pipeline.bench import measure_session, round_plan
-from pipeline.reference import reference
-from pipeline.results import RunResult
-from pipeline.runtime import Runner
-from pipeline.ship_rule import choose_shipped
+from pipeline.bench.orchestrate import measure_session, round_plan
+from pipeline.engine.results import RunResult
+from pipeline.runtime.runner import Runner
+from pipeline.ship.rule import choose_shipped
+from pipeline.verify.reference import reference
 
 log = logging.getLogger("benchmarks.peers")
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from pipeline.rounds import paired_interval
+from pipeline.bench.rounds import paired_interval
 
 Point = tuple[int, int]
 GROUPS = ("this project", "PyTorch", "Optimum", "onnxruntime")

@@ -41,10 +41,10 @@ from benchmarks.peer_run import (  # noqa: E402
     project_targets,
 )
 from benchmarks.peer_table import Point  # noqa: E402
-from pipeline.fingerprint import fingerprint  # noqa: E402
-from pipeline.optimize import prepare, run  # noqa: E402
-from pipeline.results import RunResult  # noqa: E402
-from pipeline.versions import library_versions  # noqa: E402
+from pipeline.bench.fingerprint import fingerprint  # noqa: E402
+from pipeline.core.versions import library_versions  # noqa: E402
+from pipeline.engine.results import RunResult  # noqa: E402
+from pipeline.engine.run import prepare, run  # noqa: E402
 
 log = logging.getLogger("benchmarks.peers")
 PARTS = ("eager", "compile", "project", "optimum", "ort")

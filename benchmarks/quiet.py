@@ -1,5 +1,5 @@
 """Other processes on the cores: wait for them to leave before the peers' benchmark session, and
-measure their share during it (each round of the session also measures its own, pipeline.noise).
+measure their share during it (each round of the session also measures its own, pipeline.bench.noise).
 On 2 cores, one other busy process running its own thread pool slowed an eager call from 20 ms to
 900 ms (both pools spinning on the same cores), so a peers table is only as good as this."""
 
@@ -12,7 +12,7 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-from pipeline.noise import system_ticks
+from pipeline.bench.noise import system_ticks
 
 log = logging.getLogger("benchmarks.peers")
 

@@ -1,1 +1,16 @@
-"""The built-in passes, one module each; importing a module registers its pass."""
+"""The built-in passes, one module each, by stage: export/, graph/, precision/; repair/ and
+_support/ hold what several passes share.
+
+The table below is the whole registry of built-in passes: the engine imports a pass's module only
+when a recipe, ``list`` or ``schema`` asks for it (pipeline.engine.registry).
+"""
+
+BUILTIN_PASSES: dict[str, str] = {
+    "torchscript": "passes.export.torchscript:TorchScriptPass",
+    "onnx_export": "passes.export.onnx_export:OnnxExportPass",
+    "onnx_simplify": "passes.graph.onnx_simplify:OnnxSimplifyPass",
+    "ort_optimize": "passes.graph.ort_optimize:OrtOptimizePass",
+    "fp16": "passes.precision.fp16:Fp16Pass",
+    "int8_dynamic": "passes.precision.int8_dynamic:Int8DynamicPass",
+    "int8_static": "passes.precision.int8_static:Int8StaticPass",
+}

@@ -19,10 +19,10 @@ from pathlib import Path
 from types import FrameType
 from typing import TYPE_CHECKING
 
-from pipeline.errors import BadInputError, PipelineError, Terminated
+from pipeline.core.errors import BadInputError, PipelineError, Terminated
 
 if TYPE_CHECKING:
-    from pipeline.results import RunResult
+    from pipeline.engine.results import RunResult
 
 log = logging.getLogger("pipeline")
 
@@ -93,7 +93,7 @@ def _overrides(args: argparse.Namespace) -> list[str]:
 
 
 def _finish(result: RunResult) -> int:
-    from pipeline import console
+    from pipeline.report import console
 
     console.print_summary(result)
     if result.bench:
@@ -106,8 +106,8 @@ def _finish(result: RunResult) -> int:
 
 
 def _cmd_optimize(args: argparse.Namespace) -> int:
-    from pipeline import console
-    from pipeline.optimize import prepare, run
+    from pipeline.engine.run import prepare, run
+    from pipeline.report import console
 
     prepared = prepare(args.recipe, _overrides(args), args.out, args.force)
     if args.dry_run:
@@ -120,20 +120,20 @@ def _cmd_optimize(args: argparse.Namespace) -> int:
 
 
 def _cmd_verify(args: argparse.Namespace) -> int:
-    from pipeline.optimize import prepare, run
+    from pipeline.engine.run import prepare, run
 
     return _finish(run(prepare(args.recipe, _overrides(args), args.out, args.force), build=False, bench="reuse"))
 
 
 def _cmd_bench(args: argparse.Namespace) -> int:
-    from pipeline.optimize import prepare, run
+    from pipeline.engine.run import prepare, run
 
     return _finish(run(prepare(args.recipe, _overrides(args), args.out, args.force), build=False, bench="force"))
 
 
 def _cmd_ship(args: argparse.Namespace) -> int:
     if args.check is not None:
-        from pipeline.ship import check_bundle
+        from pipeline.ship.bundle import check_bundle
 
         problems = check_bundle(args.check)
         for line in problems:
@@ -143,24 +143,24 @@ def _cmd_ship(args: argparse.Namespace) -> int:
         return 1 if problems else 0
     if args.recipe is None:
         raise BadInputError("ship: give a recipe, or --check DIR")
-    from pipeline.optimize import prepare, run
+    from pipeline.engine.run import prepare, run
 
     return _finish(run(prepare(args.recipe, args.overrides, args.out, args.force), build=False, bench="reuse"))
 
 
 def _cmd_list(_: argparse.Namespace) -> int:
-    from pipeline.pass_base import load_builtin_passes
+    from pipeline.engine.registry import all_passes
 
     for path in sorted(Path("recipes").glob("*.yaml")):
         print(f"recipe  {path.stem}")
-    for name, cls in sorted(load_builtin_passes().items()):
+    for name, cls in all_passes().items():
         consumes = "/".join(sorted(f.value for f in cls.consumes))
         print(f"pass    {name:<14} {consumes} -> {cls.produces.value}")
     return 0
 
 
 def _cmd_schema(_: argparse.Namespace) -> int:
-    from pipeline.recipe import json_schema
+    from pipeline.recipe.load import json_schema
 
     print(json.dumps(json_schema(), indent=2))
     return 0

@@ -13,10 +13,11 @@ from pathlib import Path
 import pytest
 import yaml
 
-from pipeline.artifact import Artifact, Format
-from pipeline.context import make_context
-from pipeline.model import ModelHandle, ModelSpec
-from pipeline.pass_base import IOSpec, PassContext
+from pipeline.core.artifact import Artifact, Format
+from pipeline.engine.context import make_context
+from pipeline.engine.pass_api import IOSpec, PassContext
+from pipeline.model.loading import ModelHandle
+from pipeline.model.spec import ModelSpec
 
 TINY_BERT = {
     "model_type": "bert", "architectures": ["BertModel"], "vocab_size": 30522, "hidden_size": 32,
@@ -113,11 +114,11 @@ def tiny_onnx(tiny_ctx: PassContext, tmp_path: Path) -> Artifact:
 @pytest.fixture
 def tiny_fused(tiny_onnx: Artifact, tiny_ctx: PassContext, tmp_path: Path) -> Artifact:
     """The tiny BERT's export after ort_optimize (fused contrib operators)."""
-    from passes.ort_optimize import OrtOptimize, OrtOptimizeConfig
+    from passes.graph.ort_optimize import OrtOptimizeConfig, OrtOptimizePass
 
     folder = tmp_path / "tiny_fused"
     folder.mkdir()
-    optimized = OrtOptimize(OrtOptimizeConfig()).run(tiny_onnx, tiny_ctx, folder)
+    optimized = OrtOptimizePass(OrtOptimizeConfig()).run(tiny_onnx, tiny_ctx, folder)
     return Artifact(step="02_ort_optimize", format=Format.ONNX, key="fused", path=folder / optimized.file,
                     parent=tiny_onnx.step, produced_by="ort_optimize", meta=optimized.meta)
 

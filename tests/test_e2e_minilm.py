@@ -10,8 +10,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from pipeline.inputs import random_tokens
-from pipeline.runtime import onnx_session
+from pipeline.model.inputs import random_tokens
+from pipeline.runtime.sessions import onnx_session
 
 pytestmark = pytest.mark.slow
 STEPS = ["01_torchscript", "02_onnx_export", "03_onnx_simplify", "04_ort_optimize", "05_fp16", "06_int8_dynamic",

@@ -1,0 +1,1 @@
+"""Passes that export the eager model: TorchScript and ONNX."""

@@ -1,0 +1,1 @@
+"""Passes that rewrite an ONNX graph: onnxsim and onnxruntime's fusions."""

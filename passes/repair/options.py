@@ -1,0 +1,84 @@
+"""Shared by the reduced-precision passes: convert, and when asked, repair against the gate."""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import shutil
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from pydantic import Field
+
+from passes.repair.search import repair
+from pipeline.engine.pass_api import Pass, PassConfig, PassContext
+from pipeline.model.inputs import DEFAULT_CORPUS
+
+log = logging.getLogger(__name__)
+Convert = Callable[[Path, list[str]], None]  # (target file, node names kept in float) -> writes target
+
+
+class RepairOptions(PassConfig):
+    """Options every reduced-precision pass shares."""
+
+    repair: bool = Field(default=False, description="When the conversion fails the parity gate, keep the nodes "
+                                                    "that add the most error in float until it passes.")
+    repair_rounds: int = Field(default=6, ge=1, le=20, description="Rounds of repair, each keeping twice as many "
+                                                                   "more nodes in float.")
+    repair_max_fraction: float = Field(default=0.5, gt=0, le=1, description="Most of the candidate nodes that may "
+                                       "stay in float; past it the artifact fails its gate instead of becoming "
+                                       "mostly higher precision under a reduced-precision name.")
+
+
+class RepairingPass(Pass):
+    """A reduced-precision pass that can repair itself against the parity gate (``repair: true``)."""
+
+    config: RepairOptions
+
+    @property
+    def uses_gate(self) -> bool:
+        """With repair on, the step runs the gate: the reference and the tolerances join its cache key."""
+        return self.config.repair
+
+
+def _copy_model(source: Path, out_dir: Path) -> None:
+    for path in source.parent.iterdir():
+        if path.name == source.name or path.name.startswith(source.name + "."):
+            shutil.copy2(path, out_dir / path.name)
+
+
+def convert_with_repair(ctx: PassContext, parent: Path, out_dir: Path, precision: str, convert: Convert,
+                        candidates: dict[str, str], options: RepairOptions,
+                        method: str = "sensitivity") -> tuple[dict[str, Any], list[str]]:
+    """Write ``out_dir/model.onnx``; with ``options.repair``, the first build that passes the gate.
+
+    Returns (stats, warnings): the repair report when it ran, and a warning when it could not pass.
+    """
+    target = out_dir / "model.onnx"
+    if not options.repair:
+        convert(target, [])
+        return {}, []
+    if ctx.gate is None:
+        convert(target, [])
+        return {}, ["repair asked for, but no reference is at hand (the pass ran outside a recipe run)"]
+    seq = min(128, getattr(ctx.model, "max_positions", None) or 128)
+    probe = ctx.calibration_inputs(DEFAULT_CORPUS, 1, 16)[0]
+    with tempfile.TemporaryDirectory(prefix="repair-") as scratch:
+        counter = itertools.count()
+
+        def build(kept: list[str]) -> Path:
+            attempt = Path(scratch) / f"attempt{next(counter)}" / "model.onnx"
+            attempt.parent.mkdir()
+            convert(attempt, kept)
+            return attempt
+
+        path, report = repair(build, parent, precision, ctx.gate, set(candidates), probe, ctx.sample_inputs(1, seq),
+                              options.repair_rounds, op_types=candidates, method=method,
+                              max_kept=max(1, int(options.repair_max_fraction * len(candidates))))
+        _copy_model(path, out_dir)
+    warnings = [] if report.passed else [
+        f"repair: still fails the gate with {len(report.kept)} nodes kept in float "
+        f"({report.history[-1]['failures'][:1]})"]
+    return {"repair": report.to_json()}, warnings

@@ -1,0 +1,204 @@
+"""Repair a reduced-precision conversion that fails its gate: keep the nodes that add the most error
+in float, measured, until the gate passes or the rounds run out.
+
+With few candidates (int8: the weight nodes), each round first tries every one of the most harmful
+ones with the gate itself and keeps the best (a forward selection: on all-MiniLM-L6-v2 it passes
+with 2 nodes in float where keeping the most harmful nodes by their own harm needed 11, because
+harm does not add up node by node); when that does not pass within its rounds, more nodes are
+kept in the order of their own harm, doubling each round, and the fewest that pass are bisected.
+
+The conversion is rebuilt from the fp32 parent each round (``build`` takes the nodes to keep in
+float and returns a new file), localised against the parent, and checked with the step's own gate.
+What stayed in higher precision, and what it cost in speed, is reported.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from passes.repair.localize import localize, rank_nodes
+from pipeline.bench.timing import Protocol, Timer, latencies, summarize, warm_up
+from pipeline.engine.pass_api import Gate, GateResult
+from pipeline.model.inputs import Inputs
+from pipeline.runtime.sessions import onnx_session
+from pipeline.verify.metrics import compare
+
+log = logging.getLogger(__name__)
+Build = Callable[[list[str]], Path]
+GREEDY_POOL = 8  # the most harmful candidates each forward-selection round tries
+GREEDY_ROUNDS = 4
+
+
+@dataclass
+class RepairReport:
+    """What the repair did: rounds, nodes kept in float, verdicts along the way, the speed cost."""
+
+    passed: bool
+    kept: list[dict[str, Any]] = field(default_factory=list)
+    history: list[dict[str, Any]] = field(default_factory=list)
+    localization: dict[str, Any] = field(default_factory=dict)
+    speed: dict[str, float] = field(default_factory=dict)
+
+    def to_json(self) -> dict[str, Any]:
+        """Plain values for the manifest's stats."""
+        return {"passed": self.passed, "kept_in_float": self.kept, "history": self.history,
+                "localization": self.localization, "speed": self.speed}
+
+
+def _verdict(result: GateResult, kept: int) -> dict[str, Any]:
+    return {"kept_in_float": kept, "passed": result.passed, "cos_min": result.cos_min, "max_abs": result.max_abs,
+            "failures": result.failures[:3]}
+
+
+def p50_ms(path: Path, inputs: Inputs, threads: int = 2, repeats: int = 30) -> float:
+    """Median latency of one ONNX file on ``inputs`` (warmed up; for comparing two candidates)."""
+    session = onnx_session(path, "cpu", threads)
+    feed = {i.name: inputs[i.name] for i in session.get_inputs()}
+    protocol = Protocol(warmup=5, warmup_seconds=0, min_repeats=repeats, min_seconds=0)
+    warm_up(lambda: session.run(None, feed), Timer(), protocol)
+    times = latencies(lambda: session.run(None, feed), Timer(), protocol)
+    return summarize(times, protocol.cv_threshold)["p50_ms"]
+
+
+def _output_error(path: Path, probe: Inputs, reference: dict[str, np.ndarray]) -> tuple[float, float]:
+    """(SQNR dB, min cosine) of a model's outputs on the probe against the parent's, over kept tokens."""
+    session = onnx_session(path, "cpu")
+    feed = {i.name: probe[i.name] for i in session.get_inputs()}
+    names = [o.name for o in session.get_outputs()]
+    mask = probe.get("attention_mask")
+    worst_sqnr, worst_cos = float("inf"), 1.0
+    for name, value in zip(names, session.run(names, feed), strict=True):
+        m = compare(reference[name], np.asarray(value, dtype=np.float32), mask)
+        worst_sqnr, worst_cos = min(worst_sqnr, m["sqnr_db"]), min(worst_cos, m["cos_min"])
+    return worst_sqnr, worst_cos
+
+
+def sensitivity(build: Build, parent: Path, candidates: set[str], probe: Inputs,
+                op_types: dict[str, str]) -> list[dict[str, Any]]:
+    """Each candidate's own harm: convert that node alone, measure the output against the parent.
+
+    Sorted most harmful first (lowest SQNR of the final outputs).
+    """
+    session = onnx_session(parent, "cpu")
+    reference = dict(zip([o.name for o in session.get_outputs()],
+                         session.run(None, {i.name: probe[i.name] for i in session.get_inputs()}), strict=True))
+    rows = []
+    for node in sorted(candidates):
+        sqnr, cos = _output_error(build(sorted(candidates - {node})), probe, reference)
+        rows.append({"node": node, "op_type": op_types.get(node, "?"), "sqnr_db": round(sqnr, 2),
+                     "cos_min": round(cos, 6)})
+    return sorted(rows, key=lambda row: row["sqnr_db"])
+
+
+def _score(verdict: GateResult) -> tuple[bool, float]:
+    return verdict.passed, verdict.cos_min
+
+
+def _forward(build: Build, gate: Gate, precision: str, order: list[dict[str, Any]], report: RepairReport,
+             max_kept: int) -> tuple[Path | None, GateResult | None, dict[str, dict[str, Any]]]:
+    """Forward selection: each round keeps in float the one candidate of the ``GREEDY_POOL`` most
+    harmful whose build the gate likes best, until one passes or ``GREEDY_ROUNDS`` are done."""
+    chosen: dict[str, dict[str, Any]] = {}
+    best: tuple[Path, GateResult] | None = None
+    for _ in range(min(GREEDY_ROUNDS, max_kept)):
+        trials = []
+        for row in [row for row in order if row["node"] not in chosen][:GREEDY_POOL]:
+            path = build([*chosen, row["node"]])
+            trials.append((_score(verdict := gate(path, precision)), row, path, verdict))
+        if not trials:
+            break
+        _, row, path, verdict = max(trials, key=lambda trial: trial[0])
+        chosen[row["node"]] = row
+        best = (path, verdict)
+        report.history.append(_verdict(verdict, len(chosen)))
+        log.info("repair: %d nodes kept in float (best of %d tries) -> cos_min %.5f, %s", len(chosen), len(trials),
+                 verdict.cos_min, "passes" if verdict.passed else "still fails")
+        if verdict.passed:
+            break
+    return (best[0], best[1], chosen) if best else (None, None, chosen)
+
+
+def _fewest(build: Build, gate: Gate, precision: str, prefix: list[dict[str, Any]], order: list[dict[str, Any]],
+            report: RepairReport, passing: int, path: Path, verdict: GateResult, chosen: dict[str, dict[str, Any]]
+            ) -> tuple[Path, GateResult, dict[str, dict[str, Any]]]:
+    """Bisect the fixed harm order after ``prefix`` for the fewest nodes in float that still pass
+    (fewer is faster)."""
+    failing = max(h["kept_in_float"] for h in report.history if not h["passed"])
+    while passing - failing > 1:
+        middle = (passing + failing) // 2
+        rows = [*prefix, *order[:middle - len(prefix)]]
+        trial_path = build([row["node"] for row in rows])
+        trial_verdict = gate(trial_path, precision)
+        report.history.append(_verdict(trial_verdict, middle))
+        if trial_verdict.passed:
+            passing, path, verdict = middle, trial_path, trial_verdict
+            chosen = {row["node"]: row for row in rows}
+        else:
+            failing = middle
+    return path, verdict, chosen
+
+
+def repair(build: Build, parent: Path, precision: str, gate: Gate, candidates: set[str], probe: Inputs,
+           timing_inputs: Inputs, max_rounds: int = 6, op_types: dict[str, str] | None = None,
+           method: str = "sensitivity", max_kept: int | None = None) -> tuple[Path, RepairReport]:
+    """Rebuild with more nodes in float until ``gate`` passes; returns the last build and the report.
+
+    At most ``max_kept`` nodes stay in float. ``method``: "sensitivity" converts each candidate
+    alone to rank them by their own harm, then selects forward with the gate and, failing that,
+    keeps more in harm order (for int8, where candidates are the few weight nodes); "localize"
+    ranks candidates by the error they add in the full conversion (one build per round: for fp16,
+    where every node is a candidate).
+    """
+    kept: list[str] = []
+    first = path = build(kept)
+    verdict = gate(path, precision)
+    report = RepairReport(passed=verdict.passed, history=[_verdict(verdict, 0)])
+    report.localization = localize(path, parent, probe).to_json()
+    if verdict.passed:
+        return path, report
+    order = sensitivity(build, parent, candidates, probe, op_types or {}) if method == "sensitivity" else None
+    if order is not None:
+        report.localization["sensitivity"] = order[:20]
+    limit = max_kept if max_kept is not None else len(candidates)
+    chosen: dict[str, dict[str, Any]] = {}
+    if order is not None:
+        forward_path, forward_verdict, chosen = _forward(build, gate, precision, order, report, limit)
+        if forward_path is not None and forward_verdict is not None:
+            path, verdict = forward_path, forward_verdict
+    prefix = list(chosen.values())
+    grow = 1
+    for _ in range(max_rounds if not verdict.passed else 0):
+        if order is not None:
+            ranked = [row for row in order if row["node"] not in chosen]
+        else:
+            ranked = [n.to_json() for n in rank_nodes(path, parent, probe, candidates - set(chosen))]
+        room = limit - len(chosen)
+        if not ranked or room <= 0:
+            break
+        for row in ranked[:min(grow, room)]:
+            chosen[row["node"]] = row
+        kept = list(chosen)
+        grow *= 2
+        path = build(kept)
+        verdict = gate(path, precision)
+        report.history.append(_verdict(verdict, len(kept)))
+        log.info("repair: %d nodes kept in float -> cos_min %.5f, %s", len(kept), verdict.cos_min,
+                 "passes" if verdict.passed else "still fails")
+        if verdict.passed:
+            break
+    if verdict.passed and order is not None and len(chosen) > len(prefix) + 1:
+        rest = [row for row in order if row["node"] not in {r["node"] for r in prefix}]
+        path, verdict, chosen = _fewest(build, gate, precision, prefix, rest, report, len(chosen), path, verdict,
+                                        chosen)
+    report.passed = verdict.passed
+    report.kept = list(chosen.values())
+    before, after = p50_ms(first, timing_inputs), p50_ms(path, timing_inputs)
+    report.speed = {"p50_ms_plain": round(before, 3), "p50_ms_repaired": round(after, 3),
+                    "slowdown": round(after / before, 3)}
+    return path, report

@@ -1,0 +1,1 @@
+"""Benchmarks: interleaved rounds over long-lived workers, timing, noise, fingerprints, generation."""

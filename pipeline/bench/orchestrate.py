@@ -1,0 +1,251 @@
+"""Benchmarks of the eager model and every artifact, side by side: each target in its own long-lived
+process (pipeline.bench.workers), measured in interleaved rounds (pipeline.bench.rounds), with each artifact's
+ratio over eager taken within a round and summarized with a 95% interval.
+
+The benchmark is one session. Its results are cached under ``bench/`` (one file per target, and
+``ratios.json``), keyed by the artifacts, the protocol and the machine, and re-used only whole: a
+changed artifact re-measures every target, since a ratio is only true when both sides were measured
+together. ``python -m pipeline bench`` always re-measures, and flags every point whose p50 moved
+more than ``rerun_tolerance`` from the previous measurement.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import math
+import os
+import sys
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, cast
+
+import numpy as np
+
+from pipeline.bench.fingerprint import fingerprint
+from pipeline.bench.noise import sample
+from pipeline.bench.rounds import BlockFailed, Point, RoundPlan, measure_point, ratio_entry
+from pipeline.bench.spec import BenchRow, WorkerSpec
+from pipeline.bench.timing import summarize
+from pipeline.bench.workers import Launch, started
+from pipeline.core.artifact import Artifact
+from pipeline.core.progress import stage
+from pipeline.core.store import canonical_json, read_json, sha256_text, write_json_atomic
+from pipeline.engine.results import Prepared
+from pipeline.model.cache import cache_layout
+from pipeline.recipe.schema import BenchSpec
+
+log = logging.getLogger(__name__)
+PROTOCOL_KEYS = ("warmup", "warmup_seconds", "min_repeats", "min_seconds", "max_seconds", "throughput_seconds",
+                 "cv_threshold")
+BASELINE = "eager"
+
+
+@dataclass
+class Benchmarks:
+    """One benchmark session: each target's result (rows, extras, error), and the ratios over eager."""
+
+    results: dict[str, dict[str, Any]] = field(default_factory=dict)
+    ratios: list[dict[str, Any]] = field(default_factory=list)
+
+
+def available_memory_mb() -> float:
+    """MemAvailable from /proc/meminfo, in MB."""
+    with open("/proc/meminfo", encoding="ascii") as handle:
+        for line in handle:
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) / 1024
+    return 4096.0
+
+
+def worker_spec(prepared: Prepared, target: str, artifact: Artifact) -> WorkerSpec:
+    """Everything a worker process needs to benchmark one target."""
+    recipe, handle = prepared.recipe, prepared.ctx.model
+    bench = recipe.bench
+    spec: WorkerSpec = {
+        "target": target, "format": artifact.format.value, "path": str(artifact.path) if artifact.path else None,
+        "model": recipe.model.model_dump(), "task": recipe.task, "base_dir": str(handle.base_dir),
+        "input_names": handle.input_names, "output_names": handle.output_names, "device": recipe.device,
+        "threads": bench.threads, "grid": [[b, s] for b in bench.batches for s in bench.seqs],
+        "protocol": {key: getattr(bench, key) for key in PROTOCOL_KEYS},
+    }
+    if handle.tokenizer is not None:
+        spec["vocab_size"] = len(handle.tokenizer)
+        spec["tokenizer_dir"] = str(handle.tokenizer.name_or_path)
+    else:
+        spec["examples"] = {k: {"data": v.tolist(), "dtype": str(v.dtype)} for k, v in handle.factory_examples.items()}
+        # the factory must import in the worker as it did here
+        spec["sys_path"] = [p for p in sys.path if p and Path(p).is_dir()]
+    if bench.best_batch is not None:
+        spec["best_batch"] = bench.best_batch.model_dump()
+        spec["best_batch"]["memory_limit_mb"] = bench.best_batch.memory_limit_mb or 0.6 * available_memory_mb()
+    if recipe.task == "text-generation":
+        spec.update(generation_spec(recipe, handle))
+    elif bench.real_data is not None and handle.tokenizer is not None:
+        corpus = recipe.inputs.corpus_path
+        spec["real_data"] = {**bench.real_data.model_dump(), "corpus": str(handle.base_dir / corpus)}
+    return spec
+
+
+def generation_spec(recipe: Any, handle: Any) -> WorkerSpec:
+    """What a decoder's worker needs besides the grid: the cache layout, and the generation benchmark."""
+    out: WorkerSpec = {"cache": dataclasses.asdict(cache_layout(handle.hf_config))}
+    if recipe.bench.generation is not None:
+        corpus = recipe.inputs.corpus_path
+        out["generation"] = {**recipe.bench.generation.model_dump(), "corpus": str(handle.base_dir / corpus)}
+    return out
+
+
+def bench_key(prepared: Prepared, artifact: Artifact) -> str:
+    """Cache key of a target's benchmark: the artifact, the protocol and grid, and the machine."""
+    machine = fingerprint(prepared.recipe.bench.threads, prepared.recipe.device)
+    return sha256_text(canonical_json({"artifact": artifact.key, "bench": prepared.recipe.bench.model_dump(),
+                                       "machine": machine, "device": prepared.recipe.device}))
+
+
+def flag_reruns(result: dict[str, Any], previous: dict[str, Any] | None, tolerance: float) -> None:
+    """Mark points whose p50 moved more than ``tolerance`` from the previous measurement of the same
+    target (same cache key: artifact, protocol, machine) as unstable; a changed artifact is no rerun."""
+    if not previous or previous.get("key") != result.get("key"):
+        return
+    before = {(r["batch"], r["seq"]): r["p50_ms"] for r in previous.get("rows", [])}
+    for row in result.get("rows", []):
+        old = before.get((row["batch"], row["seq"]))
+        if old:
+            change = (row["p50_ms"] - old) / old
+            row["p50_change_from_previous"] = change
+            if abs(change) > tolerance:
+                row["unstable"] = True
+                row.setdefault("unstable_reasons", []).append(f"p50 moved {change:+.0%} from the previous run")
+    for row in result.get("rows", []):
+        if row.get("cv", 0) > result.get("cv_threshold", 1e9):
+            row.setdefault("unstable_reasons", []).append(f"cv {row['cv']:.2f}")
+
+
+def round_plan(bench: BenchSpec, device: str, rounds: int | None = None) -> RoundPlan:
+    """The rounds of a point (``bench.rounds`` unless given), and what one target measures in one: the
+    protocol's repeats and seconds shared out over the rounds, a one-call warm-up (the first round of a
+    point warms up in full), and back-to-back throughput only where a timed call synchronizes (GPU): on
+    CPU the timed calls are back to back already."""
+    rounds = rounds or bench.rounds
+    block = {"warmup": 1, "warmup_seconds": min(bench.warmup_seconds, 0.05),
+             "min_repeats": math.ceil(bench.min_repeats / rounds), "min_seconds": bench.min_seconds / rounds,
+             "max_seconds": bench.max_seconds / rounds, "cv_threshold": bench.cv_threshold,
+             "throughput_seconds": 0.0 if device == "cpu" else bench.throughput_seconds / rounds}
+    return RoundPlan(rounds=rounds, pause_seconds=bench.pause_seconds, max_steal=bench.max_steal,
+                     max_others=bench.max_others_cpu, max_redo=bench.redo_rounds,
+                     interval_tolerance=bench.interval_tolerance, block=block)
+
+
+def grid_row(blocks: list[dict[str, Any]], batch: int, seq: int, cv_threshold: float) -> BenchRow:
+    """A report ROW from one target's blocks at a point: percentiles over every timed call of the
+    rounds that count, and throughput from back-to-back calls (or the timed calls, on CPU)."""
+    times = [t for block in blocks for t in block["latencies_ms"]]
+    row = cast(BenchRow, summarize(times, cv_threshold))
+    if all("throughput_calls" in block for block in blocks):
+        calls, seconds = sum(b["throughput_calls"] for b in blocks), sum(b["throughput_seconds"] for b in blocks)
+    else:
+        calls, seconds = len(times), sum(times) / 1e3
+    gpu = [b["peak_gpu_mb"] for b in blocks if b.get("peak_gpu_mb") is not None]
+    extra: BenchRow = {"round_p50_ms": [float(np.median(b["latencies_ms"])) for b in blocks], "batch": batch,
+                       "seq": seq, "throughput": calls * batch / seconds, "tokens_per_s": calls * batch * seq / seconds,
+                       "throughput_calls": calls, "rounds": len(blocks),
+                       "peak_rss_mb": max(b["peak_rss_mb"] for b in blocks), "peak_gpu_mb": max(gpu) if gpu else None}
+    row.update(extra)
+    return row
+
+
+def round_plans(bench: BenchSpec, device: str, headline: Point | None) -> dict[Point, RoundPlan]:
+    """Each grid point's plan: ``bench.rounds``, and ``bench.headline_rounds`` at the ship point, where a
+    verdict is drawn from the intervals (measured here: 8 rounds gave int8 over eager [2.46, 3.25] on a
+    shared 2-core machine, 24 rounds of shorter blocks [2.90, 3.42] at about 1.7 times the cost)."""
+    plans = {}
+    for point in [(b, s) for b in bench.batches for s in bench.seqs]:
+        rounds = bench.headline_rounds if point == headline else bench.rounds
+        plans[point] = round_plan(bench, device, rounds)
+    return plans
+
+
+def measure_session(launches: list[Launch], plans: dict[Point, RoundPlan], timeout: float) -> Benchmarks:
+    """Start every target's worker, measure every grid point in interleaved rounds (in the order of
+    ``plans``), then each target's extras (best batch, memory, real data, generation) one target at a time."""
+    failed: dict[str, str] = {}
+    results: dict[str, dict[str, Any]] = {launch.name: {"target": launch.name, "rows": []} for launch in launches}
+    ratios: list[dict[str, Any]] = []
+    with started(launches, timeout, failed) as workers, stage("bench", len(plans) + len(workers)) as advance:
+        for worker in workers:
+            results[worker.name].update(load_seconds=worker.ready["load_seconds"],
+                                        fingerprint=worker.ready["fingerprint"])
+        pids = [os.getpid(), *(worker.pid for worker in workers)]
+        for (batch, seq), plan in plans.items():
+            live = [worker for worker in workers if worker.name not in failed]
+            advance(f"b{batch} s{seq}: {len(live)} targets in {plan.rounds} interleaved rounds")
+            rounds = measure_point(live, (batch, seq), plan, lambda: sample(pids))
+            cv = plan.block.get("cv_threshold", 0.10)
+            failed.update(rounds.failed)
+            for worker in live:
+                blocks = rounds.blocks(worker.name)
+                if worker.name in failed or not blocks:
+                    continue
+                results[worker.name]["rows"].append(grid_row(blocks, batch, seq, cv))
+                entry = ratio_entry(rounds, worker.name, BASELINE, plan.interval_tolerance)
+                if worker.name != BASELINE and BASELINE not in failed and entry is not None:
+                    ratios.append(entry)
+        for worker in workers:
+            if worker.name in failed:
+                continue
+            advance(f"{worker.name}: best batch, memory, real data (own process)")
+            try:
+                results[worker.name].update(worker.request("extras"))
+            except BlockFailed as exc:
+                failed[worker.name] = str(exc)
+    for name, why in failed.items():
+        results[name]["error"] = why
+    return Benchmarks(results, ratios)
+
+
+def headline(prepared: Prepared) -> Point | None:
+    """The point the ship rule decides at (``ship.fastest_at``), if the recipe names one."""
+    point = prepared.recipe.ship.fastest_at
+    return (point[0], point[1]) if point is not None else None
+
+
+def _whole_session(previous: dict[str, dict[str, Any] | None], saved: dict[str, Any] | None,
+                   keys: dict[str, str]) -> bool:
+    """Whether the cached results are one session of exactly these targets, none of them failed."""
+    if not saved or not saved.get("session"):
+        return False
+    return all(result is not None and result.get("key") == keys[name] and not result.get("error")
+               and result.get("session") == saved["session"] for name, result in previous.items())
+
+
+def benchmark(prepared: Prepared, artifacts: dict[str, Artifact], force: bool = False,
+              measure: bool = True) -> Benchmarks:
+    """The benchmark session of 'eager' and every step: re-used from cache when whole unless ``force``;
+    without ``measure``, only a whole cached session is returned (else an empty one)."""
+    folder = prepared.out_dir / "bench"
+    bench = prepared.recipe.bench
+    targets = [BASELINE, *[step.name for step in prepared.steps]]
+    keys = {target: bench_key(prepared, artifacts[target]) for target in targets}
+    previous = {target: read_json(folder / f"{target}.json") for target in targets}
+    saved = read_json(folder / "ratios.json")
+    if not force and _whole_session(previous, saved, keys):
+        assert saved is not None
+        return Benchmarks({t: r for t, r in previous.items() if r is not None}, saved["ratios"])
+    if not measure:
+        return Benchmarks()
+    launches = [Launch(target, worker_spec(prepared, target, artifacts[target])) for target in targets]
+    plans = round_plans(bench, prepared.recipe.device, headline(prepared))
+    outcome = measure_session(launches, plans, bench.timeout_seconds)
+    session = uuid.uuid4().hex
+    folder.mkdir(parents=True, exist_ok=True)
+    for target in targets:
+        result = outcome.results[target]
+        result.update(key=keys[target], session=session, cv_threshold=bench.cv_threshold)
+        flag_reruns(result, previous[target], bench.rerun_tolerance)
+        if result.get("error"):
+            log.warning("bench %s failed: %s", target, result["error"])
+        write_json_atomic(folder / f"{target}.json", result)
+    write_json_atomic(folder / "ratios.json", {"session": session, "baseline": BASELINE, "ratios": outcome.ratios})
+    return outcome

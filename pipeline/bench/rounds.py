@@ -1,0 +1,196 @@
+"""Interleaved rounds: the targets that are compared measure the same point in turn, round after round.
+
+Targets measured one after the other, minutes apart, put any drift of the machine into their ratio
+(the same artifacts gave 1.81x and 3.55x over eager an hour apart). Here every round measures every
+target once, in an order rotated each round, with a pause before each so that onnxruntime's spinning
+threads park; a ratio is taken within a round (target against the baseline measured seconds before or
+after), and the rounds' ratios are summarized as their median and a 95% bootstrap interval. A round
+during which the hypervisor stole time or other processes used the cores past a bound is dropped
+and run again, up to a limit, and the summary says how many were.
+"""
+
+from __future__ import annotations
+
+import time
+import zlib
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import numpy as np
+
+from pipeline.bench.noise import CpuSample, Disturbance, disturbance
+
+Point = tuple[int, int]
+BOOTSTRAP_RESAMPLES = 2000
+
+
+class BlockFailed(RuntimeError):
+    """A target could not measure a block (its worker died, timed out or raised): it leaves the rounds."""
+
+
+class Measurer(Protocol):
+    """One target that measures a block of timed calls at a point on request."""
+
+    name: str
+
+    def block(self, point: Point, protocol: dict[str, Any]) -> dict[str, Any]:
+        """Timed calls at ``point``: at least ``{"latencies_ms": [...]}``; raises BlockFailed."""
+        ...
+
+
+@dataclass(frozen=True)
+class RoundPlan:
+    """How many rounds a point gets, what each target measures in one, and what counts as disturbed."""
+
+    rounds: int = 8
+    pause_seconds: float = 0.05
+    max_steal: float = 0.05
+    max_others: float = 0.15
+    max_redo: int = 3
+    interval_tolerance: float = 0.10
+    block: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class Round:
+    """One round: the order the targets ran in, each one's block, and how disturbed the cores were."""
+
+    order: list[str]
+    blocks: dict[str, dict[str, Any]]
+    noise: Disturbance
+    dropped: str | None = None  # why the round does not count
+
+
+@dataclass
+class PointRounds:
+    """Every round of one point, and the targets that failed on the way (name -> reason)."""
+
+    point: Point
+    rounds: list[Round]
+    failed: dict[str, str] = field(default_factory=dict)
+
+    def counted(self) -> list[Round]:
+        """The rounds that count: the undisturbed ones, or all of them when every round was disturbed."""
+        quiet = [r for r in self.rounds if r.dropped is None]
+        return quiet or self.rounds
+
+    def dropped(self) -> int:
+        """How many rounds do not count."""
+        return len(self.rounds) - len(self.counted())
+
+    def blocks(self, name: str) -> list[dict[str, Any]]:
+        """The target's blocks over the rounds that count."""
+        return [r.blocks[name] for r in self.counted() if name in r.blocks]
+
+
+def rotated(names: Sequence[str], index: int) -> list[str]:
+    """The targets in round ``index``'s order: the list rotated by the round's index."""
+    shift = index % len(names) if names else 0
+    return [*names[shift:], *names[:shift]]
+
+
+def measure_point(measurers: Sequence[Measurer], point: Point, plan: RoundPlan,
+                  cpu_sample: Callable[[], CpuSample], sleep: Callable[[float], None] = time.sleep) -> PointRounds:
+    """Run ``plan.rounds`` undisturbed rounds of every target at ``point`` (at most ``plan.max_redo``
+    more to replace disturbed ones); a target whose block fails leaves the remaining rounds."""
+    result = PointRounds(point, [])
+    index = 0
+    while sum(r.dropped is None for r in result.rounds) < plan.rounds and index < plan.rounds + plan.max_redo:
+        live = {m.name: m for m in measurers if m.name not in result.failed}
+        if not live:
+            break
+        order = rotated(list(live), index)
+        before, blocks = cpu_sample(), {}
+        for name in order:
+            sleep(plan.pause_seconds)
+            try:
+                blocks[name] = live[name].block(point, plan.block)
+            except BlockFailed as exc:
+                result.failed[name] = str(exc)
+        noise = disturbance(before, cpu_sample())
+        result.rounds.append(Round(order, blocks, noise, noise.exceeds(plan.max_steal, plan.max_others)))
+        index += 1
+    return result
+
+
+def _median(values: Sequence[float]) -> float:
+    return float(np.median(np.asarray(values, dtype=np.float64)))
+
+
+def bootstrap_interval(values: Sequence[float], seed: int, resamples: int = BOOTSTRAP_RESAMPLES
+                       ) -> tuple[float, float]:
+    """95% percentile-bootstrap interval of the median of ``values``."""
+    data = np.asarray(values, dtype=np.float64)
+    if data.size < 2:
+        return float(data[0]), float(data[0])
+    picks = np.random.default_rng(seed).integers(0, data.size, size=(resamples, data.size))
+    medians = np.median(data[picks], axis=1)
+    low, high = np.percentile(medians, [2.5, 97.5])
+    return float(low), float(high)
+
+
+def round_ratios(rounds: Sequence[Round], target: str, baseline: str) -> list[float]:
+    """Per round that has both: the baseline's median latency over the target's (above 1: faster)."""
+    return [_median(r.blocks[baseline]["latencies_ms"]) / _median(r.blocks[target]["latencies_ms"])
+            for r in rounds if target in r.blocks and baseline in r.blocks]
+
+
+def interval(ratios: Sequence[float], label: str, tolerance: float) -> dict[str, Any]:
+    """Per-round ratios summarized: their median, a 95% bootstrap interval (seeded by ``label``, so the
+    same rounds give the same interval), and a flag when the interval is wider than ±``tolerance``."""
+    ratio = _median(ratios)
+    low, high = bootstrap_interval(ratios, seed=zlib.crc32(label.encode()))
+    entry: dict[str, Any] = {"ratio": ratio, "ci95": [low, high], "rounds": len(ratios),
+                             "unstable": (high - low) / 2 > tolerance * ratio, "reasons": []}
+    if entry["unstable"]:
+        entry["reasons"].append(f"95% interval [{low:.2f}, {high:.2f}] is wider than ±{tolerance:.0%} of "
+                                f"{ratio:.2f}x over {len(ratios)} rounds")
+    return entry
+
+
+def paired_interval(baseline_ms: Sequence[float], target_ms: Sequence[float], label: str, tolerance: float
+                    ) -> dict[str, Any] | None:
+    """The interval of baseline over target from their per-round median latencies (the same rounds, in
+    the same order: a grid row's ``round_p50_ms``); None when they do not pair up."""
+    if not baseline_ms or len(baseline_ms) != len(target_ms):
+        return None
+    return interval([b / t for b, t in zip(baseline_ms, target_ms, strict=True)], label, tolerance)
+
+
+def ratio_entry(point_rounds: PointRounds, target: str, baseline: str, tolerance: float) -> dict[str, Any] | None:
+    """The report's ratio of ``target`` over ``baseline`` at this point, with the rounds' noise, flagged
+    when its interval is wider than ±``tolerance`` or every round was disturbed; None when no round
+    measured both."""
+    counted = point_rounds.counted()
+    ratios = round_ratios(counted, target, baseline)
+    if not ratios:
+        return None
+    batch, seq = point_rounds.point
+    summary = interval(ratios, f"{target}/{baseline}/{batch}/{seq}", tolerance)
+    reasons = summary.pop("reasons")
+    entry: dict[str, Any] = {"target": target, "baseline": baseline, "batch": batch, "seq": seq, **summary,
+                             "dropped": point_rounds.dropped(),
+                             "steal_max": max(r.noise.steal for r in point_rounds.rounds),
+                             "others_cpu_max": max(r.noise.others for r in point_rounds.rounds)}
+    if point_rounds.dropped():
+        why = sorted({r.dropped for r in point_rounds.rounds if r.dropped})
+        reasons.append(f"{point_rounds.dropped()} of {len(point_rounds.rounds)} rounds dropped ({'; '.join(why)})")
+    if all(r.dropped for r in counted):
+        why = sorted({r.dropped or "" for r in counted})
+        reasons.append(f"every round was disturbed ({'; '.join(why)}); none could be dropped")
+        entry["unstable"] = True
+    if reasons:
+        entry["reasons"] = reasons
+    return entry
+
+
+def separated(best: dict[str, Any], other: dict[str, Any]) -> bool:
+    """Whether ``best``'s interval lies wholly above ``other``'s (the two are told apart)."""
+    return best["ci95"][0] > other["ci95"][1]
+
+
+def speedup_text(entry: dict[str, Any]) -> str:
+    """'1.92x [1.85, 2.01]': a ratio with its interval."""
+    low, high = entry["ci95"]
+    return f"{entry['ratio']:.2f}x [{low:.2f}, {high:.2f}]"

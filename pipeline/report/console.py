@@ -1,0 +1,133 @@
+"""What a person sees on the terminal: the plan, the summary table, and why the gate failed."""
+
+from __future__ import annotations
+
+import sys
+
+from rich.console import Console
+from rich.table import Table
+
+from pipeline.engine.results import Prepared, RunResult
+from pipeline.report.summary import (
+    generation_matches,
+    generation_table,
+    headline_point,
+    machine,
+    ratio_at,
+    ratio_notes,
+    size_text,
+    speedup_cell,
+    summary_rows,
+)
+
+console = Console(highlight=False, width=None if sys.stdout.isatty() else 160)
+
+
+def print_plan(prepared: Prepared) -> None:
+    """The chain as it would run: each step, what it reads, and whether it is cached."""
+    table = Table(title=f"plan for {prepared.recipe.name} -> {prepared.out_dir}")
+    for column in ("step", "pass", "reads", "produces", "state", "key"):
+        table.add_column(column)
+    for item in prepared.planned:
+        step = item.step
+        table.add_row(step.folder, step.pass_cls.name, step.source, step.pass_cls.produces.value,
+                      "cached" if item.cached else "will run", item.key[:12])
+    console.print(table)
+
+
+def print_summary(result: RunResult) -> None:
+    """The summary table: artifact, format, precision, size, parity, error vs eager, p50, throughput, speed-up."""
+    spec = result.prepared.ctx.model.spec
+    weights = f" (RANDOM weights, seed {spec.seed})" if spec.weights == "random" else ""
+    point = headline_point(result)
+    at = f" b{point[0]} s{point[1]}" if point else ""
+    table = Table(title=f"{result.prepared.recipe.name}: {len(result.prepared.steps)} steps{weights}")
+    for column in ("artifact", "format", "precision", "size", "built", "parity", "max abs err", "min cosine",
+                   f"p50 ms{at}", "best samples/s", f"vs eager{at} [95%]"):
+        table.add_column(column, justify="left" if column in ("artifact", "format", "parity") else "right")
+    for r in summary_rows(result):
+        table.add_row(r["step"] + (" (shipped)" if r["shipped"] else ""), r["format"], r["precision"],
+                      size_text(r["bytes"]), "cached" if r["cached"] else "built", r["verdict"],
+                      _fmt(r["max_abs"], 2, "e"), _fmt(r["cos_min"], 6), _fmt(r["p50_ms"]),
+                      _fmt(r["best_throughput"], 1), r["speedup_cell"])
+    console.print(table)
+    if result.ship_note:
+        console.print(result.ship_note)
+    if result.accuracy:
+        parts = [f"eager {result.accuracy['eager']['accuracy']:.3f}"] + [
+            f"{name} {s['accuracy']:.3f} (agrees {s['agreement']:.3f})"
+            for name, s in result.accuracy.items() if name != "eager"]
+        console.print(f"accuracy on {result.accuracy['eager']['examples']} labeled examples: " + "; ".join(parts))
+    print_generation(result)
+    if result.blame and result.blame.get("max_abs_added", 0) > 0:
+        b = result.blame
+        console.print(f"most error added by step {b['step']} (over {b['parent']}): "
+                      f"max abs {b['max_abs_added']:.2e} on {b['output']}")
+
+
+def print_generation(result: RunResult) -> None:
+    """Greedy tokens equal to eager's, and the generation benchmark (text-generation)."""
+    for folder, g in generation_matches(result):
+        console.print(f"{folder}: greedy generation {g['matched']}/{g['tokens']} tokens equal to eager "
+                      f"generate's ({g['sequences_equal']}/{g['sequences']} sequences)")
+    rows = generation_table(result)
+    if not rows:
+        return
+    table = Table(title=f"{result.prepared.recipe.name}: greedy generation, {rows[0]['new_tokens']} new tokens")
+    for column in ("target", "batch", "prompt tokens", "TTFT p50 ms", "TTFT p90 ms", "per-token p50 ms",
+                   "per-token p90 ms", "tokens/s", "vs eager", "tokens equal"):
+        table.add_column(column, justify="left" if column == "target" else "right")
+    for r in rows:
+        table.add_row(r["target"], str(r["batch"]), str(r["prompt_tokens"]), _fmt(r["ttft_p50_ms"]),
+                      _fmt(r["ttft_p90_ms"]), _fmt(r["token_p50_ms"]), _fmt(r["token_p90_ms"]),
+                      _fmt(r["tokens_per_s"], 1), f"{r['speedup']:.2f}x" if r["speedup"] else "-", r["matched"])
+    console.print(table)
+
+
+def print_gate_failure(result: RunResult) -> None:
+    """Why nothing shipped: every miss of every artifact the recipe may ship."""
+    console.print("[bold red]parity gate failed: nothing shipped[/]")
+    for step in result.prepared.steps:
+        parity = result.parity.get(step.name)
+        if parity is not None and not parity.passed:
+            for line in parity.failures:
+                console.print(f"  {step.folder}: {line}")
+
+
+def _fmt(value: float | None, digits: int = 2, kind: str = "f") -> str:
+    return "-" if value is None else f"{value:.{digits}{kind}}"
+
+
+def print_bench(result: RunResult) -> None:
+    """Latency percentiles, spread and measured throughput of every target at every grid point."""
+    bench = result.bench
+    env = machine(result) or {}
+    table = Table(title=f"{result.prepared.recipe.name}: latency (ms) and throughput, "
+                        f"{env.get('threads')} threads on {env.get('cpu')}")
+    for column in ("target", "batch", "seq", "p50", "p90", "p99", "cv", "samples/s", "tokens/s", "vs eager [95%]",
+                   "peak RSS MB", ""):
+        table.add_column(column, justify="left" if column in ("target", "") else "right")
+    for target, res in bench.items():
+        if res.get("error"):
+            table.add_row(target, "-", "-", "-", "-", "-", "-", "-", "-", "-", "-", f"failed: {res['error']}")
+            continue
+        for row in res["rows"]:
+            speedup = speedup_cell(ratio_at(result, target, (row["batch"], row["seq"])))
+            table.add_row(target, str(row["batch"]), str(row["seq"]), _fmt(row["p50_ms"]), _fmt(row["p90_ms"]),
+                          _fmt(row["p99_ms"]), _fmt(row["cv"]), f"{row['throughput']:.1f}",
+                          f"{row['tokens_per_s']:.0f}", speedup, f"{row['peak_rss_mb']:.0f}",
+                          "UNSTABLE" if row.get("unstable") else "")
+    console.print(table)
+    for line in ratio_notes(result):
+        console.print(line)
+    if not any(res.get("best_batch") or res.get("real_data") for res in bench.values()):
+        return
+    extra = Table(title="best batch and real-data throughput (sentences/s, tokenize + run)")
+    for column in ("target", "best batch", "at seq", "samples/s", "stopped by", "padded", "by length", "gain"):
+        extra.add_column(column)
+    for target, res in bench.items():
+        best, real = res.get("best_batch") or {}, res.get("real_data") or {}
+        extra.add_row(target, str(best.get("batch", "-")), str(best.get("seq", "-")), _fmt(best.get("throughput"), 1),
+                      str(best.get("stopped_by", "-")), _fmt(real.get("padded_sentences_per_s"), 1),
+                      _fmt(real.get("sorted_sentences_per_s"), 1), _fmt(real.get("speedup_sorted_over_padded")))
+    console.print(extra)

@@ -1,0 +1,133 @@
+"""Engines: run a model on inputs staged on the device, with the right synchronization.
+
+An engine separates staging from running, so a timed region holds the model call alone: no
+host-to-device copy, no device-to-host copy. A Runner (pipeline.runtime.runner) wraps an engine as
+arrays in, arrays out.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from pipeline.bench.timing import CudaEventTimer, Timer
+from pipeline.core.errors import DeviceError
+from pipeline.model.inputs import Inputs
+from pipeline.runtime.sessions import PROVIDERS, onnx_session
+
+Call = Callable[[], Any]
+
+
+def torch_device(device: str) -> Any:
+    """The torch device for 'cpu' or 'cuda', refusing CUDA when none is available."""
+    import torch
+
+    if device == "cuda" and not torch.cuda.is_available():
+        raise DeviceError("device cuda was asked for, but torch sees no CUDA device")
+    if device not in PROVIDERS:
+        raise DeviceError(f"unknown device {device!r} (known: {', '.join(PROVIDERS)})")
+    return torch.device(device)
+
+
+class TorchEngine:
+    """Eager or TorchScript module; CUDA events time it on GPU."""
+
+    def __init__(self, module: Any, input_names: list[str], device: str) -> None:
+        import torch
+
+        self.torch = torch
+        self.device = torch_device(device)
+        self.module = module.to(self.device) if isinstance(module, torch.nn.Module) else module
+        if isinstance(self.module, torch.nn.Module):
+            self.module.eval()
+            for name, param in self.module.named_parameters():
+                if param.device.type != self.device.type:
+                    raise DeviceError(f"parameter {name} is on {param.device.type}, not {device}")
+        self.input_names = input_names
+        self.timer: Timer = CudaEventTimer() if self.device.type == "cuda" else Timer()
+
+    def sync(self) -> None:
+        """Wait for queued device work."""
+        if self.device.type == "cuda":
+            self.torch.cuda.synchronize()
+
+    def stage(self, inputs: Inputs) -> Call:
+        """Copy inputs to the device now; return a call that runs the model on them."""
+        torch = self.torch
+        tensors = [torch.from_numpy(np.ascontiguousarray(inputs[name])).to(self.device) for name in self.input_names]
+        for name, tensor in zip(self.input_names, tensors, strict=True):
+            if tensor.device.type != self.device.type:
+                raise DeviceError(f"input {name} is on {tensor.device.type}, not {self.device.type}")
+
+        def call() -> Any:
+            with torch.inference_mode():
+                return self.module(*tensors)
+
+        return call
+
+    def run_host(self, inputs: Inputs) -> None:
+        """Stage and run once, synchronized: what a server does per request."""
+        self.stage(inputs)()
+        self.sync()
+
+    def host_outputs(self, inputs: Inputs) -> list[np.ndarray]:
+        """Stage, run, and bring every output to the host (one step of a decoding loop)."""
+        result = self.stage(inputs)()
+        result = (result,) if self.torch.is_tensor(result) else result
+        return [value.detach().cpu().numpy() for value in result]
+
+
+class OrtEngine:
+    """onnxruntime session; on CUDA, IO binding keeps inputs and outputs on the device."""
+
+    def __init__(self, path: Path, device: str, threads: int | None, strict_device: bool = True) -> None:
+        self.device, self.path = device, path
+        self.session = onnx_session(path, device, threads, strict_device=strict_device)
+        self.input_names = [i.name for i in self.session.get_inputs()]
+        self.output_names = [o.name for o in self.session.get_outputs()]
+        self._binding: Any = None
+        self.timer = Timer(self.sync)
+
+    def sync(self) -> None:
+        """Wait for the outputs of the last IO-bound run."""
+        if self._binding is not None:
+            self._binding.synchronize_outputs()
+
+    def stage(self, inputs: Inputs) -> Call:
+        """Place inputs where the session reads them (those the graph declares: an exporter may drop an
+        unused one); return a call that runs it."""
+        missing = [name for name in self.input_names if name not in inputs]
+        if missing:
+            raise ValueError(f"{self.path.name}: no value for graph input(s) {', '.join(missing)}")
+        if self.device == "cpu":
+            feed = {name: np.ascontiguousarray(inputs[name]) for name in self.input_names}
+            return lambda: self.session.run(self.output_names, feed)
+        import onnxruntime as ort
+
+        binding = self.session.io_binding()
+        for name in self.input_names:
+            value = ort.OrtValue.ortvalue_from_numpy(np.ascontiguousarray(inputs[name]), "cuda", 0)
+            binding.bind_ortvalue_input(name, value)
+        for name in self.output_names:
+            binding.bind_output(name, "cuda", 0)
+        self._binding = binding
+        return lambda: self.session.run_with_iobinding(binding)
+
+    def run_host(self, inputs: Inputs) -> None:
+        """Stage and run once, synchronized."""
+        self.stage(inputs)()
+        self.sync()
+
+    def host_outputs(self, inputs: Inputs) -> list[np.ndarray]:
+        """Stage, run, and bring every output to the host (one step of a decoding loop)."""
+        result = self.stage(inputs)()
+        if self.device == "cpu":
+            return list(result)
+        self.sync()
+        return self._binding.copy_outputs_to_cpu()
+
+
+Engine = TorchEngine | OrtEngine

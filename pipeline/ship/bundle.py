@@ -1,0 +1,280 @@
+"""The deployment bundle: the shipped artifact with what it takes to serve it, and proof that it is whole.
+
+``<out>/ship/`` holds the model file(s), ``config.json`` and the tokenizer files (so transformers and
+Optimum's ORTModel classes load the folder as it is), ``manifest.json`` (the sha256 of every file, the
+lineage from the source model, library versions, the parity verdict and any benchmark rows) and, for
+ONNX, a Triton Inference Server model repository under ``triton/``. Every path in it is relative, so
+the folder can be moved or copied anywhere.
+
+The bundle is built in a staging folder and swapped in with one rename: a bundle shipped before
+stays whole if anything fails midway.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import stat
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from pipeline.bench.spec import CONTRACT_ROW_KEYS
+from pipeline.core.artifact import Artifact, Format, read_manifest, verify_folder
+from pipeline.core.disk import check_not_cut_short, disk_full, is_disk_full, require_space
+from pipeline.core.errors import ArtifactError, ParityError, PipelineError
+from pipeline.core.store import MANIFEST, json_safe, sha256_file, staging_folder, write_json_atomic
+from pipeline.core.versions import library_versions
+from pipeline.model.loading import ModelHandle, _auto_class
+from pipeline.ship.triton import DEFAULT_MAX_BATCH, write_repository
+
+if TYPE_CHECKING:  # optimize may come to import this module; the types are only for annotations
+    from pipeline.engine.results import RunResult
+    from pipeline.verify.parity import Parity
+
+log = logging.getLogger(__name__)
+
+SHIP_DIR = "ship"
+TRITON_DIR = "triton"
+CONFIG_FILE = "config.json"
+BUNDLE_VERSION = 1
+SHIPPABLE = (Format.ONNX, Format.TORCHSCRIPT)
+BENCH_KEYS = ("best_batch", "real_data", "peak_rss_mb", "peak_gpu_mb", "fingerprint", "error")
+REGULAR_ONLY = "(a bundle holds regular files only)"
+
+
+def build_bundle(result: RunResult, max_batch_size: int = DEFAULT_MAX_BATCH) -> Path:
+    """Write the bundle of ``result.shipped`` to ``<out_dir>/ship``, atomically; returns that folder."""
+    name = result.shipped
+    if name is None:
+        raise ParityError("nothing to ship: no artifact the recipe may ship passed its parity gate")
+    artifact = result.artifacts[name]
+    if artifact.path is None or artifact.format not in SHIPPABLE:
+        raise ArtifactError(f"step {name}: a {artifact.format.value} artifact cannot be shipped")
+    prepared = result.prepared
+    final = prepared.out_dir / SHIP_DIR
+    require_space(prepared.out_dir, int(artifact.stats.get("bytes", 0)), "ship")
+    try:
+        return _write_bundle(result, artifact, final, max_batch_size)
+    except Exception as exc:
+        if is_disk_full(exc) and not isinstance(exc, PipelineError):
+            raise disk_full(exc, prepared.out_dir, writing=final) from None
+        raise
+
+
+def _write_bundle(result: RunResult, artifact: Artifact, final: Path, max_batch_size: int) -> Path:
+    """Build the bundle in a staging folder and swap it in as ``final``."""
+    assert artifact.path is not None and result.shipped is not None
+    prepared = result.prepared
+    handle = prepared.ctx.model
+    with staging_folder(final) as tmp:
+        copied = copy_artifact(artifact, tmp)
+        write_config(handle, tmp)
+        write_tokenizer(handle, tmp)
+        triton = None
+        if artifact.format is Format.ONNX:
+            triton = write_repository(tmp / artifact.path.name, tmp / TRITON_DIR, prepared.recipe.name,
+                                      prepared.recipe.device, max_batch_size)
+        files = bundle_files(tmp)
+        changed = sorted(rel for rel, digest in copied.items() if files.get(rel) != digest)
+        if changed:
+            raise ArtifactError(f"ship: {', '.join(changed)} in the bundle no longer match the step's artifact")
+        manifest = bundle_manifest(result, result.shipped, files, triton.relative_to(tmp) if triton else None)
+        write_json_atomic(tmp / MANIFEST, manifest)
+        make_readable(tmp)
+        check_not_cut_short(tmp, final)
+    log.info("shipped %s to %s (%d files)", artifact.path.parent.name, final, len(files))
+    return final
+
+
+def check_bundle(path: Path) -> list[str]:
+    """Every way the bundle at ``path`` differs from its manifest, one line each; empty when intact.
+
+    A bundle holds regular files only: a symbolic link (to a file, to a folder, or dangling) or any
+    other entry that is not a regular file or folder is a finding of its own; links are not followed.
+    """
+    path = Path(path)
+    if not path.is_dir():
+        return [f"{path}: not a folder"]
+    files, irregular = _walk_bundle(path)
+    problems = [f"{rel}: {what} {REGULAR_ONLY}" for rel, what in irregular.items()]
+    manifest = read_manifest(path) if MANIFEST in files else None
+    if not isinstance(manifest, dict):
+        return problems if MANIFEST in irregular else [*problems, f"{MANIFEST}: missing or not valid JSON"]
+    listed = manifest.get("files")
+    if not isinstance(listed, dict) or not listed:
+        return [*problems, f"{MANIFEST}: no files table"]
+    actual = {rel: sha256_file(file) for rel, file in files.items() if rel != MANIFEST}
+    problems += _against_manifest(listed, actual, irregular)
+    if manifest.get("model_file") not in listed:
+        problems.append(f"{MANIFEST}: its model_file {manifest.get('model_file')!r} is not among its files")
+    return problems
+
+
+def _against_manifest(listed: dict[str, Any], actual: dict[str, str], irregular: dict[str, str]) -> list[str]:
+    """The listed files that are missing or changed, then the files the manifest does not list.
+
+    A listed file at or under an irregular entry is left out: that entry has its own line."""
+    problems = []
+    for rel, digest in sorted(listed.items()):
+        if any(rel == odd or rel.startswith(f"{odd}/") for odd in irregular):
+            continue
+        if rel not in actual:
+            problems.append(f"{rel}: missing")
+        elif actual[rel] != digest:
+            problems.append(f"{rel}: changed (sha256 {actual[rel][:12]}..., the manifest says {str(digest)[:12]}...)")
+    return problems + [f"{rel}: not listed in {MANIFEST}" for rel in sorted(set(actual) - set(listed))]
+
+
+def bundle_files(folder: Path) -> dict[str, str]:
+    """sha256 of every file under ``folder`` but the top-level manifest, by relative POSIX path.
+
+    Raises ArtifactError when the folder holds a symbolic link or anything else but regular files
+    and folders, so no link is ever shipped.
+    """
+    files, irregular = _walk_bundle(folder)
+    if irregular:
+        found = "; ".join(f"{rel}: {what}" for rel, what in irregular.items())
+        raise ArtifactError(f"ship: {folder} holds {found} {REGULAR_ONLY}")
+    return {rel: sha256_file(path) for rel, path in files.items() if rel != MANIFEST}
+
+
+def _walk_bundle(folder: Path) -> tuple[dict[str, Path], dict[str, str]]:
+    """The regular files under ``folder`` and what every other entry is, both by relative POSIX path.
+
+    Nothing is followed: a link is reported as a link (a linked folder is not descended), and so is
+    any entry that is neither a regular file nor a folder (a fifo, a socket, a device).
+    """
+    files: dict[str, Path] = {}
+    irregular: dict[str, str] = {}
+    for top, dirs, names in os.walk(folder, followlinks=False):
+        for name in [*dirs, *names]:
+            path = Path(top) / name
+            rel = path.relative_to(folder).as_posix()
+            mode = path.lstat().st_mode
+            if stat.S_ISLNK(mode):
+                irregular[rel] = "a symbolic link"
+            elif stat.S_ISREG(mode):
+                files[rel] = path
+            elif not stat.S_ISDIR(mode):
+                irregular[rel] = "not a regular file"
+    return dict(sorted(files.items())), dict(sorted(irregular.items()))
+
+
+def make_readable(folder: Path) -> None:
+    """Folders 755, files 644: the staging folder and atomic writes are owner-only, a server reads as another user."""
+    folder.chmod(0o755)
+    for path in folder.rglob("*"):
+        path.chmod(0o755 if path.is_dir() else 0o644)
+
+
+# -- contents ---------------------------------------------------------------------------------
+def copy_artifact(artifact: Artifact, dest: Path) -> dict[str, str]:
+    """Copy the files of the artifact's step folder (checked against its manifest first); their sha256."""
+    assert artifact.path is not None
+    folder = artifact.path.parent
+    manifest = read_manifest(folder)
+    if manifest is None:
+        raise ArtifactError(f"{folder}: no readable {MANIFEST}; run the recipe again")
+    verify_folder(folder, manifest)
+    files: dict[str, str] = manifest["files"]
+    for rel in files:
+        target = dest / rel
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(folder / rel, target)
+    return files
+
+
+def exported_config(handle: ModelHandle) -> dict[str, Any] | None:
+    """The model's transformers config as config.json holds it, naming the class that was exported.
+
+    ``architectures`` becomes the task's model class (what was traced), and a classifier always
+    carries its labels, so older transformers (Optimum's 4.57) read the same labels.
+    """
+    config = handle.hf_config
+    if config is None:
+        return None
+    data: dict[str, Any] = config.to_diff_dict()
+    try:
+        data["architectures"] = [_auto_class(handle.task)._model_mapping[type(config)].__name__]
+    except (KeyError, AttributeError, ValueError):
+        log.debug("no %s class for %s; config.json keeps its architectures", handle.task, type(config).__name__)
+    if handle.task == "text-classification":
+        data["id2label"] = {str(k): v for k, v in config.id2label.items()}
+        data["label2id"] = {str(k): int(v) for k, v in config.label2id.items()}
+    return data
+
+
+def write_config(handle: ModelHandle, dest: Path) -> None:
+    """config.json for a Hugging Face model (a factory model has none)."""
+    data = exported_config(handle)
+    if data is not None:
+        write_json_atomic(dest / CONFIG_FILE, json_safe(data))
+
+
+def write_tokenizer(handle: ModelHandle, dest: Path) -> None:
+    """The tokenizer's files, when the model has a tokenizer."""
+    tokenizer = handle.tokenizer
+    if tokenizer is not None:
+        tokenizer.save_pretrained(str(dest))
+
+
+# -- manifest ---------------------------------------------------------------------------------
+def bundle_manifest(result: RunResult, name: str, files: dict[str, str], triton: Path | None) -> dict[str, Any]:
+    """manifest.json of the bundle: what it holds, where it came from, and how it was checked."""
+    prepared = result.prepared
+    recipe, handle = prepared.recipe, prepared.ctx.model
+    artifact = result.artifacts[name]
+    assert artifact.path is not None
+    step = next(s for s in prepared.steps if s.name == name)
+    return json_safe({
+        "bundle": BUNDLE_VERSION, "recipe": recipe.name, "step": step.folder, "name": name,
+        "format": artifact.format.value, "precision": artifact.precision, "model_file": artifact.path.name,
+        "files": files, "lineage": lineage(result, name), "versions": library_versions(),
+        "parity": parity_summary(result.parity.get(name)), "bench": bench_summary(result, name),
+        "task": recipe.task, "device": recipe.device, "inputs": list(handle.input_names),
+        "outputs": list(handle.output_names), "random_weights": handle.spec.weights == "random",
+        "triton": {"model": recipe.name, "path": triton.as_posix()} if triton else None,
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+    })
+
+
+def lineage(result: RunResult, name: str) -> list[dict[str, Any]]:
+    """The path from the source model to step ``name``: the source, then each step in order."""
+    steps = {s.name: s for s in result.prepared.steps}
+    chain = []
+    current = name
+    while current != "eager":
+        step = steps[current]
+        artifact = result.artifacts[current]
+        chain.append({"step": step.folder, "name": step.name, "pass": step.pass_cls.name,
+                      "config": step.config.cache_config(), "sha256": artifact.sha256, "key": artifact.key})
+        current = step.source
+    return [{"source": result.prepared.ctx.model.describe()}, *reversed(chain)]
+
+
+def parity_summary(parity: Parity | None) -> dict[str, Any] | None:
+    """The parity verdict without the per-case table: passed, exempt, worst metrics, tolerance."""
+    if parity is None:
+        return None
+    summary = parity.to_json()
+    summary.pop("cases", None)
+    summary["exempt"] = parity.exempt
+    return summary
+
+
+def bench_summary(result: RunResult, name: str) -> dict[str, Any] | None:
+    """The step's benchmark, when the run measured it: DESIGN.md's rows, its interleaved ratios over
+    eager, best batch, real data, machine."""
+    bench = getattr(result, "bench", None) or {}
+    measured = bench.get(name) if isinstance(bench, dict) else None
+    if not isinstance(measured, dict):
+        return None
+    summary = {key: measured[key] for key in BENCH_KEYS if measured.get(key) is not None}
+    summary["rows"] = [{key: row[key] for key in CONTRACT_ROW_KEYS if key in row} for row in measured.get("rows", [])]
+    summary["ratios"] = [entry for entry in getattr(result, "ratios", []) if entry.get("target") == name]
+    if isinstance(summary.get("best_batch"), dict):
+        summary["best_batch"] = {k: v for k, v in summary["best_batch"].items() if k != "curve"}
+    return summary
+

@@ -1,0 +1,69 @@
+"""Which step ships: the recipe's ship rule applied to the parity verdicts and the benchmark session."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from pipeline.bench.rounds import separated, speedup_text
+from pipeline.engine.results import Prepared
+from pipeline.report.summary import worst
+from pipeline.verify.parity import Parity
+
+log = logging.getLogger(__name__)
+
+
+def may_ship(parity: dict[str, Parity], name: str) -> bool:
+    """Whether a step passed its gate (or failed it but is exempt)."""
+    verdict = parity.get(name)
+    return verdict is not None and (verdict.passed or verdict.exempt)
+
+
+def parity_rank(parity: Parity) -> tuple[float, float]:
+    """Higher is closer to eager: the worst min cosine over the outputs, then the smaller max abs error."""
+    return worst(parity.metrics, "cos_min", min) or 0.0, -(worst(parity.metrics, "max_abs", max) or 0.0)
+
+
+def fastest_told_apart(entries: list[dict[str, Any]], parity: dict[str, Parity]) -> tuple[str, str | None]:
+    """The step with the highest ratio over eager when its interval lies above every other's; else, of
+    those it cannot be told apart from, the one with the best parity: (step, why, when not plain)."""
+    ranked = sorted(entries, key=lambda e: e["ratio"], reverse=True)
+    best, tied = ranked[0], [e for e in ranked[1:] if not separated(ranked[0], e)]
+    if not tied:
+        return best["target"], None
+    chosen = max([best, *tied], key=lambda e: parity_rank(parity[e["target"]]))
+    cos = worst(parity[chosen["target"]].metrics, "cos_min", min)
+    others = ", ".join(f"{e['target']} {speedup_text(e)}" for e in tied)
+    return chosen["target"], (
+        f"ship.fastest_at b{best['batch']} s{best['seq']}: the fastest, {best['target']} {speedup_text(best)} over "
+        f"eager, is not told apart from {others} (95% intervals overlap); shipping {chosen['target']}, the best "
+        f"parity of them (min cosine {cos:.6f})")
+
+
+def choose_shipped(prepared: Prepared, parity: dict[str, Parity], bench: dict[str, dict[str, Any]],
+                   ratios: list[dict[str, Any]]) -> tuple[str | None, str | None]:
+    """The step to ship among those that may, and a note when the choice needs one; (None, ...) when
+    none may ship.
+
+    ``ship.step`` names it. ``ship.fastest_at: [batch, seq]`` takes the highest interleaved ratio over
+    eager there when its interval separates it from the next, else the best parity among the steps it
+    cannot be told apart from (by p50 alone when eager has no ratio there). Otherwise: the last step
+    of the chain that may ship.
+    """
+    spec = prepared.recipe.ship
+    if spec.step:
+        return (spec.step if may_ship(parity, spec.step) else None), None
+    allowed = [s.name for s in prepared.steps if may_ship(parity, s.name)]
+    if spec.fastest_at is not None and allowed:
+        point = tuple(spec.fastest_at)
+        entries = [e for e in ratios if (e["batch"], e["seq"]) == point and e["target"] in allowed]
+        if entries:
+            return fastest_told_apart(entries, parity)
+        timed = {name: row["p50_ms"] for name in allowed for row in bench.get(name, {}).get("rows", [])
+                 if (row["batch"], row["seq"]) == point}
+        if timed:
+            return min(timed, key=timed.__getitem__), (
+                f"ship.fastest_at {list(point)}: no ratio over eager there (eager was not measured); "
+                "picked by p50 alone")
+        log.warning("ship.fastest_at %s: no benchmark at that point; shipping the last passing step", point)
+    return (allowed[-1] if allowed else None), None

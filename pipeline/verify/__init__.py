@@ -1,0 +1,1 @@
+"""Verification: the eager reference, parity metrics and the gate, accuracy, greedy generation."""

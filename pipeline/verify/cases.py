@@ -1,0 +1,46 @@
+"""Reference cases: a batch of inputs with eager's outputs for it, and what kind of check it feeds."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import Enum
+
+import numpy as np
+
+from pipeline.model.inputs import Inputs
+
+CACHE_INPUT = "past_key_values."  # a decoder's flat cache inputs (pipeline.model.decoder)
+
+
+class CaseKind(str, Enum):
+    """What a case checks: one forward call (shapes, sentences, a decode step on eager's cache), a batch
+    of labeled texts for task accuracy (also a forward call), or a prompt whose greedy tokens are
+    compared with eager ``generate``'s (prompts in, tokens out: not one call's outputs)."""
+
+    FORWARD = "forward"
+    ACCURACY = "accuracy"
+    GENERATE = "generate"
+
+    def __str__(self) -> str:
+        return self.value
+
+
+@dataclass
+class Case:
+    """One batch of inputs with the eager outputs for it."""
+
+    name: str
+    inputs: Inputs
+    outputs: dict[str, np.ndarray]
+    kind: CaseKind = CaseKind.FORWARD
+
+    @property
+    def has_cache(self) -> bool:
+        """Whether the inputs feed a decoder's KV cache (its outputs then align by position)."""
+        return any(name.startswith(CACHE_INPUT) for name in self.inputs)
+
+
+def split_generation(cases: list[Case]) -> tuple[list[Case], list[Case]]:
+    """(forward cases, generation cases): the latter hold prompts and eager's tokens, not one call's outputs."""
+    return ([case for case in cases if case.kind is not CaseKind.GENERATE],
+            [case for case in cases if case.kind is CaseKind.GENERATE])

@@ -1,0 +1,127 @@
+"""Benchmarks end to end on the tiny BERT: worker processes, report rows, cache, device checks."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from pipeline.bench.orchestrate import round_plans
+from pipeline.cli import main
+from pipeline.core.errors import DeviceError
+from pipeline.model.inputs import random_tokens
+from pipeline.recipe.schema import BenchSpec
+from pipeline.runtime.engines import OrtEngine, TorchEngine
+from pipeline.runtime.sessions import onnx_session
+
+ROW = {"batch", "seq", "p50_ms", "p90_ms", "p99_ms", "mean_ms", "cv", "throughput", "peak_rss_mb"}
+FAST = ["--set", "bench.min_seconds=0.05", "--set", "bench.min_repeats=5", "--set", "bench.throughput_seconds=0.05",
+        "--set", "bench.warmup_seconds=0.01", "--set", "bench.best_batch.max_batch=4",
+        "--set", "bench.best_batch.seq=16", "--set", "bench.real_data.max_length=32", "--set", "bench.rounds=3",
+        "--set", "bench.pause_seconds=0.01"]
+
+
+@pytest.fixture
+def tiny_recipe(write_tiny_recipe: Callable[..., Path]) -> Path:
+    return write_tiny_recipe("tiny", [{"torchscript": {}}, {"onnx_export": {"from": "eager"}}],
+                             verify={"shapes": [[1, 9]], "sentence_batches": 1},
+                             bench={"batches": [1, 2], "seqs": [8, 16]})
+
+
+def test_every_target_is_benchmarked_into_report_rows(tiny_recipe: Path, capsys: pytest.CaptureFixture) -> None:
+    assert main(["optimize", str(tiny_recipe), *FAST]) == 0
+    report = json.loads(Path("artifacts/tiny/report.json").read_text())
+    targets = [report["eager"], *report["artifacts"]]
+    for target in targets:
+        assert [(r["batch"], r["seq"]) for r in target["bench"]] == [(1, 8), (1, 16), (2, 8), (2, 16)]
+        for row in target["bench"]:
+            assert ROW <= set(row) and row["p50_ms"] <= row["p90_ms"] <= row["p99_ms"] and row["throughput"] > 0
+            assert row["tokens_per_s"] == pytest.approx(row["throughput"] * row["seq"])
+        assert target["best_batch"]["batch"] in (1, 2, 4)
+        real = target["real_data"]
+        assert real["sentences"] == 278 and real["padded_sentences_per_s"] > 0 and real["sorted_sentences_per_s"] > 0
+    env = report["bench_environment"]
+    assert env["threads"] == 2 and env["inter_op_threads"] == 1 and env["cpu"] and "onnxruntime" in env["versions"]
+    out = capsys.readouterr().out
+    assert "p99" in out and "best batch" in out
+
+
+def test_optimize_reuses_bench_results_and_bench_remeasures(tiny_recipe: Path) -> None:
+    assert main(["optimize", str(tiny_recipe), *FAST]) == 0
+    first = json.loads(Path("artifacts/tiny/bench/eager.json").read_text())
+    assert main(["optimize", str(tiny_recipe), *FAST]) == 0
+    assert json.loads(Path("artifacts/tiny/bench/eager.json").read_text()) == first
+    assert main(["bench", str(tiny_recipe), *FAST]) == 0
+    again = json.loads(Path("artifacts/tiny/bench/eager.json").read_text())
+    assert again["rows"] != first["rows"]
+    assert all("p50_change_from_previous" in row for row in again["rows"])
+
+
+def test_onnx_session_refuses_a_provider_it_does_not_have(tiny_onnx) -> None:
+    import onnxruntime as ort
+
+    if "CUDAExecutionProvider" in ort.get_available_providers():
+        pytest.skip("this onnxruntime has CUDA")
+    with pytest.raises(DeviceError, match="onnxruntime has no CUDAExecutionProvider"):
+        onnx_session(tiny_onnx.path, "cuda")
+
+
+def test_torch_engine_refuses_cuda_without_a_device(tiny_ctx) -> None:
+    torch = pytest.importorskip("torch")
+    if torch.cuda.is_available():
+        pytest.skip("CUDA is available")
+    with pytest.raises(DeviceError, match="torch sees no CUDA device"):
+        TorchEngine(tiny_ctx.model.load().module, tiny_ctx.io.input_names, "cuda")
+
+
+def _gpu_engines(tiny_ctx, tiny_onnx) -> list:
+    import onnxruntime as ort
+    import torch
+
+    if not torch.cuda.is_available():
+        pytest.skip("no CUDA device")
+    engines = [TorchEngine(tiny_ctx.model.load().module, tiny_ctx.io.input_names, "cuda")]
+    if "CUDAExecutionProvider" in ort.get_available_providers():
+        engines.append(OrtEngine(tiny_onnx.path, "cuda", threads=2))
+    return engines
+
+
+def test_gpu_engines_stage_inputs_on_the_device_and_time_synchronized(tiny_ctx, tiny_onnx) -> None:
+    inputs = random_tokens(tiny_ctx.io.input_names, 2, 16, 30522)
+    for engine in _gpu_engines(tiny_ctx, tiny_onnx):
+        call = engine.stage(inputs)
+        assert engine.timer.time_ms(call) > 0
+        engine.run_host(inputs)
+
+
+def test_cpu_engines_match(tiny_ctx, tiny_onnx) -> None:
+    inputs = random_tokens(tiny_ctx.io.input_names, 2, 16, 30522)
+    torch_out = TorchEngine(tiny_ctx.model.load().module, tiny_ctx.io.input_names, "cpu").stage(inputs)()
+    ort_out = OrtEngine(tiny_onnx.path, "cpu", threads=2).stage(inputs)()
+    assert np.abs(torch_out[0].numpy() - ort_out[0]).max() < 1e-4
+
+
+def test_pad_batch_matches_the_tokenizer_padding_to_the_longest(tiny_ctx) -> None:
+    from pipeline.bench.worker import pad_batch
+    from pipeline.model.inputs import tokenize
+
+    tokenizer = tiny_ctx.model.tokenizer
+    texts = ["short one", "a much longer sentence than the first one", "mid length here"]
+    names = tiny_ctx.io.input_names
+    ours = pad_batch(tokenizer(texts), [0, 1, 2], names, tokenizer.pad_token_id)
+    theirs = tokenize(tokenizer, texts, names)
+    for name in names:
+        assert np.array_equal(ours[name], theirs[name]), name
+
+
+def test_the_ship_point_gets_the_headline_rounds_and_the_protocol_is_shared_out_over_them() -> None:
+    spec = BenchSpec(batches=[1, 8], seqs=[16, 128], rounds=8, headline_rounds=24, min_repeats=48, min_seconds=2.4)
+    plans = round_plans(spec, "cpu", headline=(1, 128))
+    assert list(plans) == [(1, 16), (1, 128), (8, 16), (8, 128)]
+    assert {point: plan.rounds for point, plan in plans.items()} == {(1, 16): 8, (1, 128): 24, (8, 16): 8, (8, 128): 8}
+    assert plans[(1, 128)].block["min_repeats"] == 2 and plans[(1, 16)].block["min_repeats"] == 6
+    assert plans[(1, 128)].block["min_seconds"] == pytest.approx(0.1)
+    assert all(plan.rounds == 8 for plan in round_plans(spec, "cpu", headline=None).values())

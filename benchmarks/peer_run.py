@@ -13,7 +13,7 @@ from benchmarks.peer_build import optimum_peers, optimum_source, ort_optimized, 
 from benchmarks.peer_measure import QUICK, Settings, judge_compiled, launch, parity_in_process, parity_json
 from benchmarks.peer_table import Target
 from benchmarks.quiet import contention, wait_for_quiet
-from pipeline.bench.orchestrate import measure_session, round_plan
+from pipeline.bench.orchestrate import measure_session, round_plans
 from pipeline.engine.results import RunResult
 from pipeline.runtime.runner import Runner
 from pipeline.ship.rule import choose_shipped
@@ -86,8 +86,8 @@ def measure(result: RunResult, targets: list[Target], settings: Settings, timeou
     runnable = [t for t in targets if t.error is None]
     quick = {**QUICK, "rounds": 3, "headline_rounds": 3}
     bench = recipe.bench.model_copy(update=quick) if settings.quick else recipe.bench
-    plans = {(b, s): round_plan(bench, recipe.device, bench.headline_rounds if (b, s) == settings.point else None)
-             for b in settings.batches for s in settings.seqs}
+    plans = round_plans(bench, recipe.device, settings.point,
+                        [(b, s) for b in settings.batches for s in settings.seqs])
     load: dict[str, float] = {"others_cpu_share_before": wait_for_quiet(settings.quiet_threshold, settings.quiet_wait)}
     with tempfile.TemporaryDirectory(prefix="peers-") as scratch:
         launches = [launch(prepared, t, cases, settings, Path(scratch)) for t in runnable]

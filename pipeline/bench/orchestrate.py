@@ -17,6 +17,7 @@ import math
 import os
 import sys
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, cast
@@ -123,12 +124,11 @@ def flag_reruns(result: dict[str, Any], previous: dict[str, Any] | None, toleran
             row.setdefault("unstable_reasons", []).append(f"cv {row['cv']:.2f}")
 
 
-def round_plan(bench: BenchSpec, device: str, rounds: int | None = None) -> RoundPlan:
-    """The rounds of a point (``bench.rounds`` unless given), and what one target measures in one: the
-    protocol's repeats and seconds shared out over the rounds, a one-call warm-up (the first round of a
+def round_plan(bench: BenchSpec, device: str, rounds: int) -> RoundPlan:
+    """A point's ``rounds``, and what one target measures in one: the protocol's repeats and seconds
+    shared out over the rounds, a one-call warm-up (the first round of a
     point warms up in full), and back-to-back throughput only where a timed call synchronizes (GPU): on
     CPU the timed calls are back to back already."""
-    rounds = rounds or bench.rounds
     block = {"warmup": 1, "warmup_seconds": min(bench.warmup_seconds, 0.05),
              "min_repeats": math.ceil(bench.min_repeats / rounds), "min_seconds": bench.min_seconds / rounds,
              "max_seconds": bench.max_seconds / rounds, "cv_threshold": bench.cv_threshold,
@@ -156,12 +156,14 @@ def grid_row(blocks: list[dict[str, Any]], batch: int, seq: int, cv_threshold: f
     return row
 
 
-def round_plans(bench: BenchSpec, device: str, headline: Point | None) -> dict[Point, RoundPlan]:
-    """Each grid point's plan: ``bench.rounds``, and ``bench.headline_rounds`` at the ship point, where a
+def round_plans(bench: BenchSpec, device: str, headline: Point | None,
+                grid: Sequence[Point] | None = None) -> dict[Point, RoundPlan]:
+    """Each point's plan (of ``grid``, default the recipe's): ``bench.rounds``, and ``bench.headline_rounds``
+    at the ship point, where a
     verdict is drawn from the intervals (measured here: 8 rounds gave int8 over eager [2.46, 3.25] on a
     shared 2-core machine, 24 rounds of shorter blocks [2.90, 3.42] at about 1.7 times the cost)."""
     plans = {}
-    for point in [(b, s) for b in bench.batches for s in bench.seqs]:
+    for point in grid or [(b, s) for b in bench.batches for s in bench.seqs]:
         rounds = bench.headline_rounds if point == headline else bench.rounds
         plans[point] = round_plan(bench, device, rounds)
     return plans

@@ -13,6 +13,7 @@ import numpy as np
 
 from pipeline.core.errors import ModelError
 
+PAST_PREFIX = "past_key_values."  # the cache inputs: <prefix><layer>.key and <prefix><layer>.value
 INPUTS = ("input_ids", "attention_mask")
 
 
@@ -27,7 +28,7 @@ class CacheLayout:
     @property
     def past_names(self) -> list[str]:
         """Cache inputs, key then value for each layer."""
-        return [f"past_key_values.{i}.{kind}" for i in range(self.layers) for kind in ("key", "value")]
+        return [f"{PAST_PREFIX}{i}.{kind}" for i in range(self.layers) for kind in ("key", "value")]
 
     @property
     def present_names(self) -> list[str]:

@@ -7,9 +7,8 @@ from enum import Enum
 
 import numpy as np
 
+from pipeline.model.cache import PAST_PREFIX
 from pipeline.model.inputs import Inputs
-
-CACHE_INPUT = "past_key_values."  # a decoder's flat cache inputs (pipeline.model.decoder)
 
 
 class CaseKind(str, Enum):
@@ -37,7 +36,7 @@ class Case:
     @property
     def has_cache(self) -> bool:
         """Whether the inputs feed a decoder's KV cache (its outputs then align by position)."""
-        return any(name.startswith(CACHE_INPUT) for name in self.inputs)
+        return any(name.startswith(PAST_PREFIX) for name in self.inputs)
 
 
 def split_generation(cases: list[Case]) -> tuple[list[Case], list[Case]]:

@@ -41,6 +41,7 @@ log = logging.getLogger(__name__)
 PROTOCOL_KEYS = ("warmup", "warmup_seconds", "min_repeats", "min_seconds", "max_seconds", "throughput_seconds",
                  "cv_threshold")
 BASELINE = "eager"
+ROUND_WARMUP_SECONDS = 0.02  # a round's warm-up: enough calls to wake the thread pools after the pause
 
 
 @dataclass
@@ -98,11 +99,13 @@ def generation_spec(recipe: Any, handle: Any) -> WorkerSpec:
     return out
 
 
-def bench_key(prepared: Prepared, artifact: Artifact) -> str:
-    """Cache key of a target's benchmark: the artifact, the protocol and grid, and the machine."""
+def bench_key(prepared: Prepared, artifact: Artifact, one_point: bool = False) -> str:
+    """Cache key of a target's benchmark: the artifact, the protocol and grid (or the one point of a
+    step that failed its gate), and the machine."""
     machine = fingerprint(prepared.recipe.bench.threads, prepared.recipe.device)
     return sha256_text(canonical_json({"artifact": artifact.key, "bench": prepared.recipe.bench.model_dump(),
-                                       "machine": machine, "device": prepared.recipe.device}))
+                                       "machine": machine, "device": prepared.recipe.device,
+                                       "one_point": one_point}))
 
 
 def flag_reruns(result: dict[str, Any], previous: dict[str, Any] | None, tolerance: float) -> None:
@@ -126,10 +129,11 @@ def flag_reruns(result: dict[str, Any], previous: dict[str, Any] | None, toleran
 
 def round_plan(bench: BenchSpec, device: str, rounds: int) -> RoundPlan:
     """A point's ``rounds``, and what one target measures in one: the protocol's repeats and seconds
-    shared out over the rounds, a one-call warm-up (the first round of a
-    point warms up in full), and back-to-back throughput only where a timed call synchronizes (GPU): on
-    CPU the timed calls are back to back already."""
-    block = {"warmup": 1, "warmup_seconds": min(bench.warmup_seconds, 0.05),
+    shared out over the rounds (``max_seconds`` kept as a cap), a short warm-up before every block (the
+    first round of a point warms up in full; measured without it, eager ran 1.8 times slower right
+    after the pause), and back-to-back throughput only where a timed call synchronizes (GPU): on CPU
+    the timed calls are back to back already."""
+    block = {"warmup": 1, "warmup_seconds": min(bench.warmup_seconds, ROUND_WARMUP_SECONDS),
              "min_repeats": math.ceil(bench.min_repeats / rounds), "min_seconds": bench.min_seconds / rounds,
              "max_seconds": bench.max_seconds / rounds, "cv_threshold": bench.cv_threshold,
              "throughput_seconds": 0.0 if device == "cpu" else bench.throughput_seconds / rounds}
@@ -181,7 +185,7 @@ def measure_session(launches: list[Launch], plans: dict[Point, RoundPlan], timeo
                                         fingerprint=worker.ready["fingerprint"])
         pids = [os.getpid(), *(worker.pid for worker in workers)]
         for (batch, seq), plan in plans.items():
-            live = [worker for worker in workers if worker.name not in failed]
+            live = [worker for worker in workers if worker.name not in failed and worker.measures((batch, seq))]
             advance(f"b{batch} s{seq}: {len(live)} targets in {plan.rounds} interleaved rounds")
             rounds = measure_point(live, (batch, seq), plan, lambda: sample(pids))
             cv = plan.block.get("cv_threshold", 0.10)
@@ -195,7 +199,8 @@ def measure_session(launches: list[Launch], plans: dict[Point, RoundPlan], timeo
                 if worker.name != BASELINE and BASELINE not in failed and entry is not None:
                     ratios.append(entry)
         for worker in workers:
-            if worker.name in failed:
+            if worker.name in failed or (worker.launch is not None and not worker.launch.extras):
+                advance(f"{worker.name}: no extras")
                 continue
             advance(f"{worker.name}: best batch, memory, real data (own process)")
             try:
@@ -222,14 +227,26 @@ def _whole_session(previous: dict[str, dict[str, Any] | None], saved: dict[str, 
                and result.get("session") == saved["session"] for name, result in previous.items())
 
 
+def failed_step_points(prepared: Prepared) -> frozenset[Point]:
+    """The one point a step that failed its gate is measured at: the ship point when the grid holds it,
+    else the grid's first point."""
+    bench = prepared.recipe.bench
+    grid = [(b, s) for b in bench.batches for s in bench.seqs]
+    point = headline(prepared)
+    return frozenset({point if point in grid else grid[0]})
+
+
 def benchmark(prepared: Prepared, artifacts: dict[str, Artifact], force: bool = False,
-              measure: bool = True) -> Benchmarks:
+              measure: bool = True, failed_gate: frozenset[str] = frozenset()) -> Benchmarks:
     """The benchmark session of 'eager' and every step: re-used from cache when whole unless ``force``;
-    without ``measure``, only a whole cached session is returned (else an empty one)."""
+    without ``measure``, only a whole cached session is returned (else an empty one). A step in
+    ``failed_gate`` cannot ship, so unless ``bench.failed_steps`` is ``grid`` it is measured at one
+    point only, to show what its failure would have bought, and without the extras."""
     folder = prepared.out_dir / "bench"
     bench = prepared.recipe.bench
     targets = [BASELINE, *[step.name for step in prepared.steps]]
-    keys = {target: bench_key(prepared, artifacts[target]) for target in targets}
+    one_point = failed_gate if bench.failed_steps == "headline" else frozenset()
+    keys = {target: bench_key(prepared, artifacts[target], target in one_point) for target in targets}
     previous = {target: read_json(folder / f"{target}.json") for target in targets}
     saved = read_json(folder / "ratios.json")
     if not force and _whole_session(previous, saved, keys):
@@ -237,7 +254,10 @@ def benchmark(prepared: Prepared, artifacts: dict[str, Artifact], force: bool = 
         return Benchmarks({t: r for t, r in previous.items() if r is not None}, saved["ratios"])
     if not measure:
         return Benchmarks()
-    launches = [Launch(target, worker_spec(prepared, target, artifacts[target])) for target in targets]
+    points = failed_step_points(prepared)
+    launches = [Launch(target, worker_spec(prepared, target, artifacts[target]),
+                       points=points if target in one_point else None, extras=target not in one_point)
+                for target in targets]
     plans = round_plans(bench, prepared.recipe.device, headline(prepared))
     outcome = measure_session(launches, plans, bench.timeout_seconds)
     session = uuid.uuid4().hex

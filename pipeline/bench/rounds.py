@@ -44,7 +44,7 @@ class RoundPlan:
     """How many rounds a point gets, what each target measures in one, and what counts as disturbed."""
 
     rounds: int = 8
-    pause_seconds: float = 0.05
+    pause_seconds: float = 0.02
     max_steal: float = 0.05
     max_others: float = 0.15
     max_redo: int = 3

@@ -97,7 +97,7 @@ def best_batch(engine: Any, spec: WorkerSpec, protocol: Protocol) -> dict[str, A
     """Double the batch from 1 until throughput stops rising (plateau), memory runs out, or the cap."""
     cfg = spec["best_batch"]
     seq, limit = cfg["seq"], cfg["memory_limit_mb"]
-    quick = Protocol(warmup=2, warmup_seconds=0.1, throughput_seconds=protocol.throughput_seconds)
+    quick = Protocol(warmup=1, warmup_seconds=0.1, throughput_seconds=protocol.throughput_seconds)
     curve, best, stalls, batch, stop = [], None, 0, 1, "max_batch"
     while batch <= cfg["max_batch"]:
         try:

@@ -36,6 +36,8 @@ class Launch:
     module: str = WORKER_MODULE
     extra_env: Callable[[Path], dict[str, str]] | None = None  # given the worker's scratch folder
     cwd: Path | None = None
+    points: frozenset[Point] | None = None  # the grid points it measures (None: every one)
+    extras: bool = True  # whether it measures the per-target extras (best batch, memory, real data)
 
 
 @dataclass
@@ -47,6 +49,7 @@ class Worker:
     proc: subprocess.Popen[bytes]
     stderr: IO[bytes]
     ready: dict[str, Any] = field(default_factory=dict)
+    launch: Launch | None = None
 
     @property
     def pid(self) -> int:
@@ -61,6 +64,10 @@ class Worker:
         except (BrokenPipeError, OSError):
             raise BlockFailed(self._why_gone()) from None
         return self._reply()
+
+    def measures(self, point: Point) -> bool:
+        """Whether this target measures ``point`` of the grid."""
+        return self.launch is None or self.launch.points is None or point in self.launch.points
 
     def block(self, point: Point, protocol: dict[str, Any]) -> dict[str, Any]:
         """Timed calls at ``point`` with the round's ``protocol`` (the rounds' Measurer)."""
@@ -118,7 +125,7 @@ def start(launch: Launch, timeout: float, scratch: Path) -> Worker:
     stderr = open(folder / "stderr.txt", "w+b")  # noqa: SIM115  (closed with the worker)
     proc = subprocess.Popen([sys.executable, "-m", launch.module, str(spec_path)], stdin=subprocess.PIPE,
                             stdout=subprocess.PIPE, stderr=stderr, env=env, cwd=launch.cwd)
-    worker = Worker(launch.name, timeout, proc, stderr)
+    worker = Worker(launch.name, timeout, proc, stderr, launch=launch)
     try:
         worker.ready = worker._reply()
     except BlockFailed:

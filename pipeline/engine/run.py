@@ -168,7 +168,9 @@ def _run_claimed(prepared: Prepared, build: bool, bench: BenchMode) -> RunResult
                        measure_accuracy(prepared, cases, outputs), rebuilt=[item.step.name for item in rebuilt])
     # Benchmarks come after verification and before the choice: the fastest passing step may ship.
     if bench != "skip" and recipe.bench.enabled:
-        measured = benchmark(prepared, artifacts, force=bench == "force", measure=bench != "reuse")
+        failed_gate = frozenset(step.name for step in prepared.steps if not may_ship(parity, step.name))
+        measured = benchmark(prepared, artifacts, force=bench == "force", measure=bench != "reuse",
+                             failed_gate=failed_gate)
         result.bench, result.ratios = measured.results, measured.ratios
     result.shipped, result.ship_note = choose_shipped(prepared, parity, result.bench, result.ratios)
     if result.ship_note:

@@ -180,7 +180,7 @@ class BenchSpec(Strict):
     headline_rounds: int = Field(default=24, ge=2, le=1000,
                                  description="Interleaved rounds at the ship point (ship.fastest_at), where the ship "
                                              "rule compares intervals: more rounds of shorter blocks narrow them.")
-    pause_seconds: float = Field(default=0.05, ge=0, le=60, description="Pause before each target's turn in a "
+    pause_seconds: float = Field(default=0.02, ge=0, le=60, description="Pause before each target's turn in a "
                                                                        "round, so spinning thread pools park.")
     max_steal: float = Field(default=0.05, ge=0, le=1, description="CPU steal (share of all CPU time) above which "
                                                                    "a round is dropped and run again.")
@@ -191,6 +191,10 @@ class BenchSpec(Strict):
                                                                    "replace dropped ones.")
     interval_tolerance: float = Field(default=0.10, gt=0, description="A ratio whose 95% interval is wider than "
                                                                       "this share of it either side is flagged.")
+    failed_steps: Literal["headline", "grid"] = Field(
+        default="headline", description="Where a step that failed its gate is benchmarked: at the ship point "
+                                         "only (ship.fastest_at, else the grid's first point; no extras), or over "
+                                         "the whole grid like the others.")
     best_batch: BestBatchSpec | None = Field(default_factory=BestBatchSpec,
                                              description="Best batch size search (null: skip).")
     real_data: RealDataSpec | None = Field(

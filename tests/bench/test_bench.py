@@ -49,6 +49,20 @@ def test_every_target_is_benchmarked_into_report_rows(tiny_recipe: Path, capsys:
     assert "p99" in out and "best batch" in out
 
 
+def test_a_step_that_fails_its_gate_is_measured_at_one_point_without_extras(tiny_recipe: Path) -> None:
+    fails = ["--set", "verify.steps.onnx_export.tolerance.max_abs=1e-30"]
+    main(["optimize", str(tiny_recipe), *FAST, *fails])
+    report = json.loads(Path("artifacts/tiny/report.json").read_text())
+    rows = {row["name"]: row for row in report["artifacts"]}
+    assert rows["onnx_export"]["parity"]["passed"] is False and rows["torchscript"]["parity"]["passed"] is True
+    assert [(r["batch"], r["seq"]) for r in rows["onnx_export"]["bench"]] == [(1, 8)]  # no ship point: the first
+    assert rows["onnx_export"]["best_batch"] is None and len(rows["torchscript"]["bench"]) == 4
+    assert {(r["batch"], r["seq"]) for r in report["ratios"] if r["target"] == "onnx_export"} == {(1, 8)}
+    main(["optimize", str(tiny_recipe), *FAST, *fails, "--set", "bench.failed_steps=grid"])
+    report = json.loads(Path("artifacts/tiny/report.json").read_text())
+    assert len({row["name"]: row for row in report["artifacts"]}["onnx_export"]["bench"]) == 4
+
+
 def test_optimize_reuses_bench_results_and_bench_remeasures(tiny_recipe: Path) -> None:
     assert main(["optimize", str(tiny_recipe), *FAST]) == 0
     first = json.loads(Path("artifacts/tiny/bench/eager.json").read_text())

@@ -25,6 +25,14 @@ def test_latencies_reach_min_repeats_and_min_seconds_but_stop_at_max() -> None:
     assert 3 <= len(capped) < 100
 
 
+def test_the_cap_is_kept_not_passed_by_a_slow_call() -> None:
+    started = time.perf_counter()
+    slow = latencies(lambda: time.sleep(0.06), Timer(), Protocol(min_repeats=10, min_seconds=0, max_seconds=0.1))
+    assert len(slow) == 1 and time.perf_counter() - started < 0.1  # a second call would end at 0.12 s
+    once = latencies(lambda: time.sleep(0.2), Timer(), Protocol(min_repeats=10, min_seconds=0, max_seconds=0.1))
+    assert len(once) == 1  # the first call always runs
+
+
 def test_the_timer_waits_for_the_device() -> None:
     synced = []
     timer = Timer(lambda: (time.sleep(0.02), synced.append(1)))

@@ -188,7 +188,8 @@ class BenchSpec(Strict):
                                   description="Share of the cores other processes may use during a round before it "
                                               "is dropped and run again.")
     redo_rounds: int = Field(default=3, ge=0, le=1000, description="Extra rounds a point may run, at most, to "
-                                                                   "replace dropped ones.")
+                                                                   "replace dropped ones (or a third of its rounds, "
+                                                                   "when that is more).")
     interval_tolerance: float = Field(default=0.10, gt=0, description="A ratio whose 95% interval is wider than "
                                                                       "this share of it either side is flagged.")
     failed_steps: Literal["headline", "grid"] = Field(

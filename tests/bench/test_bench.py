@@ -138,4 +138,5 @@ def test_the_ship_point_gets_the_headline_rounds_and_the_protocol_is_shared_out_
     assert {point: plan.rounds for point, plan in plans.items()} == {(1, 16): 8, (1, 128): 24, (8, 16): 8, (8, 128): 8}
     assert plans[(1, 128)].block["min_repeats"] == 2 and plans[(1, 16)].block["min_repeats"] == 6
     assert plans[(1, 128)].block["min_seconds"] == pytest.approx(0.1)
+    assert plans[(1, 128)].max_redo == 8 and plans[(1, 16)].max_redo == spec.redo_rounds == 3
     assert all(plan.rounds == 8 for plan in round_plans(spec, "cpu", headline=None).values())

@@ -61,6 +61,11 @@ def available_memory_mb() -> float:
     return 4096.0
 
 
+def grid_points(bench: BenchSpec) -> list[Point]:
+    """The recipe's grid: every batch size with every sequence length, in that order."""
+    return [(batch, seq) for batch in bench.batches for seq in bench.seqs]
+
+
 def worker_spec(prepared: Prepared, target: str, artifact: Artifact) -> WorkerSpec:
     """Everything a worker process needs to benchmark one target."""
     recipe, handle = prepared.recipe, prepared.ctx.model
@@ -69,7 +74,7 @@ def worker_spec(prepared: Prepared, target: str, artifact: Artifact) -> WorkerSp
         "target": target, "format": artifact.format.value, "path": str(artifact.path) if artifact.path else None,
         "model": recipe.model.model_dump(), "task": recipe.task, "base_dir": str(handle.base_dir),
         "input_names": handle.input_names, "output_names": handle.output_names, "device": recipe.device,
-        "threads": bench.threads, "grid": [[b, s] for b in bench.batches for s in bench.seqs],
+        "threads": bench.threads, "grid": [list(point) for point in grid_points(bench)],
         "protocol": {key: getattr(bench, key) for key in PROTOCOL_KEYS},
     }
     if handle.tokenizer is not None:
@@ -169,7 +174,7 @@ def round_plans(bench: BenchSpec, device: str, headline: Point | None,
     verdict is drawn from the intervals (measured here: 8 rounds gave int8 over eager [2.46, 3.25] on a
     shared 2-core machine, 24 rounds of shorter blocks [2.90, 3.42] at about 1.7 times the cost)."""
     plans = {}
-    for point in grid or [(b, s) for b in bench.batches for s in bench.seqs]:
+    for point in grid or grid_points(bench):
         rounds = bench.headline_rounds if point == headline else bench.rounds
         plans[point] = round_plan(bench, device, rounds)
     return plans
@@ -201,7 +206,7 @@ def measure_session(launches: list[Launch], plans: dict[Point, RoundPlan], timeo
                 if worker.name != BASELINE and BASELINE not in failed and entry is not None:
                     ratios.append(entry)
         for worker in workers:
-            if worker.name in failed or (worker.launch is not None and not worker.launch.extras):
+            if worker.name in failed or not worker.launch.extras:
                 advance(f"{worker.name}: no extras")
                 continue
             advance(f"{worker.name}: best batch, memory, real data (own process)")
@@ -232,8 +237,7 @@ def _whole_session(previous: dict[str, dict[str, Any] | None], saved: dict[str, 
 def failed_step_points(prepared: Prepared) -> frozenset[Point]:
     """The one point a step that failed its gate is measured at: the ship point when the grid holds it,
     else the grid's first point."""
-    bench = prepared.recipe.bench
-    grid = [(b, s) for b in bench.batches for s in bench.seqs]
+    grid = grid_points(prepared.recipe.bench)
     point = headline(prepared)
     return frozenset({point if point in grid else grid[0]})
 

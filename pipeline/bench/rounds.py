@@ -32,7 +32,10 @@ class BlockFailed(RuntimeError):
 class Measurer(Protocol):
     """One target that measures a block of timed calls at a point on request."""
 
-    name: str
+    @property
+    def name(self) -> str:
+        """The target's name."""
+        ...
 
     def block(self, point: Point, protocol: dict[str, Any]) -> dict[str, Any]:
         """Timed calls at ``point``: at least ``{"latencies_ms": [...]}``; raises BlockFailed."""

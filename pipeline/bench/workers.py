@@ -44,12 +44,15 @@ class Launch:
 class Worker:
     """A running target: send it requests, read its replies, stop it."""
 
-    name: str
+    launch: Launch
     timeout: float
     proc: subprocess.Popen[bytes]
     stderr: IO[bytes]
     ready: dict[str, Any] = field(default_factory=dict)
-    launch: Launch | None = None
+
+    @property
+    def name(self) -> str:
+        return self.launch.name
 
     @property
     def pid(self) -> int:
@@ -67,7 +70,7 @@ class Worker:
 
     def measures(self, point: Point) -> bool:
         """Whether this target measures ``point`` of the grid."""
-        return self.launch is None or self.launch.points is None or point in self.launch.points
+        return self.launch.points is None or point in self.launch.points
 
     def block(self, point: Point, protocol: dict[str, Any]) -> dict[str, Any]:
         """Timed calls at ``point`` with the round's ``protocol`` (the rounds' Measurer)."""
@@ -125,7 +128,7 @@ def start(launch: Launch, timeout: float, scratch: Path) -> Worker:
     stderr = open(folder / "stderr.txt", "w+b")  # noqa: SIM115  (closed with the worker)
     proc = subprocess.Popen([sys.executable, "-m", launch.module, str(spec_path)], stdin=subprocess.PIPE,
                             stdout=subprocess.PIPE, stderr=stderr, env=env, cwd=launch.cwd)
-    worker = Worker(launch.name, timeout, proc, stderr, launch=launch)
+    worker = Worker(launch, timeout, proc, stderr)
     try:
         worker.ready = worker._reply()
     except BlockFailed:

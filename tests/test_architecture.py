@@ -100,9 +100,9 @@ def test_the_cycle_finder_finds_one() -> None:
     "from pipeline.cli import main; main(['list'])",
     "from pipeline.cli import main; main(['schema'])",
 ])
-def test_the_pass_api_listing_and_onnx_workers_import_no_torch(code: str) -> None:
+def test_the_pass_api_listing_and_onnx_workers_import_no_torch_or_onnx(code: str) -> None:
     probe = f"import sys, io, contextlib\nwith contextlib.redirect_stdout(io.StringIO()):\n    {code}\n" \
-            "heavy = sorted(m for m in ('torch', 'transformers', 'onnxruntime') if m in sys.modules)\n" \
+            "heavy = sorted(m for m in ('torch', 'transformers', 'onnx', 'onnxruntime') if m in sys.modules)\n" \
             "assert not heavy, heavy"
     done = subprocess.run([sys.executable, "-c", probe], cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr[-2000:]

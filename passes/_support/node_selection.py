@@ -4,8 +4,10 @@ onnxruntime's quantizer names them."""
 from __future__ import annotations
 
 import fnmatch
+from typing import TYPE_CHECKING
 
-import onnx
+if TYPE_CHECKING:  # onnx is imported where it runs, so listing passes stays fast
+    import onnx
 
 
 def select_nodes(model: onnx.ModelProto, patterns: list[str], option: str) -> list[str]:

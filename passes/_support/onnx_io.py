@@ -12,15 +12,17 @@ import warnings
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import onnx
 
 from pipeline.core.artifact import Artifact, Precision
 from pipeline.core.errors import first_line
 from pipeline.engine.pass_api import Inputs, IOSpec, PassContext
 from pipeline.runtime.runner import run_module, run_onnx
+
+if TYPE_CHECKING:  # onnx is imported where it runs, so listing passes stays fast
+    import onnx
 
 log = logging.getLogger(__name__)
 
@@ -40,6 +42,8 @@ def model_file(parent: Artifact, pass_name: str, fp32: bool = False) -> Path:
 
 def load_model(path: Path, with_data: bool = True) -> onnx.ModelProto:
     """Load an ONNX model; its external data (if any) is read from beside the file."""
+    import onnx
+
     return onnx.load(str(path), load_external_data=with_data)
 
 
@@ -49,6 +53,8 @@ def save_model(model: onnx.ModelProto, path: Path, external: bool) -> list[Path]
     Returns the files written. Raises ValueError when the model is too large to be stored
     without external data.
     """
+    import onnx
+
     path = Path(path)
     if external:
         data = path.with_name(path.name + ".data")
@@ -64,6 +70,8 @@ def save_model(model: onnx.ModelProto, path: Path, external: bool) -> list[Path]
 
 def weight_bytes(model: onnx.ModelProto) -> int:
     """Bytes of the initializers held in the proto (external ones count their recorded length)."""
+    import onnx
+
     total = 0
     for tensor in model.graph.initializer:
         if tensor.data_location == onnx.TensorProto.EXTERNAL:
@@ -83,12 +91,9 @@ def files_bytes(path: Path) -> int:
 
 def has_external_data(model: onnx.ModelProto) -> bool:
     """Whether any initializer of the (structure-only) model lives in an external file."""
+    import onnx
+
     return any(t.data_location == onnx.TensorProto.EXTERNAL for t in model.graph.initializer)
-
-
-def check_model(path: Path) -> None:
-    """onnx.checker on the file (path-based, so it works for models over 2 GB)."""
-    onnx.checker.check_model(str(path))
 
 
 # -- graph facts --------------------------------------------------------------------------------
@@ -102,41 +107,6 @@ def op_histogram(model: onnx.ModelProto, top: int | None = None) -> dict[str, in
 def opset(model: onnx.ModelProto) -> int | None:
     """The model's opset of the default ONNX domain."""
     return next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), None)
-
-
-def graph_dims(model: onnx.ModelProto) -> dict[str, list[int | str | None]]:
-    """Dims of every graph input and output: an int (fixed), a str (symbolic) or None (unknown)."""
-    dims: dict[str, list[int | str | None]] = {}
-    for value in [*model.graph.input, *model.graph.output]:
-        shape = value.type.tensor_type.shape
-        dims[value.name] = [d.dim_param if d.HasField("dim_param") else
-                            d.dim_value if d.HasField("dim_value") else None for d in shape.dim]
-    return dims
-
-
-def symbolic_axes(model: onnx.ModelProto) -> dict[str, dict[int, str]]:
-    """The graph's non-fixed dims, in the ``dynamic_axes`` format: name -> {axis: dim name}."""
-    axes: dict[str, dict[int, str]] = {}
-    for name, shape in graph_dims(model).items():
-        found = {axis: dim or "?" for axis, dim in enumerate(shape) if not isinstance(dim, int)}
-        if found:
-            axes[name] = found
-    return axes
-
-
-def baked_axes(model: onnx.ModelProto, dynamic_axes: Mapping[str, Mapping[int, str]]) -> list[str]:
-    """The declared dynamic axes that the graph has fixed to a number, as ``name[axis]=value``."""
-    dims = graph_dims(model)
-    baked = []
-    for name, axes in dynamic_axes.items():
-        shape = dims.get(name)
-        if shape is None:
-            continue
-        for axis in axes:
-            if axis < len(shape) and isinstance(shape[axis], int):
-                baked.append(f"{name}[{axis}]={shape[axis]}")
-    return baked
-
 
 
 # -- running and comparing ------------------------------------------------------------------------
@@ -203,7 +173,6 @@ def max_positions(ctx: PassContext) -> int | None:
 def inputs_to_check(ctx: PassContext) -> list[Inputs]:
     """Sample inputs at each of ``shapes_to_check`` (a factory model may keep its own sequence length)."""
     return [ctx.sample_inputs(batch, seq) for batch, seq in shapes_to_check(ctx.io, max_positions(ctx))]
-
 
 
 def fresh_reference(ctx: PassContext) -> tuple[Any, list[Inputs], list[dict[str, np.ndarray]]]:

@@ -9,8 +9,11 @@ is not, so the faster form survives into deployment with default session options
 
 from __future__ import annotations
 
-import onnx
-from onnx import helper
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # onnx is imported where it runs, so listing passes stays fast
+    import onnx
+
 
 DEFAULT_EPSILON = 1e-12  # SkipLayerNormalization's default; LayerNormalization's is 1e-5
 MIN_OPSET = 17  # LayerNormalization joined the standard domain in opset 17
@@ -31,6 +34,8 @@ def split_skip_layer_norms(model: onnx.ModelProto) -> int:
 
     Nothing changes below opset 17, which has no standard LayerNormalization.
     """
+    from onnx import helper
+
     if standard_opset(model) < MIN_OPSET:
         return 0
     used = _consumed(model)

@@ -10,11 +10,8 @@ from __future__ import annotations
 import logging
 import tempfile
 from pathlib import Path
-from typing import cast
+from typing import TYPE_CHECKING, cast
 
-import onnx
-from onnx import TensorProto
-from onnx.external_data_helper import load_external_data_for_model
 from pydantic import Field
 
 from passes._support.onnx_io import (
@@ -29,6 +26,9 @@ from passes._support.onnx_io import (
 from passes.repair.options import RepairingPass, RepairOptions, convert_with_repair
 from pipeline.core.artifact import Artifact, Format, Precision
 from pipeline.engine.pass_api import PassContext, PassOutput
+
+if TYPE_CHECKING:  # onnx is imported where it runs, so listing passes stays fast
+    import onnx
 
 log = logging.getLogger(__name__)
 
@@ -62,6 +62,8 @@ def tensor_types(model: onnx.ModelProto) -> dict[str, int]:
     A node whose output type is not declared (a contrib op, say) is taken to produce the type of
     its first float input; a Cast produces its ``to`` type.
     """
+    from onnx import TensorProto
+
     graph = model.graph
     types = {v.name: v.type.tensor_type.elem_type for v in [*graph.input, *graph.output, *graph.value_info]}
     types.update({t.name: t.data_type for t in graph.initializer})
@@ -79,6 +81,8 @@ def tensor_types(model: onnx.ModelProto) -> dict[str, int]:
 
 def precision_counts(model: onnx.ModelProto) -> dict[str, int]:
     """Nodes computing in float16 and in float32 (Casts counted apart), for the stats."""
+    from onnx import TensorProto
+
     types = tensor_types(model)
     counts = {"fp16_nodes": 0, "fp32_nodes": 0, "cast_nodes": 0}
     for node in model.graph.node:
@@ -98,6 +102,9 @@ def shape_inferred(path: Path) -> onnx.ModelProto:
 
     Inference runs file to file in a temporary folder, so nothing is written beside the parent.
     """
+    import onnx
+    from onnx.external_data_helper import load_external_data_for_model
+
     with tempfile.TemporaryDirectory(prefix="fp16-") as scratch:
         inferred = Path(scratch) / "inferred.onnx"
         onnx.shape_inference.infer_shapes_path(str(path), str(inferred))
@@ -111,8 +118,9 @@ def convert(path: Path, config: Fp16Config, kept: list[str] | None = None,
     """The model at ``path`` converted to float16 as ``config`` says; ``kept`` nodes and every node
     of ``kept_ops`` stay float32."""
     from onnxruntime.transformers.float16 import DEFAULT_OP_BLOCK_LIST, convert_float_to_float16
+    from onnxruntime.transformers.onnx_model import OnnxModel
 
-    return convert_float_to_float16(
+    converted = convert_float_to_float16(
         shape_inferred(path),
         min_positive_val=config.min_positive_val,
         max_finite_val=config.max_finite_val,
@@ -122,6 +130,10 @@ def convert(path: Path, config: Fp16Config, kept: list[str] | None = None,
         node_block_list=[*config.node_block_list, *(kept or [])],
         force_fp16_initializers=config.force_fp16_initializers,
     )
+    # the Casts kept input and output types need are appended after the nodes that read them;
+    # onnxruntime runs that, but onnx.checker (and other runtimes) want the graph in order
+    OnnxModel.graph_topological_sort(converted.graph)
+    return converted
 
 
 class Fp16Pass(RepairingPass):

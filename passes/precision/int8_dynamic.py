@@ -15,9 +15,8 @@ import logging
 import tempfile
 from collections import Counter
 from pathlib import Path
-from typing import Any, Literal, cast
+from typing import TYPE_CHECKING, Any, Literal, cast
 
-import onnx
 from pydantic import Field, field_validator
 
 from passes._support.node_selection import exclusion_names, select_nodes, weight_nodes
@@ -37,6 +36,9 @@ from pipeline.core.errors import RecipeError
 from pipeline.core.store import sha256_file
 from pipeline.engine.pass_api import PassContext, PassOutput
 from pipeline.model.inputs import load_sentences
+
+if TYPE_CHECKING:  # onnx is imported where it runs, so listing passes stays fast
+    import onnx
 
 log = logging.getLogger(__name__)
 SMOOTHING_BATCHES, SMOOTHING_BATCH = 8, 16  # 128 calibration sentences measure the input ranges
@@ -154,6 +156,7 @@ def _smoothed(parent: Path, ctx: PassContext, config: Int8DynamicConfig, nodes: 
 def _quantize(model_path: Path, ctx: PassContext, config: Int8DynamicConfig, excluded: list[str],
               candidates: dict[str, str], out_dir: Path) -> tuple[dict[str, Any], list[str]]:
     """Quantize ``model_path`` into ``out_dir/model.onnx`` (repairing when asked); (stats, warnings)."""
+    import onnx
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
     source = load_model(model_path, with_data=False)

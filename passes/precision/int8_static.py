@@ -25,10 +25,9 @@ from collections import Counter
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Literal, cast
+from typing import TYPE_CHECKING, Any, Literal, cast
 
 import numpy as np
-import onnx
 from pydantic import Field, model_validator
 
 from passes._support.node_selection import exclusion_names, select_nodes, weight_nodes
@@ -46,6 +45,9 @@ from pipeline.core.errors import RecipeError, first_line
 from pipeline.core.store import canonical_json, sha256_file, sha256_text
 from pipeline.engine.pass_api import PassContext, PassOutput
 from pipeline.model.inputs import Inputs, load_sentences
+
+if TYPE_CHECKING:  # onnx is imported where it runs, so listing passes stays fast
+    import onnx
 
 log = logging.getLogger(__name__)
 
@@ -176,6 +178,7 @@ class _Batches:
 def quantize(model_path: Path, out: Path, batches: list[Inputs], config: Int8StaticConfig, excluded: list[str],
              external: bool) -> None:
     """quantize_static with the config's options; a non-finite calibrated range gets a hint."""
+    import onnx
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
 
     types = {"qint8": QuantType.QInt8, "quint8": QuantType.QUInt8}

@@ -23,14 +23,15 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import onnx
-from onnx import helper, numpy_helper
 
 from passes.repair.localize import run_exposed_batches, token_rows
 from pipeline.engine.pass_api import Inputs
+
+if TYPE_CHECKING:  # onnx is imported where it runs, so listing passes stays fast
+    import onnx
 
 # Producers whose outputs have outliers spread over channels (SmoothQuant's case); the inputs of
 # other nodes (after GELU) have a few very wide channels, which are split off instead.
@@ -88,6 +89,9 @@ def input_ranges(path: Path, batches: list[Inputs], nodes: dict[str, onnx.NodePr
 def plan(path: Path, batches: list[Inputs], nodes: set[str], alpha: float, split: int) -> list[NodePlan]:
     """The rewrite of every candidate among ``nodes``: smoothing when a normalization or attention
     feeds it, else ``split`` channels off a MatMul."""
+    import onnx
+    from onnx import numpy_helper
+
     model = onnx.load(str(path))
     chosen = candidates(model, nodes)
     producers = {out: node.op_type for node in model.graph.node for out in node.output}
@@ -118,6 +122,9 @@ def rewrite(model: onnx.ModelProto, plans: list[NodePlan]) -> onnx.ModelProto:
     The node's input is multiplied by ``1 / divisors`` (0 on split channels) and its weight rows by
     ``divisors``; split channels are gathered into a float MatMul whose result is added back.
     """
+    import onnx
+    from onnx import helper, numpy_helper
+
     out = onnx.ModelProto()
     out.CopyFrom(model)
     by_node = {p.node: p for p in plans}

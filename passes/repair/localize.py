@@ -12,16 +12,18 @@ import math
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import onnx
 
 from pipeline.model.inputs import Inputs
 from pipeline.runtime.sessions import onnx_session
 from pipeline.verify.metrics import compare, kept_rows
 
-FLOAT_TYPES = {onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16, onnx.TensorProto.DOUBLE}
+if TYPE_CHECKING:  # onnx is imported where it runs, so listing passes stays fast
+    import onnx
+
+FLOAT_TYPES = {1, 10, 11}  # onnx.TensorProto FLOAT, FLOAT16, DOUBLE
 
 
 @dataclass
@@ -57,6 +59,8 @@ class Localization:
 
 def float_tensors(model: onnx.ModelProto) -> dict[str, int]:
     """Element types of every float tensor a node produces (after shape inference)."""
+    import onnx
+
     inferred = onnx.shape_inference.infer_shapes(model)
     types = {v.name: v.type.tensor_type.elem_type for v in (*inferred.graph.value_info, *inferred.graph.output)}
     return {out: types[out] for node in model.graph.node for out in node.output if types.get(out) in FLOAT_TYPES}
@@ -74,6 +78,8 @@ def run_exposed_batches(path: Path, batches: list[Inputs], names: set[str], unty
     Only float tensors whose type shape inference tells are added, unless ``untyped_as_float``:
     then a tensor it cannot type (the output of a contrib op) is added as float32.
     """
+    import onnx
+
     model = onnx.load(str(path))
     types = float_tensors(model)
     if untyped_as_float:
@@ -108,7 +114,8 @@ def token_rows(value: np.ndarray, mask: np.ndarray | None) -> np.ndarray:
     return kept_rows(value, mask)
 
 
-def _error(ref: np.ndarray, out: np.ndarray, mask: np.ndarray | None) -> tuple[float, float]:
+def tensor_error(ref: np.ndarray, out: np.ndarray, mask: np.ndarray | None) -> tuple[float, float]:
+    """(min cosine, SQNR dB) of one tensor against its reference, over the tokens the mask keeps."""
     if ref.shape != out.shape:
         return -1.0, -math.inf
     a, b = token_rows(ref, mask), token_rows(out, mask)
@@ -119,7 +126,7 @@ def _error(ref: np.ndarray, out: np.ndarray, mask: np.ndarray | None) -> tuple[f
     return metrics["cos_min"], metrics["sqnr_db"]
 
 
-def _added(before: float, after: float) -> float:
+def added_db(before: float, after: float) -> float:
     """SQNR lost across a node; an exact input counts as 200 dB, an exact output adds nothing."""
     if after == math.inf:
         return 0.0
@@ -131,13 +138,15 @@ def _added(before: float, after: float) -> float:
 def localize(reduced: Path, parent: Path, inputs: Inputs, cos_threshold: float = 0.999, top: int = 10
              ) -> Localization:
     """Compare every tensor the two models share; find the first bad node and the worst offenders."""
+    import onnx
+
     parent_model = onnx.load(str(parent), load_external_data=False)
     names = set(float_tensors(onnx.load(str(parent))))
     want, got = run_exposed(parent, inputs, names), run_exposed(reduced, inputs, names)
     mask = inputs.get("attention_mask")
     errors: dict[str, tuple[float, float]] = {}
     for name in want.keys() & got.keys():
-        errors[name] = _error(want[name], got[name], mask)
+        errors[name] = tensor_error(want[name], got[name], mask)
     nodes: list[NodeError] = []
     for order, node in enumerate(parent_model.graph.node):
         out = next((o for o in node.output if o in errors), None)
@@ -146,7 +155,7 @@ def localize(reduced: Path, parent: Path, inputs: Inputs, cos_threshold: float =
         cos, sqnr = errors[out]
         inputs_sqnr = [errors[i][1] for i in node.input if i in errors]
         before = min(inputs_sqnr, default=math.inf)
-        added = _added(before, sqnr)
+        added = added_db(before, sqnr)
         nodes.append(NodeError(node.name, node.op_type, out, order, cos, sqnr, added))
     first = next((n for n in nodes if n.cos_min < cos_threshold), None)
     worst = sorted(nodes, key=lambda n: n.added_db, reverse=True)[:top]

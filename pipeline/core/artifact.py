@@ -33,7 +33,9 @@ class Format(str, Enum):
 
     EAGER = "eager"
     TORCHSCRIPT = "torchscript"
+    TORCH_EXPORT = "torch_export"  # a torch.export ExportedProgram (.pt2)
     ONNX = "onnx"
+    OPENVINO = "openvino"  # OpenVINO IR: model.xml with its weights in model.bin
 
 
 @dataclass(frozen=True)

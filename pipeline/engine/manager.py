@@ -1,4 +1,4 @@
-"""Runs a validated chain of steps: cache keys, reuse, atomic step folders, manifests.
+"""Runs a validated chain of steps: cache keys, reuse, atomic step folders, post-conditions, manifests.
 
 The cache key of a step is sha256 over its parent's key, the pass name, the canonical JSON of
 its config, any data it reads, and the library versions; so changing one step's config re-runs
@@ -29,6 +29,7 @@ from pipeline.core.store import (
 )
 from pipeline.core.versions import library_versions
 from pipeline.engine.pass_api import Gate, PassContext
+from pipeline.engine.postconditions import check_output
 from pipeline.recipe.load import Step
 
 log = logging.getLogger(__name__)
@@ -91,6 +92,11 @@ def _run_step(planned: PlannedStep, parent: Artifact, ctx: PassContext) -> Artif
         main = tmp / output.file
         if not main.is_file():
             raise PassError(f"pass {step.pass_cls.name} (step {step.folder}) wrote no {output.file}")
+        try:
+            check_output(step.pass_cls.produces, main, ctx.io)
+        except Exception as exc:  # onnx.checker raises its own exception type
+            raise PassError(f"pass {step.pass_cls.name} (step {step.folder}) wrote a model that breaks a "
+                            f"post-condition: {first_line(exc)}") from exc
         seconds = time.perf_counter() - start
         files = file_hashes(tmp)
         stats = {**output.stats, "seconds": round(seconds, 3), "bytes": sum((tmp / f).stat().st_size for f in files)}

@@ -1,4 +1,4 @@
-"""The parity gate fires: a baked-in sequence length, perturbed weights, an fp16 model giving Inf.
+"""The parity gate fires: a sequence length baked into the graph, perturbed weights, an fp16 model giving Inf.
 
 Each fault is made by a pass defined here, put into a real chain on the tiny BERT; the run must
 exit 1, name the metric that missed, blame the faulty step, and ship nothing.
@@ -31,7 +31,8 @@ def _rewrite(parent: Artifact, out_dir: Path, edit) -> PassOutput:
 
 @register
 class BakeSequence(Pass):
-    """Fixes every input's sequence axis to the export length, as a careless export would."""
+    """Reshapes the output to the export's sequence length, as a trace that recorded a size would:
+    the graph's declared axes stay symbolic, so only running it at another shape shows the fault."""
 
     name = "test_bake_sequence"
     consumes = frozenset({Format.ONNX})
@@ -39,8 +40,13 @@ class BakeSequence(Pass):
 
     def run(self, parent: Artifact, ctx: PassContext, out_dir: Path) -> PassOutput:
         def edit(model: onnx.ModelProto) -> None:
-            for value in model.graph.input:
-                value.type.tensor_type.shape.dim[1].dim_value = ctx.io.export_seq
+            graph = model.graph
+            out = graph.output[0].name
+            for node in graph.node:
+                node.output[:] = [f"{o}_pre" if o == out else o for o in node.output]
+            shape = np.array([-1, ctx.io.export_seq, 0], dtype=np.int64)  # 0: keep the hidden size
+            graph.initializer.append(numpy_helper.from_array(shape, "baked_shape"))
+            graph.node.append(helper.make_node("Reshape", [f"{out}_pre", "baked_shape"], [out], name="baked"))
         return _rewrite(parent, out_dir, edit)
 
 

@@ -9,10 +9,11 @@ import onnx
 import pytest
 from pydantic import ValidationError
 
-from passes._support.onnx_io import graph_dims, max_abs_diff
+from passes._support.onnx_io import max_abs_diff
 from passes.export.onnx_export import OnnxExportConfig, OnnxExportPass, use_external
 from pipeline.core.artifact import Artifact
 from pipeline.engine.pass_api import PassContext, PassOutput
+from pipeline.engine.postconditions import graph_dims
 from pipeline.runtime.runner import run_module, run_onnx
 
 

@@ -2,6 +2,7 @@
 # make test                                                            the whole test suite
 # make peers [RECIPE=minilm] [ARGS="--max-batch 16"]                  side by side with Optimum, onnxruntime, torch.compile
 SHELL := /bin/bash
+comma := ,
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
@@ -9,6 +10,8 @@ RECIPE ?= minilm
 ARGS ?=
 # onnxruntime build: cpu (onnxruntime) or gpu (onnxruntime-gpu)
 ORT ?= cpu
+# OpenVINO and NNCF (the openvino extra): installed by default where their wheels exist (x86-64); OPENVINO= skips them
+OPENVINO ?= $(if $(filter x86_64 AMD64,$(shell uname -m)),openvino,)
 # torch to install first; torch==2.13.0 is a CPU build, TORCH=torch takes the newest (a CUDA build on Linux)
 TORCH ?= torch==2.13.0
 OPTIMUM_VENV ?= .venv-optimum
@@ -19,7 +22,7 @@ $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet "$(TORCH)"
-	$(PY) -m pip install --quiet -e '.[dev,$(ORT)]'
+	$(PY) -m pip install --quiet -e '.[dev,$(ORT)$(if $(OPENVINO),$(comma)$(OPENVINO))]'
 	touch $@
 
 setup: $(VENV)/.installed

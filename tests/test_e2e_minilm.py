@@ -15,7 +15,8 @@ from pipeline.runtime.sessions import onnx_session
 
 pytestmark = pytest.mark.slow
 STEPS = ["01_torchscript", "02_onnx_export", "03_onnx_simplify", "04_ort_optimize", "05_fp16", "06_int8_dynamic",
-         "07_int8_static"]
+         "07_int8_static", "08_openvino_convert", "09_nncf_int8"]
+ONNX_STEPS = STEPS[1:7]
 
 
 def _optimize(out: Path) -> subprocess.CompletedProcess:
@@ -40,7 +41,7 @@ def test_every_step_writes_its_artifact_and_manifest(minilm_run: tuple[Path, sub
     shipped = next(a for a in report["artifacts"] if a["name"] == report["shipped_step"])
     assert report["ok"] and shipped["parity"]["passed"] and report["bundle"] == "ship"
     verdicts = {a["step"]: a["parity"]["passed"] for a in report["artifacts"]}
-    assert all(verdicts[s] for s in STEPS[:5]), verdicts
+    assert all(verdicts[s] for s in [*STEPS[:5], "08_openvino_convert", "09_nncf_int8"]), verdicts
 
 
 def test_fp32_onnx_matches_eager_to_1e_5_on_every_case(minilm_run: tuple[Path, subprocess.CompletedProcess]) -> None:
@@ -60,7 +61,7 @@ def test_onnx_artifacts_run_at_other_shapes(minilm_run: tuple[Path, subprocess.C
     fp32 = {a["step"] for a in reference["artifacts"] if a["precision"] == "fp32"}
     inputs = random_tokens(["input_ids", "attention_mask", "token_type_ids"], 3, 77, 30522, seed=5)
     expected = None
-    for step in STEPS[1:]:
+    for step in ONNX_STEPS:
         session = onnx_session(out / step / "model.onnx")
         (hidden,) = session.run(["last_hidden_state"], inputs)
         assert hidden.shape == (3, 77, 384) and np.isfinite(hidden).all()

@@ -12,7 +12,8 @@ from typing import Any
 
 from pydantic import Field
 
-from passes.repair.search import repair
+from passes.repair.search import Rank, repair
+from pipeline.core.artifact import Format
 from pipeline.engine.pass_api import Pass, PassConfig, PassContext
 from pipeline.model.inputs import DEFAULT_CORPUS
 
@@ -43,20 +44,25 @@ class RepairingPass(Pass):
         return self.config.repair
 
 
+MODEL_FILES = {Format.ONNX: "model.onnx", Format.OPENVINO: "model.xml"}
+
+
 def _copy_model(source: Path, out_dir: Path) -> None:
+    """Copy a build's model file and the weights beside it (model.onnx.data, model.bin) into ``out_dir``."""
     for path in source.parent.iterdir():
-        if path.name == source.name or path.name.startswith(source.name + "."):
+        if path.name.startswith(source.stem + "."):
             shutil.copy2(path, out_dir / path.name)
 
 
 def convert_with_repair(ctx: PassContext, parent: Path, out_dir: Path, precision: str, convert: Convert,
-                        candidates: dict[str, str], options: RepairOptions,
-                        method: str = "sensitivity") -> tuple[dict[str, Any], list[str]]:
-    """Write ``out_dir/model.onnx``; with ``options.repair``, the first build that passes the gate.
+                        candidates: dict[str, str], options: RepairOptions, method: str = "sensitivity",
+                        fmt: Format = Format.ONNX, rank: Rank | None = None) -> tuple[dict[str, Any], list[str]]:
+    """Write ``out_dir/model.onnx`` (``model.xml`` for OpenVINO); with ``options.repair``, the first
+    build that passes the gate.
 
     Returns (stats, warnings): the repair report when it ran, and a warning when it could not pass.
     """
-    target = out_dir / "model.onnx"
+    target = out_dir / MODEL_FILES[fmt]
     if not options.repair:
         convert(target, [])
         return {}, []
@@ -69,14 +75,15 @@ def convert_with_repair(ctx: PassContext, parent: Path, out_dir: Path, precision
         counter = itertools.count()
 
         def build(kept: list[str]) -> Path:
-            attempt = Path(scratch) / f"attempt{next(counter)}" / "model.onnx"
+            attempt = Path(scratch) / f"attempt{next(counter)}" / MODEL_FILES[fmt]
             attempt.parent.mkdir()
             convert(attempt, kept)
             return attempt
 
         path, report = repair(build, parent, precision, ctx.gate, set(candidates), probe, ctx.sample_inputs(1, seq),
                               options.repair_rounds, op_types=candidates, method=method,
-                              max_kept=max(1, int(options.repair_max_fraction * len(candidates))))
+                              max_kept=max(1, int(options.repair_max_fraction * len(candidates))), fmt=fmt,
+                              rank=rank)
         _copy_model(path, out_dir)
     warnings = [] if report.passed else [
         f"repair: still fails the gate with {len(report.kept)} nodes kept in float "

@@ -8,8 +8,9 @@ harm does not add up node by node); when that does not pass within its rounds, m
 kept in the order of their own harm, doubling each round, and the fewest that pass are bisected.
 
 The conversion is rebuilt from the fp32 parent each round (``build`` takes the nodes to keep in
-float and returns a new file), localised against the parent, and checked with the step's own gate.
-What stayed in higher precision, and what it cost in speed, is reported.
+float and returns a new file), localised against the parent (ONNX), and checked with the step's own
+gate. What stayed in higher precision, and what it cost in speed, is reported. Builds of any format
+the Runner runs can be repaired (an OpenVINO IR, with NNCF's ignored scope as the nodes kept).
 """
 
 from __future__ import annotations
@@ -24,13 +25,16 @@ import numpy as np
 
 from passes.repair.localize import localize, rank_nodes
 from pipeline.bench.timing import Protocol, Timer, latencies, summarize, warm_up
+from pipeline.core.artifact import Format
 from pipeline.engine.pass_api import Gate, GateResult
 from pipeline.model.inputs import Inputs
-from pipeline.runtime.sessions import onnx_session
+from pipeline.runtime.engines import Engine, file_engine
 from pipeline.verify.metrics import compare
 
 log = logging.getLogger(__name__)
 Build = Callable[[list[str]], Path]
+# (reduced build, parent, probe, candidates) -> candidates as rows ("node", ...), most harmful first
+Rank = Callable[[Path, Path, Inputs, set[str]], list[dict[str, Any]]]
 GREEDY_POOL = 8  # the most harmful candidates each forward-selection round tries
 GREEDY_ROUNDS = 4
 
@@ -56,41 +60,47 @@ def _verdict(result: GateResult, kept: int) -> dict[str, Any]:
             "failures": result.failures[:3]}
 
 
-def p50_ms(path: Path, inputs: Inputs, threads: int = 2, repeats: int = 30) -> float:
-    """Median latency of one ONNX file on ``inputs`` (warmed up; for comparing two candidates)."""
-    session = onnx_session(path, "cpu", threads)
-    feed = {i.name: inputs[i.name] for i in session.get_inputs()}
+def open_engine(path: Path, fmt: Format, threads: int | None = None) -> Engine:
+    """A candidate's engine on the CPU (ONNX or OpenVINO: files that name their inputs and outputs)."""
+    return file_engine(fmt, path, ([], []), "cpu", threads)
+
+
+def p50_ms(path: Path, inputs: Inputs, fmt: Format = Format.ONNX, threads: int = 2, repeats: int = 30) -> float:
+    """Median latency of one model file on ``inputs`` (warmed up; for comparing two candidates)."""
+    call = open_engine(path, fmt, threads).stage(inputs)
     protocol = Protocol(warmup=5, warmup_seconds=0, min_repeats=repeats, min_seconds=0)
-    warm_up(lambda: session.run(None, feed), Timer(), protocol)
-    times = latencies(lambda: session.run(None, feed), Timer(), protocol)
+    warm_up(call, Timer(), protocol)
+    times = latencies(call, Timer(), protocol)
     return summarize(times, protocol.cv_threshold)["p50_ms"]
 
 
-def _output_error(path: Path, probe: Inputs, reference: dict[str, np.ndarray]) -> tuple[float, float]:
+def outputs_of(path: Path, inputs: Inputs, fmt: Format) -> dict[str, np.ndarray]:
+    """A model file's outputs on ``inputs``, by name, as float32."""
+    engine = open_engine(path, fmt)
+    values = engine.host_outputs(inputs)
+    return {name: np.asarray(value, dtype=np.float32) for name, value in zip(engine.output_names, values, strict=True)}
+
+
+def _output_error(path: Path, probe: Inputs, reference: dict[str, np.ndarray], fmt: Format) -> tuple[float, float]:
     """(SQNR dB, min cosine) of a model's outputs on the probe against the parent's, over kept tokens."""
-    session = onnx_session(path, "cpu")
-    feed = {i.name: probe[i.name] for i in session.get_inputs()}
-    names = [o.name for o in session.get_outputs()]
     mask = probe.get("attention_mask")
     worst_sqnr, worst_cos = float("inf"), 1.0
-    for name, value in zip(names, session.run(names, feed), strict=True):
-        m = compare(reference[name], np.asarray(value, dtype=np.float32), mask)
+    for name, value in outputs_of(path, probe, fmt).items():
+        m = compare(reference[name], value, mask)
         worst_sqnr, worst_cos = min(worst_sqnr, m["sqnr_db"]), min(worst_cos, m["cos_min"])
     return worst_sqnr, worst_cos
 
 
 def sensitivity(build: Build, parent: Path, candidates: set[str], probe: Inputs,
-                op_types: dict[str, str]) -> list[dict[str, Any]]:
+                op_types: dict[str, str], fmt: Format = Format.ONNX) -> list[dict[str, Any]]:
     """Each candidate's own harm: convert that node alone, measure the output against the parent.
 
     Sorted most harmful first (lowest SQNR of the final outputs).
     """
-    session = onnx_session(parent, "cpu")
-    reference = dict(zip([o.name for o in session.get_outputs()],
-                         session.run(None, {i.name: probe[i.name] for i in session.get_inputs()}), strict=True))
+    reference = outputs_of(parent, probe, fmt)
     rows = []
     for node in sorted(candidates):
-        sqnr, cos = _output_error(build(sorted(candidates - {node})), probe, reference)
+        sqnr, cos = _output_error(build(sorted(candidates - {node})), probe, reference, fmt)
         rows.append({"node": node, "op_type": op_types.get(node, "?"), "sqnr_db": round(sqnr, 2),
                      "cos_min": round(cos, 6)})
     return sorted(rows, key=lambda row: row["sqnr_db"])
@@ -146,28 +156,38 @@ def _fewest(build: Build, gate: Gate, precision: str, prefix: list[dict[str, Any
 
 def repair(build: Build, parent: Path, precision: str, gate: Gate, candidates: set[str], probe: Inputs,
            timing_inputs: Inputs, max_rounds: int = 6, op_types: dict[str, str] | None = None,
-           method: str = "sensitivity", max_kept: int | None = None) -> tuple[Path, RepairReport]:
+           method: str = "sensitivity", max_kept: int | None = None,
+           fmt: Format = Format.ONNX, rank: Rank | None = None) -> tuple[Path, RepairReport]:
     """Rebuild with more nodes in float until ``gate`` passes; returns the last build and the report.
 
     At most ``max_kept`` nodes stay in float. ``method``: "sensitivity" converts each candidate
     alone to rank them by their own harm, then selects forward with the gate and, failing that,
     keeps more in harm order (for int8, where candidates are the few weight nodes); "localize"
     ranks candidates by the error they add in the full conversion (one build per round: for fp16,
-    where every node is a candidate).
+    where every node is a candidate; ONNX only); "ranked" orders candidates by ``rank`` on the first
+    build instead of a build per candidate, then keeps more in that order and bisects for the fewest,
+    with no forward selection (for conversions whose builds take seconds: NNCF's). ``fmt`` is the
+    format of ``parent`` and of the builds.
     """
     kept: list[str] = []
     first = path = build(kept)
     verdict = gate(path, precision)
     report = RepairReport(passed=verdict.passed, history=[_verdict(verdict, 0)])
-    report.localization = localize(path, parent, probe).to_json()
+    if fmt is Format.ONNX:
+        report.localization = localize(path, parent, probe).to_json()
     if verdict.passed:
         return path, report
-    order = sensitivity(build, parent, candidates, probe, op_types or {}) if method == "sensitivity" else None
+    order: list[dict[str, Any]] | None = None
+    if method == "sensitivity":
+        order = sensitivity(build, parent, candidates, probe, op_types or {}, fmt)
+    elif method == "ranked":
+        assert rank is not None, "the ranked method needs a rank function"
+        order = rank(path, parent, probe, candidates)
     if order is not None:
         report.localization["sensitivity"] = order[:20]
     limit = max_kept if max_kept is not None else len(candidates)
     chosen: dict[str, dict[str, Any]] = {}
-    if order is not None:
+    if method == "sensitivity" and order is not None:
         forward_path, forward_verdict, chosen = _forward(build, gate, precision, order, report, limit)
         if forward_path is not None and forward_verdict is not None:
             path, verdict = forward_path, forward_verdict
@@ -198,7 +218,7 @@ def repair(build: Build, parent: Path, precision: str, gate: Gate, candidates: s
                                         chosen)
     report.passed = verdict.passed
     report.kept = list(chosen.values())
-    before, after = p50_ms(first, timing_inputs), p50_ms(path, timing_inputs)
+    before, after = p50_ms(first, timing_inputs, fmt), p50_ms(path, timing_inputs, fmt)
     report.speed = {"p50_ms_plain": round(before, 3), "p50_ms_repaired": round(after, 3),
                     "slowdown": round(after / before, 3)}
     return path, report

@@ -23,6 +23,7 @@ from pipeline.bench.fingerprint import fingerprint
 from pipeline.bench.generation import generation_rows
 from pipeline.bench.spec import WorkerSpec
 from pipeline.bench.timing import Protocol, latencies, throughput, warm_up
+from pipeline.core.artifact import Format
 from pipeline.model.cache import INPUTS, CacheLayout
 from pipeline.model.inputs import Inputs, load_sentences, random_tokens, tokenize
 
@@ -58,26 +59,24 @@ def gpu_peak_mb(device: str) -> float | None:
     return torch.cuda.max_memory_allocated() / 2**20
 
 
+TORCH_FREE = (Format.ONNX.value, Format.OPENVINO.value)  # formats whose worker runs without torch
+
+
 def open_engine(spec: WorkerSpec) -> Any:
-    """The target's engine: onnxruntime for an ONNX file, torch for TorchScript and the eager model."""
+    """The target's engine: the artifact's file (pipeline.runtime.engines.file_engine), or the eager model."""
     from pipeline.model.loading import ModelHandle
     from pipeline.model.spec import ModelSpec
-    from pipeline.runtime.engines import OrtEngine, TorchEngine
+    from pipeline.runtime.engines import TorchEngine, file_engine
 
     device, threads = spec["device"], spec["threads"]
-    if spec["format"] == "onnx":
+    fmt = Format(spec["format"])
+    if fmt is not Format.EAGER:
         if not spec["path"]:
-            raise ValueError(f"target {spec['target']}: an ONNX target needs its file")
-        return OrtEngine(Path(spec["path"]), device, threads)
-    import torch
-
-    if spec["format"] == "torchscript":
-        module = torch.jit.load(spec["path"], map_location=device)
-    else:
-        handle = ModelHandle(ModelSpec(**spec["model"]), spec["task"], spec["input_names"], spec["output_names"],
-                             Path(spec["base_dir"]))
-        module = handle.load().module
-    return TorchEngine(module, spec["input_names"], device)
+            raise ValueError(f"target {spec['target']}: a {fmt.value} target needs its file")
+        return file_engine(fmt, Path(spec["path"]), (spec["input_names"], spec["output_names"]), device, threads)
+    handle = ModelHandle(ModelSpec(**spec["model"]), spec["task"], spec["input_names"], spec["output_names"],
+                         Path(spec["base_dir"]))
+    return TorchEngine(handle.load().module, spec["input_names"], device)
 
 
 def grid_inputs(spec: WorkerSpec, batch: int, seq: int) -> Inputs:
@@ -235,7 +234,7 @@ def serve(spec: WorkerSpec, requests: IO[str], replies: IO[str],
 
     sys.path[:0] = [p for p in spec.get("sys_path", []) if p not in sys.path]
     threads = spec["threads"]
-    if spec["format"] != "onnx":  # an ONNX target never imports torch, so its memory is its own
+    if spec["format"] not in TORCH_FREE:  # such a target never imports torch, so its memory is its own
         import torch
 
         torch.set_num_threads(threads)

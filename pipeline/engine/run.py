@@ -85,13 +85,13 @@ def _warn_on_weak_grid(recipe: Recipe, handle: ModelHandle) -> None:
         log.warning("verify.shapes: no shape at batch 1")
 
 
-def make_gate(prepared: Prepared, step: str, cases: list[Case]) -> Gate:
-    """The parity gate of one step, for a pass that checks its own candidates against eager."""
+def make_gate(prepared: Prepared, step: str, cases: list[Case], fmt: Format = Format.ONNX) -> Gate:
+    """The parity gate of one step, for a pass that checks its own candidates (files of ``fmt``) against eager."""
     recipe = prepared.recipe
 
     def gate(path: Path, precision: str) -> GateResult:
         run_model = Runner(prepared.ctx.model, recipe.device, threads=recipe.bench.threads).open(
-            Artifact(step=step, format=Format.ONNX, key="candidate", path=path, meta={"precision": precision}))
+            Artifact(step=step, format=fmt, key="candidate", path=path, meta={"precision": precision}))
         outputs, errors = run_cases(run_model, cases)
         if errors:
             return GateResult(False, errors, -1.0, float("inf"))
@@ -145,7 +145,7 @@ def _run_claimed(prepared: Prepared, build: bool, bench: BenchMode) -> RunResult
     cached: dict[str, bool] = {}
 
     def gate_for(step: Step) -> Gate:
-        return make_gate(prepared, step.name, cases)
+        return make_gate(prepared, step.name, cases, step.pass_cls.produces)
 
     if build:
         artifacts = run_chain(prepared.planned, ctx, lambda item, _a, hit: cached.__setitem__(item.step.name, hit),

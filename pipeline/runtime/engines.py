@@ -14,9 +14,10 @@ from typing import Any
 import numpy as np
 
 from pipeline.bench.timing import CudaEventTimer, Timer
+from pipeline.core.artifact import Format
 from pipeline.core.errors import DeviceError
 from pipeline.model.inputs import Inputs
-from pipeline.runtime.sessions import PROVIDERS, onnx_session
+from pipeline.runtime.sessions import PROVIDERS, onnx_session, openvino_model
 
 Call = Callable[[], Any]
 
@@ -35,18 +36,22 @@ def torch_device(device: str) -> Any:
 class TorchEngine:
     """Eager or TorchScript module; CUDA events time it on GPU."""
 
-    def __init__(self, module: Any, input_names: list[str], device: str) -> None:
+    def __init__(self, module: Any, input_names: list[str], device: str, output_names: list[str] | None = None) -> None:
         import torch
 
         self.torch = torch
         self.device = torch_device(device)
         self.module = module.to(self.device) if isinstance(module, torch.nn.Module) else module
         if isinstance(self.module, torch.nn.Module):
-            self.module.eval()
+            try:
+                self.module.eval()
+            except NotImplementedError:  # a torch.export program's module: its mode was fixed at export
+                pass
             for name, param in self.module.named_parameters():
                 if param.device.type != self.device.type:
                     raise DeviceError(f"parameter {name} is on {param.device.type}, not {device}")
         self.input_names = input_names
+        self.output_names = output_names or []  # a module returns values, not names: the caller knows them
         self.timer: Timer = CudaEventTimer() if self.device.type == "cuda" else Timer()
 
     def sync(self) -> None:
@@ -130,4 +135,56 @@ class OrtEngine:
         return self._binding.copy_outputs_to_cpu()
 
 
-Engine = TorchEngine | OrtEngine
+class OvEngine:
+    """OpenVINO compiled model with one infer request (the CPU plugin runs synchronously)."""
+
+    def __init__(self, path: Path, device: str, threads: int | None) -> None:
+        self.device, self.path = device, path
+        self.compiled = openvino_model(path, device, threads)
+        self.request = self.compiled.create_infer_request()
+        self.input_names = [port.get_any_name() for port in self.compiled.inputs]
+        self.output_names = [port.get_any_name() for port in self.compiled.outputs]
+        self.timer = Timer()
+
+    def sync(self) -> None:
+        """Nothing queued: ``infer`` returns when the outputs are written."""
+
+    def stage(self, inputs: Inputs) -> Call:
+        """Feed the inputs the model declares; return a call that runs it and copies its outputs out
+        (as onnxruntime does), so a timed call costs what a server's does."""
+        missing = [name for name in self.input_names if name not in inputs]
+        if missing:
+            raise ValueError(f"{self.path.name}: no value for model input(s) {', '.join(missing)}")
+        feed = {name: np.ascontiguousarray(inputs[name]) for name in self.input_names}
+        return lambda: self.request.infer(feed)
+
+    def run_host(self, inputs: Inputs) -> None:
+        """Stage and run once."""
+        self.stage(inputs)()
+
+    def host_outputs(self, inputs: Inputs) -> list[np.ndarray]:
+        """Stage, run, and return every output in the model's order."""
+        result = self.stage(inputs)()
+        return [np.asarray(result[port]) for port in self.compiled.outputs]
+
+
+Engine = TorchEngine | OrtEngine | OvEngine
+
+
+def file_engine(fmt: Format, path: Path, names: tuple[list[str], list[str]], device: str, threads: int | None,
+                strict_device: bool = True) -> Engine:
+    """The engine for an artifact file of any format, the one place that knows how each is loaded.
+    ``names``: the model's input and output names, for formats whose file does not carry them."""
+    if fmt is Format.ONNX:
+        return OrtEngine(path, device, threads, strict_device=strict_device)
+    if fmt is Format.OPENVINO:
+        return OvEngine(path, device, threads)
+    import torch
+
+    if fmt is Format.TORCHSCRIPT:
+        module = torch.jit.load(str(path), map_location=torch_device(device))
+    elif fmt is Format.TORCH_EXPORT:
+        module = torch.export.load(str(path)).module()
+    else:
+        raise ValueError(f"{path}: no engine runs a {fmt.value} artifact")
+    return TorchEngine(module, names[0], device, output_names=names[1])

@@ -1,4 +1,5 @@
-"""Runner: the one way to run a model. Any artifact (eager, TorchScript, ONNX) on a device, behind one
+"""Runner: the one way to run a model. Any artifact (eager, TorchScript, torch.export, ONNX, OpenVINO) on a
+device, behind one
 callable from input arrays to output arrays; verification, the benchmark and the passes all use it.
 
 A Runner's callable is an engine's (pipeline.runtime.engines) staged call with its outputs brought
@@ -18,7 +19,7 @@ import numpy as np
 
 from pipeline.core.artifact import Artifact, Format
 from pipeline.model.inputs import Inputs
-from pipeline.runtime.engines import Engine, OrtEngine, TorchEngine, torch_device
+from pipeline.runtime.engines import Engine, OrtEngine, TorchEngine, file_engine
 
 if TYPE_CHECKING:
     from pipeline.model.loading import ModelHandle
@@ -80,9 +81,6 @@ class Runner:
         if artifact.format is Format.EAGER:
             return self.open_eager()
         assert artifact.path is not None
-        if artifact.format is Format.TORCHSCRIPT:
-            import torch
-
-            module = torch.jit.load(str(artifact.path), map_location=torch_device(self.device))
-            return as_function(TorchEngine(module, self.handle.input_names, self.device), self.handle.output_names)
-        return onnx_function(artifact.path, self.device, self.threads)
+        engine = file_engine(artifact.format, artifact.path, (self.handle.input_names, self.handle.output_names),
+                             self.device, self.threads, strict_device=False)
+        return as_function(engine, engine.output_names)

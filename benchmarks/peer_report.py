@@ -140,7 +140,8 @@ def environment(meta: dict[str, Any]) -> list[str]:
                      f"thread for torch and onnxruntime, device {env.get('device')}; Python {env.get('python')}, "
                      f"{env.get('platform')}.")
     for label, key in (("Main environment (.venv)", "versions"), ("Optimum environment (.venv-optimum)",
-                                                                 "optimum_versions")):
+                       "optimum_versions"), ("optimum-intel environment (.venv-intel)", "intel_versions"),
+                       ("Olive environment (.venv-olive)", "olive_versions")):
         versions = meta.get(key) or {}
         text = ", ".join(f"{k} {v}" for k, v in versions.items()) if versions else "not available"
         lines.append(f"- {label}: {text}.")

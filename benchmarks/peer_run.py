@@ -9,7 +9,15 @@ import time
 from pathlib import Path
 from typing import Any
 
-from benchmarks.peer_build import optimum_peers, optimum_source, ort_optimized, ort_quantized
+from benchmarks.peer_build import (
+    intel_peers,
+    nncf_quantized,
+    olive_peers,
+    optimum_peers,
+    optimum_source,
+    ort_optimized,
+    ort_quantized,
+)
 from benchmarks.peer_measure import QUICK, Settings, judge_compiled, launch, parity_in_process, parity_json
 from benchmarks.peer_table import Target
 from benchmarks.quiet import contention, wait_for_quiet
@@ -20,6 +28,7 @@ from pipeline.ship.rule import choose_shipped
 from pipeline.verify.reference import reference
 
 log = logging.getLogger("benchmarks.peers")
+NNCF_SAMPLES = 64  # as the recipe's nncf_int8
 
 
 def project_targets(result: RunResult, skip: set[str]) -> list[Target]:
@@ -45,18 +54,35 @@ def project_targets(result: RunResult, skip: set[str]) -> list[Target]:
 
 
 def peer_targets(result: RunResult, work: Path, isa: str, skip: set[str], timeout: float
-                 ) -> tuple[list[Target], dict[str, str], str | None]:
-    """Optimum's and onnxruntime's peers: (targets, Optimum environment versions, quantization preset used)."""
+                 ) -> tuple[list[Target], dict[str, dict[str, str]], str | None]:
+    """Optimum's, optimum-intel's, Olive's, onnxruntime's and NNCF's peers: (targets, the versions of each peer
+    environment by report key, Optimum's quantization preset used)."""
     prepared = result.prepared
     targets: list[Target] = []
-    versions: dict[str, str] = {}
+    versions: dict[str, dict[str, str]] = {}
     used = None
+    model_dir, why = optimum_source(prepared.ctx.model)
     if "optimum" not in skip:
-        model_dir, why = optimum_source(prepared.ctx.model)
         if model_dir is None:
             targets.append(Target("optimum", "Optimum", "onnx", error=why))
         else:
-            found, versions, used = optimum_peers(work / "optimum", model_dir, prepared.recipe.task, isa, timeout)
+            found, versions["optimum_versions"], used = optimum_peers(work / "optimum", model_dir,
+                                                                      prepared.recipe.task, isa, timeout)
+            targets += found
+    if "intel" not in skip:
+        if model_dir is None or prepared.recipe.task != "feature-extraction":
+            targets.append(Target("optimum-intel", "optimum-intel", "openvino",
+                                  error=why or f"benchmarks/intel_peers.py builds feature-extraction models, "
+                                               f"not {prepared.recipe.task}"))
+        else:
+            corpus = prepared.ctx.sentence_file(None)
+            found, versions["intel_versions"] = intel_peers(work / "intel", model_dir, corpus, NNCF_SAMPLES, timeout)
+            targets += found
+    if "olive" not in skip:
+        if model_dir is None:
+            targets.append(Target("olive", "Olive", "onnx", error=why))
+        else:
+            found, versions["olive_versions"] = olive_peers(work / "olive", model_dir, prepared.recipe.task, timeout)
             targets += found
     if "ort" not in skip:
         plain = next((result.artifacts[s.name] for s in prepared.steps if s.pass_cls.name == "onnx_export"), None)
@@ -67,7 +93,22 @@ def peer_targets(result: RunResult, work: Path, isa: str, skip: set[str], timeou
         else:
             targets += [ort_optimized(plain.path, work / "ort_optimize_model"),
                         ort_quantized(plain.path, work / "ort_quantize_dynamic")]
+    if "nncf" not in skip:
+        targets.append(nncf_peer(result, work / "nncf_quantize"))
     return targets, versions, used
+
+
+def nncf_peer(result: RunResult, out: Path) -> Target:
+    """NNCF's int8 with its defaults on the recipe's fp32 OpenVINO IR, calibrated on the recipe's corpus."""
+    prepared = result.prepared
+    ir = next((result.artifacts[s.name] for s in prepared.steps if s.pass_cls.name == "openvino_convert"), None)
+    if ir is None or ir.path is None:
+        return Target("nncf-quantize", "NNCF", "openvino", precision="int8",
+                      error="the recipe has no openvino_convert step to start from")
+    names = prepared.ctx.model.input_names
+    samples = [{name: batch[name] for name in names}
+               for batch in prepared.ctx.calibration_inputs(prepared.ctx.sentence_file(None), NNCF_SAMPLES, 1)]
+    return nncf_quantized(ir.path, out, samples)
 
 
 def measure(result: RunResult, targets: list[Target], settings: Settings, timeout: float) -> list[dict[str, Any]]:
@@ -78,7 +119,7 @@ def measure(result: RunResult, targets: list[Target], settings: Settings, timeou
     cases = reference(recipe, prepared.ctx.model, prepared.out_dir / "reference", prepared.ctx.base_dir, recipe.device)
     runner = Runner(prepared.ctx.model, recipe.device, threads=recipe.bench.threads)
     for t in targets:
-        if t.parity is None and t.error is None and t.kind in ("eager", "onnx"):
+        if t.parity is None and t.error is None and t.kind != "compile":
             log.info("parity: %s on %d reference cases", t.name, len(cases))
             parity_in_process(prepared, runner, t, cases)
     gc.collect()  # close this process's sessions: their spinning threads must not share the cores with a worker

@@ -12,7 +12,7 @@ from typing import Any
 from pipeline.bench.rounds import paired_interval
 
 Point = tuple[int, int]
-GROUPS = ("this project", "PyTorch", "Optimum", "onnxruntime")
+GROUPS = ("this project", "PyTorch", "Optimum", "optimum-intel", "Olive", "onnxruntime", "NNCF")
 
 
 @dataclass
@@ -21,7 +21,7 @@ class Target:
 
     name: str
     group: str  # one of GROUPS
-    kind: str  # eager, compile, torchscript or onnx
+    kind: str  # eager, compile, or an artifact Format's value (torchscript, torch_export, onnx, openvino)
     precision: str = "fp32"
     how: str = ""
     path: str | None = None

@@ -4,10 +4,13 @@
 
 In one run, for the recipe's model: this project's artifacts (the recipe is run first; cached
 artifacts are reused), eager PyTorch, ``torch.compile``, Optimum's export, O1/O2/O3 and dynamic
-int8 (in ``.venv-optimum``), and onnxruntime's own ``optimize_model`` and ``quantize_dynamic``
-with their defaults. Every target is checked against eager with the project's parity metrics and
-benchmarked in its own process by the project's worker, all of them in one session of interleaved
-rounds (ratios within a round, with 95% intervals), with the recipe's protocol and threads.
+int8 (in ``.venv-optimum``), optimum-intel's OpenVINO export and NNCF int8 (in ``.venv-intel``),
+Olive's conversion, transformer optimization and dynamic int8 (in ``.venv-olive``), onnxruntime's
+own ``optimize_model`` and ``quantize_dynamic`` with their defaults, and NNCF's int8 with its
+defaults on the recipe's OpenVINO IR. Every target is checked against eager with the project's
+parity metrics and benchmarked in its own process by the project's worker, all of them in one
+session of interleaved rounds (ratios within a round, with 95% intervals), with the recipe's
+protocol and threads.
 Writes ``benchmarks/results/<recipe>-<date>.md``, ``.json`` and ``.png``.
 """
 
@@ -47,7 +50,7 @@ from pipeline.engine.results import RunResult  # noqa: E402
 from pipeline.engine.run import prepare, run  # noqa: E402
 
 log = logging.getLogger("benchmarks.peers")
-PARTS = ("eager", "compile", "project", "optimum", "ort")
+PARTS = ("eager", "compile", "project", "optimum", "intel", "olive", "ort", "nncf")
 
 
 def _ints(text: str) -> tuple[int, ...]:
@@ -161,7 +164,7 @@ def main(argv: list[str] | None = None) -> int:
     targets = project_targets(result, args.skip)
     with phase("build peers", timings):
         work = (args.work or Path("artifacts") / "peers" / recipe.name).resolve()
-        peers, optimum_versions, isa = peer_targets(result, work, args.isa, args.skip, timeout)
+        peers, env_versions, isa = peer_targets(result, work, args.isa, args.skip, timeout)
         targets += peers
         add_stats(targets)
     with phase("parity and benchmarks (interleaved rounds)", timings):
@@ -179,7 +182,7 @@ def main(argv: list[str] | None = None) -> int:
             "model": recipe.model.source or recipe.model.factory, "shipped": shipped,
             "ship_rule": recipe.ship.model_dump(), "recipe_run_shipped": result.shipped,
             "fingerprint": fp or fingerprint(recipe.bench.threads, recipe.device),
-            "versions": library_versions(), "optimum_versions": optimum_versions, "git": git_state(),
+            "versions": library_versions(), **env_versions, "git": git_state(),
             "notes": notes, "drift": drift, "ratios": ratios, "rounds": recipe.bench.rounds,
             "headline_rounds": recipe.bench.headline_rounds,
             "settings": settings_meta(settings, point, result, timeout),

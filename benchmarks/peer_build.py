@@ -179,7 +179,10 @@ def nncf_quantized(ir: Path, out: Path, samples: list[dict[str, Any]]) -> Target
         import nncf
         import openvino as ov
 
+        from passes.precision.nncf_int8 import decline_telemetry
+
         nncf.set_log_level(logging.ERROR)
+        decline_telemetry()
         with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
             model = nncf.quantize(ov.Core().read_model(str(ir)), nncf.Dataset(samples),
                                   model_type=nncf.ModelType.TRANSFORMER, subset_size=len(samples))

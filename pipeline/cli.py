@@ -174,6 +174,16 @@ def _terminate(signum: int, _frame: FrameType | None) -> None:
     raise Terminated(signal.Signals(signum).name)
 
 
+def _default_sigterm() -> None:
+    """In a child forked by a library (OpenVINO's telemetry sends from one), SIGTERM kills as usual: a
+    Python handler never runs in a child stuck in C code after the fork, so its parent could not stop it,
+    and it would outlive the run holding the run's output pipes."""
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+
+
+os.register_at_fork(after_in_child=_default_sigterm)
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point; returns the exit code. SIGTERM unwinds like Ctrl-C: temporaries removed, exit 143."""
     args = _parser().parse_args(argv)

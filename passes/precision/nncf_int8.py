@@ -140,6 +140,7 @@ def quantize(model: Any, samples: list[Inputs], config: NncfInt8Config, ignored:
     from nncf.quantization.advanced_parameters import AdvancedQuantizationParameters, AdvancedSmoothQuantParameters
 
     nncf.set_log_level(logging.ERROR)  # its INFO lines and progress bars are not this run's story
+    decline_telemetry()
     presets = {"mixed": nncf.QuantizationPreset.MIXED, "performance": nncf.QuantizationPreset.PERFORMANCE}
     advanced = AdvancedQuantizationParameters(
         smooth_quant_alphas=AdvancedSmoothQuantParameters(matmul=config.smooth_quant_alpha))
@@ -149,6 +150,16 @@ def quantize(model: Any, samples: list[Inputs], config: NncfInt8Config, ignored:
                              fast_bias_correction=config.fast_bias_correction,
                              ignored_scope=nncf.IgnoredScope(names=ignored) if ignored else None,
                              advanced_parameters=advanced)
+
+
+def decline_telemetry() -> None:
+    """Stop NNCF's usage telemetry for this process (nothing is written to disk). It sends each event
+    from a forked child: a fork of a process running OpenVINO's and torch's thread pools, which can
+    hang, and which inherits this run's SIGTERM handler, so the telemetry's own terminate() leaves it
+    running, holding the run's output pipes after the run ends."""
+    from openvino_telemetry import Telemetry
+
+    Telemetry().consent = False  # a singleton: the instance NNCF made when it was imported
 
 
 def quantized_counts(model: Any) -> dict[str, int]:

@@ -75,3 +75,27 @@ def test_an_unknown_ignored_name_is_refused(tiny_ctx: PassContext, tiny_ir: Arti
 def test_it_reads_only_an_fp32_ir(tiny_ctx: PassContext, tiny_onnx: Artifact, tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="reads an fp32 OpenVINO IR"):
         _run(tiny_ctx, tiny_onnx, tmp_path / "int8")
+
+
+def test_a_run_through_openvino_and_nncf_exits_and_leaves_no_process(tmp_path: Path, tiny_bert_config: Path) -> None:
+    """OpenVINO and NNCF send telemetry from forked children; those must not outlive the run holding its
+    pipes (they did: they inherited the run's SIGTERM handler, so terminate() could not stop them)."""
+    import subprocess
+    import sys
+
+    import yaml
+
+    recipe = tmp_path / "ov.yaml"
+    recipe.write_text(yaml.safe_dump({
+        "model": {"source": str(tiny_bert_config), "tokenizer": "packaged:all-MiniLM-L6-v2"},
+        "task": "feature-extraction",
+        "passes": ["onnx_export", "openvino_convert", {"nncf_int8": {"samples": 8}}],
+        "verify": {"shapes": [[1, 9], [3, 77]], "sentence_batches": 1},
+    }))
+    out = tmp_path / "out"
+    done = subprocess.run([sys.executable, "-m", "pipeline", "optimize", str(recipe), "--no-bench", "--out", str(out)],
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode in (0, 1), done.stderr[-2000:]
+    assert (out / "03_nncf_int8" / "model.xml").is_file()
+    left = subprocess.run(["pgrep", "-f", str(out)], capture_output=True, text=True)
+    assert left.stdout.strip() == "", f"processes left behind: {left.stdout}"

@@ -163,22 +163,11 @@ def decline_telemetry() -> None:
 
 
 def quantized_counts(model: Any) -> dict[str, int]:
-    """FakeQuantize operations, and the MatMuls fed by one (quantized) or not (left in float)."""
+    """FakeQuantize operations, and the MatMuls whose activation a FakeQuantize feeds (quantized) or not
+    (left in float; NNCF puts one straight in front of each MatMul it quantizes)."""
     counts = Counter(op.get_type_name() for op in model.get_ordered_ops())
     matmuls = [op for op in model.get_ordered_ops() if op.get_type_name() == "MatMul"]
-    fed = sum(any(_fed_by_fake_quantize(port) for port in op.inputs()) for op in matmuls)
+    fed = sum(any(port.get_source_output().get_node().get_type_name() == "FakeQuantize" for port in op.inputs())
+              for op in matmuls)
     return {"fake_quantize": counts.get("FakeQuantize", 0), "matmuls_quantized": fed,
             "matmuls_float": len(matmuls) - fed}
-
-
-def _fed_by_fake_quantize(port: Any) -> bool:
-    """Whether an input comes from a FakeQuantize, through at most a Convert (compressed weights)."""
-    node = port.get_source_output().get_node()
-    for _ in range(4):  # weights: Constant(i8) -> Convert -> [Subtract] -> Multiply; activations: FakeQuantize
-        kind = node.get_type_name()
-        if kind == "FakeQuantize":
-            return True
-        if kind not in ("Convert", "Multiply", "Subtract") or node.get_input_size() == 0:
-            return False
-        node = node.input_value(0).get_node()
-    return False

@@ -28,6 +28,7 @@ from pipeline.core.errors import ArtifactError, ParityError, PipelineError
 from pipeline.core.store import MANIFEST, json_safe, sha256_file, staging_folder, write_json_atomic
 from pipeline.core.versions import library_versions
 from pipeline.model.loading import ModelHandle, _auto_class
+from pipeline.runtime.sessions import OPENVINO_CONFIG
 from pipeline.ship.triton import DEFAULT_MAX_BATCH, write_repository
 
 if TYPE_CHECKING:  # optimize may come to import this module; the types are only for annotations
@@ -249,6 +250,9 @@ def bundle_manifest(result: RunResult, name: str, files: dict[str, str], triton:
         "task": recipe.task, "device": recipe.device, "inputs": list(handle.input_names),
         "outputs": list(handle.output_names), "random_weights": handle.spec.weights == "random",
         "triton": {"model": recipe.name, "path": triton.as_posix()} if triton else None,
+        # the compile options the IR was verified and benchmarked with: pass them to compile_model (or as
+        # ov_config to optimum-intel's from_pretrained), or the CPU plugin may pick another precision
+        "openvino_config": OPENVINO_CONFIG if artifact.format is Format.OPENVINO else None,
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     })
 

@@ -1,5 +1,5 @@
 """The deployment bundle on a tiny random BERT: contents, manifest, integrity check, Triton repository,
-loading (onnxruntime, torch.jit in a fresh process), and atomic replacement."""
+loading (onnxruntime, torch.jit in a fresh process, OpenVINO), and atomic replacement."""
 
 from __future__ import annotations
 
@@ -336,6 +336,26 @@ def test_torchscript_bundle_loads_in_a_fresh_process(tmp_path: Path, tiny_bert_c
     proc = subprocess.run([sys.executable, "-c", TORCHSCRIPT_LOADER, str(bundle / "model.pt"), str(case)],
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+def test_openvino_bundle_uses_optimum_intel_names_and_loads_with_openvino(tmp_path: Path, tiny_bert_config: Path,
+                                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    ov = pytest.importorskip("openvino", reason="OpenVINO is not installed (the openvino extra)")
+    monkeypatch.chdir(tmp_path)
+    result = run_recipe(tmp_path, tiny_bert_config, ["onnx_export", "openvino_convert"])
+    bundle = build_bundle(result)
+    manifest = manifest_of(bundle)
+    assert (manifest["format"], manifest["model_file"], manifest["triton"]) == ("openvino", "openvino_model.xml", None)
+    assert {"openvino_model.xml", "openvino_model.bin", "config.json"} <= set(manifest["files"])
+    assert not (bundle / "model.xml").exists() and check_bundle(bundle) == []
+    assert manifest["openvino_config"]["INFERENCE_PRECISION_HINT"] == "f32"
+
+    inputs, outputs = reference_cases(result.prepared.out_dir)["random_b3_s77"]
+    model = ov.Core().read_model(str(bundle / "openvino_model.xml"))
+    compiled = ov.Core().compile_model(model, "CPU", manifest["openvino_config"])
+    got = compiled.create_infer_request().infer({port.get_any_name(): inputs[port.get_any_name()]
+                                                 for port in compiled.inputs})[compiled.outputs[0]]
+    assert kept_max_abs(np.asarray(got), outputs["last_hidden_state"], inputs["attention_mask"]) < 1e-4
 
 
 # -- atomicity and refusals -------------------------------------------------------------------

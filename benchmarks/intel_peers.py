@@ -19,34 +19,16 @@ import logging
 import os
 import shutil
 import sys
-import time
-from collections.abc import Callable
-from importlib import metadata
 from pathlib import Path
 from typing import Any
+
+from peer_script import record_step, versions  # beside this script
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # before transformers is imported: nothing is fetched
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
-log = logging.getLogger("intel_peers")
 VERSIONED = ("optimum-intel", "optimum", "transformers", "torch", "openvino", "nncf", "numpy")
 XML = "openvino_model.xml"
-
-
-def versions() -> dict[str, str]:
-    """Installed versions of the libraries that shape these peers."""
-    found = {"python": sys.version.split()[0]}
-    for name in VERSIONED:
-        try:
-            found[name] = metadata.version(name)
-        except metadata.PackageNotFoundError:
-            continue
-    return found
-
-
-def _reason(exc: BaseException) -> str:
-    lines = [line for line in str(exc).strip().splitlines() if line.strip()]
-    return f"{type(exc).__name__}: {lines[0][:300]}" if lines else type(exc).__name__
 
 
 def export(model_dir: Path, out: Path) -> Path:
@@ -75,33 +57,17 @@ def quantize(model_dir: Path, sentences: list[str], out: Path) -> Path:
     return out / XML
 
 
-def _step(name: str, make: Callable[[], Path], precision: str, how: str, report: dict[str, Any]) -> None:
-    """Run one build step; record its file, or why it failed, in ``report``."""
-    start = time.perf_counter()
-    try:
-        path = make()
-        if not path.is_file():
-            raise FileNotFoundError(f"{path} was not written")
-    except Exception as exc:  # any failure is a result: the table shows the reason
-        log.warning("%s failed: %s", name, _reason(exc))
-        report["failed"][name] = _reason(exc)
-        return
-    seconds = time.perf_counter() - start
-    log.info("%s: %s (%.1f s)", name, path, seconds)
-    report["peers"][name] = {"path": str(path), "precision": precision, "how": how, "seconds": seconds,
-                             "kind": "openvino"}
-
-
 def build_all(out: Path, model_dir: Path, sentences: list[str]) -> dict[str, Any]:
     """Every optimum-intel peer."""
-    report: dict[str, Any] = {"peers": {}, "failed": {}, "versions": versions(), "model_dir": str(model_dir)}
+    report: dict[str, Any] = {"peers": {}, "failed": {}, "versions": versions(VERSIONED), "model_dir": str(model_dir)}
     if out.exists():
         shutil.rmtree(out)
     out.mkdir(parents=True)
-    _step("optimum-intel-export", lambda: export(model_dir, out / "fp32"), "fp32",
-          "OVModelForFeatureExtraction.from_pretrained(export=True)", report)
-    _step("optimum-intel-int8", lambda: quantize(model_dir, sentences, out / "int8"), "int8",
-          f"OVQuantizer, OVQuantizationConfig() defaults, {len(sentences)} calibration sentences", report)
+    record_step("optimum-intel-export", lambda: export(model_dir, out / "fp32"), "fp32",
+                "OVModelForFeatureExtraction.from_pretrained(export=True)", report, kind="openvino")
+    record_step("optimum-intel-int8", lambda: quantize(model_dir, sentences, out / "int8"), "int8",
+                f"OVQuantizer, OVQuantizationConfig() defaults, {len(sentences)} calibration sentences", report,
+                kind="openvino")
     return report
 
 
@@ -115,7 +81,7 @@ def main(argv: list[str]) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s %(message)s",
                         datefmt="%H:%M:%S")
-    log.setLevel(logging.INFO)
+    logging.getLogger("peer_script").setLevel(logging.INFO)
     lines = [line.strip() for line in args.corpus.read_text(encoding="utf-8").splitlines()]
     sentences = [line for line in lines if line][:args.samples]
     report = build_all(args.outdir.resolve(), args.model_dir, sentences)

@@ -18,33 +18,16 @@ import logging
 import os
 import shutil
 import sys
-import time
-from importlib import metadata
 from pathlib import Path
 from typing import Any
+
+from peer_script import record_step, versions  # beside this script
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # before transformers is imported: nothing is fetched
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
-log = logging.getLogger("olive_peers")
 VERSIONED = ("olive-ai", "transformers", "torch", "onnx", "onnxruntime", "onnxscript", "numpy")
 OPSET = 17
-
-
-def versions() -> dict[str, str]:
-    """Installed versions of the libraries that shape these peers."""
-    found = {"python": sys.version.split()[0]}
-    for name in VERSIONED:
-        try:
-            found[name] = metadata.version(name)
-        except metadata.PackageNotFoundError:
-            continue
-    return found
-
-
-def _reason(exc: BaseException) -> str:
-    lines = [line for line in str(exc).strip().splitlines() if line.strip()]
-    return f"{type(exc).__name__}: {lines[0][:300]}" if lines else type(exc).__name__
 
 
 def workflow(model_dir: Path, task: str, model_type: str, quantize: bool, out: Path) -> dict[str, Any]:
@@ -76,7 +59,7 @@ def run_workflow(config: dict[str, Any], out: Path) -> Path:
 
 def build_all(out: Path, model_dir: Path, task: str, model_type: str) -> dict[str, Any]:
     """Both Olive peers."""
-    report: dict[str, Any] = {"peers": {}, "failed": {}, "versions": versions(), "model_dir": str(model_dir)}
+    report: dict[str, Any] = {"peers": {}, "failed": {}, "versions": versions(VERSIONED), "model_dir": str(model_dir)}
     if out.exists():
         shutil.rmtree(out)
     out.mkdir(parents=True)
@@ -84,15 +67,9 @@ def build_all(out: Path, model_dir: Path, task: str, model_type: str) -> dict[st
         folder = out / name
         how = (f"Olive workflow: OnnxConversion(opset {OPSET}), OrtTransformersOptimization(model_type="
                f"{model_type!r})" + (", OnnxDynamicQuantization() defaults" if quantize else ""))
-        start = time.perf_counter()
-        try:
-            path = run_workflow(workflow(model_dir, task, model_type, quantize, folder), folder)
-        except Exception as exc:  # any failure is a result: the table shows the reason
-            log.warning("%s failed: %s", name, _reason(exc))
-            report["failed"][name] = _reason(exc)
-            continue
-        report["peers"][name] = {"path": str(path), "precision": "int8" if quantize else "fp32", "how": how,
-                                 "seconds": time.perf_counter() - start}
+        config = workflow(model_dir, task, model_type, quantize, folder)
+        record_step(name, lambda config=config, folder=folder: run_workflow(config, folder),
+                    "int8" if quantize else "fp32", how, report)
     return report
 
 
@@ -106,7 +83,7 @@ def main(argv: list[str]) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s %(message)s",
                         datefmt="%H:%M:%S")
-    log.setLevel(logging.INFO)
+    logging.getLogger("peer_script").setLevel(logging.INFO)
     report = build_all(args.outdir.resolve(), args.model_dir, args.task, args.model_type)
     (args.outdir / "olive_peers.json").write_text(json.dumps(report, indent=1), encoding="utf-8")
     return 0

@@ -24,16 +24,14 @@ import logging
 import os
 import shutil
 import sys
-import time
-from collections.abc import Callable
-from importlib import metadata
 from pathlib import Path
 from typing import Any
+
+from peer_script import record_step, versions  # beside this script
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # before transformers is imported: nothing is fetched
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
-log = logging.getLogger("optimum_peers")
 VERSIONED = ("optimum", "optimum-onnx", "transformers", "torch", "onnx", "onnxruntime", "numpy")
 LEVELS = ("O1", "O2", "O3")
 
@@ -54,22 +52,6 @@ def cpu_isa(cpuinfo: str = "/proc/cpuinfo") -> str:
     if "avx512f" in flags:
         return "avx512"
     return "avx2"
-
-
-def versions() -> dict[str, str]:
-    """Installed versions of the libraries that shape these peers."""
-    found = {"python": sys.version.split()[0]}
-    for name in VERSIONED:
-        try:
-            found[name] = metadata.version(name)
-        except metadata.PackageNotFoundError:
-            continue
-    return found
-
-
-def _reason(exc: BaseException) -> str:
-    lines = [line for line in str(exc).strip().splitlines() if line.strip()]
-    return f"{type(exc).__name__}: {lines[0][:300]}" if lines else type(exc).__name__
 
 
 def export(model_dir: Path, task: str, out: Path) -> Path:
@@ -100,45 +82,28 @@ def quantize(exported: Path, isa: str, per_channel: bool, out: Path) -> Path:
     return Path(quantizer.quantize(quantization_config=config, save_dir=out)) / f"{exported.stem}_quantized.onnx"
 
 
-def _step(name: str, make: Callable[[], Path], precision: str, how: str, report: dict[str, Any]) -> Path | None:
-    """Run one build step; record its file, or why it failed, in ``report``."""
-    start = time.perf_counter()
-    try:
-        path = make()
-        if not path.is_file():
-            raise FileNotFoundError(f"{path} was not written")
-    except Exception as exc:  # any failure is a result: the table shows the reason
-        log.warning("%s failed: %s", name, _reason(exc))
-        report["failed"][name] = _reason(exc)
-        return None
-    seconds = time.perf_counter() - start
-    log.info("%s: %s (%.1f s)", name, path, seconds)
-    report["peers"][name] = {"path": str(path), "precision": precision, "how": how, "seconds": seconds}
-    return path
-
-
 def build_all(out: Path, model_dir: Path, task: str, isa: str) -> dict[str, Any]:
     """Every Optimum peer; a step whose input is missing is recorded as failed with that reason."""
-    report: dict[str, Any] = {"peers": {}, "failed": {}, "versions": versions(), "isa": isa,
+    report: dict[str, Any] = {"peers": {}, "failed": {}, "versions": versions(VERSIONED), "isa": isa,
                               "model_dir": str(model_dir)}
     if out.exists():
         shutil.rmtree(out)
     out.mkdir(parents=True)
-    exported = _step("optimum-export", lambda: export(model_dir, task, out / "export"), "fp32",
+    exported = record_step("optimum-export", lambda: export(model_dir, task, out / "export"), "fp32",
                      f"main_export(task={task!r}, library_name='transformers')", report)
     for level in LEVELS:
         name = f"optimum-{level}"
         if exported is None:
             report["failed"][name] = "no export to optimize (optimum-export failed)"
             continue
-        _step(name, lambda level=level: optimize(exported, level, out / level), "fp32",
+        record_step(name, lambda level=level: optimize(exported, level, out / level), "fp32",
               f"ORTOptimizer, AutoOptimizationConfig.{level}()", report)
     for per_channel in (False, True):
         name = f"optimum-int8-{isa}" + ("-per-channel" if per_channel else "")
         if exported is None:
             report["failed"][name] = "no export to quantize (optimum-export failed)"
             continue
-        _step(name, lambda pc=per_channel, folder=out / name: quantize(exported, isa, pc, folder), "int8",
+        record_step(name, lambda pc=per_channel, folder=out / name: quantize(exported, isa, pc, folder), "int8",
               f"ORTQuantizer, AutoQuantizationConfig.{isa}(is_static=False, per_channel={per_channel}) "
               "on the plain export", report)
     return report
@@ -162,7 +127,8 @@ def main(argv: list[str]) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s %(message)s",
                         datefmt="%H:%M:%S")
-    log.setLevel(logging.INFO)  # onnxruntime's quantizer logs a line per tensor at INFO on the root logger
+    # the scripts' own lines at INFO; onnxruntime's quantizer logs a line per tensor at INFO on the root logger
+    logging.getLogger("peer_script").setLevel(logging.INFO)
     model_dir = args.model_dir or default_model_dir()
     isa = cpu_isa() if args.isa == "auto" else args.isa
     report = build_all(args.outdir.resolve(), model_dir, args.task, isa)

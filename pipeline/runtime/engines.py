@@ -34,7 +34,7 @@ def torch_device(device: str) -> Any:
 
 
 class TorchEngine:
-    """Eager or TorchScript module; CUDA events time it on GPU."""
+    """Eager, TorchScript or torch.export module; CUDA events time it on GPU."""
 
     def __init__(self, module: Any, input_names: list[str], device: str, output_names: list[str] | None = None) -> None:
         import torch

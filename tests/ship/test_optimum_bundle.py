@@ -1,4 +1,5 @@
-"""A shipped ONNX bundle loads in Optimum (its own environment, transformers 4.57) and matches eager.
+"""A shipped ONNX bundle loads in Optimum (its own environment, transformers 4.57), and an OpenVINO bundle
+in optimum-intel (``.venv-intel``), and both match eager.
 
 Optimum's ORTModel classes read config.json and the tokenizer written by transformers 5.x, find
 model.onnx, and must give eager's outputs on the run's reference cases. The check runs in a
@@ -77,3 +78,32 @@ def test_optimum_loads_the_bundle_and_matches_eager(task: str, tmp_path: Path, t
     assert proc.stdout.startswith("ok: ORTModelFor") and "transformers 4." in proc.stdout, proc.stdout
     if task == "text-classification":
         assert "NEGATIVE" in proc.stdout
+
+
+INTEL_PYTHON = ROOT / ".venv-intel" / "bin" / "python"
+INTEL_LOADER = Path(__file__).with_name("intel_load.py")
+
+
+@pytest.mark.skipif(not INTEL_PYTHON.exists(),
+                    reason=f"no optimum-intel environment at {INTEL_PYTHON} (build it with `make intel-env`)")
+def test_optimum_intel_loads_an_openvino_bundle_and_matches_eager(tmp_path: Path, tiny_bert_config: Path,
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    pytest.importorskip("openvino", reason="OpenVINO is not installed (the openvino extra)")
+    monkeypatch.chdir(tmp_path)
+    recipe = tmp_path / "tiny.yaml"
+    recipe.write_text(yaml.safe_dump({
+        "model": {"source": str(tiny_bert_config), "tokenizer": "packaged:all-MiniLM-L6-v2"},
+        "task": "feature-extraction", "passes": ["onnx_export", "openvino_convert"],
+        "verify": {"shapes": [[1, 9], [3, 77]], "sentence_batches": 2},
+    }))
+    result = run(prepare(recipe), bench="skip")
+    bundle = build_bundle(result)
+    npz = tmp_path / "cases.npz"
+    with np.load(result.prepared.out_dir / "reference" / "reference.npz") as data:
+        np.savez(npz, **{key: data[key] for key in data.files})
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV", "PYTHONHOME")}
+    env.update(HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", PYTHONNOUSERSITE="1")
+    proc = subprocess.run([str(INTEL_PYTHON), str(INTEL_LOADER), str(bundle), str(npz)], capture_output=True,
+                          text=True, timeout=300, env=env, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stdout + proc.stderr[-3000:]
+    assert proc.stdout.strip().splitlines()[-1].startswith("ok: OVModelForFeatureExtraction"), proc.stdout

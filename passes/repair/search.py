@@ -29,6 +29,7 @@ from pipeline.core.artifact import Format
 from pipeline.engine.pass_api import Gate, GateResult
 from pipeline.model.inputs import Inputs
 from pipeline.runtime.engines import Engine, file_engine
+from pipeline.runtime.runner import as_function
 from pipeline.verify.metrics import compare
 
 log = logging.getLogger(__name__)
@@ -77,8 +78,7 @@ def p50_ms(path: Path, inputs: Inputs, fmt: Format = Format.ONNX, threads: int =
 def outputs_of(path: Path, inputs: Inputs, fmt: Format) -> dict[str, np.ndarray]:
     """A model file's outputs on ``inputs``, by name, as float32."""
     engine = open_engine(path, fmt)
-    values = engine.host_outputs(inputs)
-    return {name: np.asarray(value, dtype=np.float32) for name, value in zip(engine.output_names, values, strict=True)}
+    return as_function(engine, engine.output_names)(inputs)
 
 
 def _output_error(path: Path, probe: Inputs, reference: dict[str, np.ndarray], fmt: Format) -> tuple[float, float]:

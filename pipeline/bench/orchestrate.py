@@ -19,6 +19,7 @@ import sys
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any, cast
 
@@ -29,7 +30,7 @@ from pipeline.bench.noise import sample
 from pipeline.bench.rounds import BlockFailed, Point, RoundPlan, measure_point, ratio_entry
 from pipeline.bench.spec import BenchRow, WorkerSpec
 from pipeline.bench.timing import summarize
-from pipeline.bench.workers import Launch, started
+from pipeline.bench.workers import Launch, Worker, started
 from pipeline.core.artifact import Artifact
 from pipeline.core.progress import stage
 from pipeline.core.store import canonical_json, read_json, sha256_text, write_json_atomic
@@ -132,21 +133,22 @@ def flag_reruns(result: dict[str, Any], previous: dict[str, Any] | None, toleran
             row.setdefault("unstable_reasons", []).append(f"cv {row['cv']:.2f}")
 
 
-def round_plan(bench: BenchSpec, device: str, rounds: int) -> RoundPlan:
+def round_plan(bench: BenchSpec, device: str, rounds: int, generations: int = 1) -> RoundPlan:
     """A point's ``rounds``, and what one target measures in one: the protocol's repeats and seconds
     shared out over the rounds (``max_seconds`` kept as a cap), a short warm-up before every block (the
     first round of a point warms up in full; measured without it, eager ran 1.8 times slower right
     after the pause), and back-to-back throughput only where a timed call synchronizes (GPU): on CPU
     the timed calls are back to back already. A point may run ``redo_rounds`` extra rounds to replace
     disturbed ones, or a third of its rounds when that is more: a minute of steal at the ship point
-    dropped 12 of 27 rounds there."""
+    dropped 12 of 27 rounds there. The rounds are spread over ``generations`` of worker processes."""
     block = {"warmup": 1, "warmup_seconds": min(bench.warmup_seconds, ROUND_WARMUP_SECONDS),
              "min_repeats": math.ceil(bench.min_repeats / rounds), "min_seconds": bench.min_seconds / rounds,
              "max_seconds": bench.max_seconds / rounds, "cv_threshold": bench.cv_threshold,
              "throughput_seconds": 0.0 if device == "cpu" else bench.throughput_seconds / rounds}
     return RoundPlan(rounds=rounds, pause_seconds=bench.pause_seconds, max_steal=bench.max_steal,
                      max_others=bench.max_others_cpu, max_redo=max(bench.redo_rounds, rounds // 3),
-                     interval_tolerance=bench.interval_tolerance, block=block)
+                     interval_tolerance=bench.interval_tolerance, generations=min(generations, rounds),
+                     block=block)
 
 
 def grid_row(blocks: list[dict[str, Any]], batch: int, seq: int, cv_threshold: float) -> BenchRow:
@@ -169,20 +171,25 @@ def grid_row(blocks: list[dict[str, Any]], batch: int, seq: int, cv_threshold: f
 
 def round_plans(bench: BenchSpec, device: str, headline: Point | None,
                 grid: Sequence[Point] | None = None) -> dict[Point, RoundPlan]:
-    """Each point's plan (of ``grid``, default the recipe's): ``bench.rounds``, and ``bench.headline_rounds``
-    at the ship point, where a
-    verdict is drawn from the intervals (measured here: 8 rounds gave int8 over eager [2.46, 3.25] on a
-    shared 2-core machine, 24 rounds of shorter blocks [2.90, 3.42] at about 1.7 times the cost)."""
+    """Each point's plan (of ``grid``, default the recipe's): ``bench.rounds``, and at the ship point,
+    where a verdict is drawn from the intervals, ``bench.headline_rounds`` over
+    ``bench.headline_generations`` generations of worker processes. Measured here: 8 rounds gave int8
+    over eager [2.46, 3.25] on a shared 2-core machine, 24 rounds of shorter blocks [2.90, 3.42] at about
+    1.7 times the cost; but three runs of 24 rounds in one generation each had medians 2.93, 2.44 and
+    2.70, outside each other's intervals: the spread between processes is the larger part."""
     plans = {}
     for point in grid or grid_points(bench):
-        rounds = bench.headline_rounds if point == headline else bench.rounds
-        plans[point] = round_plan(bench, device, rounds)
+        if point == headline:
+            plans[point] = round_plan(bench, device, bench.headline_rounds, bench.headline_generations)
+        else:
+            plans[point] = round_plan(bench, device, bench.rounds)
     return plans
 
 
 def measure_session(launches: list[Launch], plans: dict[Point, RoundPlan], timeout: float) -> Benchmarks:
     """Start every target's worker, measure every grid point in interleaved rounds (in the order of
-    ``plans``), then each target's extras (best batch, memory, real data, generation) one target at a time."""
+    ``plans``; a point of several generations starts every worker again between them), then each
+    target's extras (best batch, memory, real data, generation) one target at a time."""
     failed: dict[str, str] = {}
     results: dict[str, dict[str, Any]] = {launch.name: {"target": launch.name, "rows": []} for launch in launches}
     ratios: list[dict[str, Any]] = []
@@ -190,11 +197,20 @@ def measure_session(launches: list[Launch], plans: dict[Point, RoundPlan], timeo
         for worker in workers:
             results[worker.name].update(load_seconds=worker.ready["load_seconds"],
                                         fingerprint=worker.ready["fingerprint"])
-        pids = [os.getpid(), *(worker.pid for worker in workers)]
+
+        def measuring(point: Point) -> list[Worker]:
+            return [worker for worker in workers if worker.name not in failed and worker.measures(point)]
+
+        def fresh(point: Point) -> list[Worker]:
+            workers.restart()
+            return measuring(point)
+
         for (batch, seq), plan in plans.items():
-            live = [worker for worker in workers if worker.name not in failed and worker.measures((batch, seq))]
-            advance(f"b{batch} s{seq}: {len(live)} targets in {plan.rounds} interleaved rounds")
-            rounds = measure_point(live, (batch, seq), plan, lambda: sample(pids))
+            live = measuring((batch, seq))
+            spread = f" over {plan.generations} generations of processes" if plan.generations > 1 else ""
+            advance(f"b{batch} s{seq}: {len(live)} targets in {plan.rounds} interleaved rounds{spread}")
+            rounds = measure_point(live, (batch, seq), plan, lambda: sample([os.getpid(), *workers.pids()]),
+                                   restart=partial(fresh, (batch, seq)) if plan.generations > 1 else None)
             cv = plan.block.get("cv_threshold", 0.10)
             failed.update(rounds.failed)
             for worker in live:

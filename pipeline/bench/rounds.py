@@ -11,6 +11,7 @@ and run again, up to a limit, and the summary says how many were.
 
 from __future__ import annotations
 
+import math
 import time
 import zlib
 from collections.abc import Callable, Sequence
@@ -52,7 +53,13 @@ class RoundPlan:
     max_others: float = 0.15
     max_redo: int = 3
     interval_tolerance: float = 0.10
+    generations: int = 1  # the rounds are spread over this many generations of worker processes
     block: dict[str, Any] = field(default_factory=dict)
+
+    def generation_of(self, counted: int) -> int:
+        """The generation the next round belongs to, after ``counted`` rounds that count."""
+        per_generation = math.ceil(self.rounds / self.generations)
+        return min(counted // per_generation, self.generations - 1)
 
 
 @dataclass
@@ -63,6 +70,7 @@ class Round:
     blocks: dict[str, dict[str, Any]]
     noise: Disturbance
     dropped: str | None = None  # why the round does not count
+    generation: int = 0  # which generation of worker processes measured it
 
 
 @dataclass
@@ -94,12 +102,18 @@ def rotated(names: Sequence[str], index: int) -> list[str]:
 
 
 def measure_point(measurers: Sequence[Measurer], point: Point, plan: RoundPlan,
-                  cpu_sample: Callable[[], CpuSample], sleep: Callable[[float], None] = time.sleep) -> PointRounds:
+                  cpu_sample: Callable[[], CpuSample], sleep: Callable[[float], None] = time.sleep,
+                  restart: Callable[[], Sequence[Measurer]] | None = None) -> PointRounds:
     """Run ``plan.rounds`` undisturbed rounds of every target at ``point`` (at most ``plan.max_redo``
-    more to replace disturbed ones); a target whose block fails leaves the remaining rounds."""
+    more to replace disturbed ones); a target whose block fails leaves the remaining rounds. With
+    ``restart`` (which starts every target again in a fresh process), the rounds are spread evenly over
+    ``plan.generations`` generations of processes."""
     result = PointRounds(point, [])
-    index = 0
-    while sum(r.dropped is None for r in result.rounds) < plan.rounds and index < plan.rounds + plan.max_redo:
+    index = generation = 0
+    while (counted := sum(r.dropped is None for r in result.rounds)) < plan.rounds and \
+            index < plan.rounds + plan.max_redo:
+        if restart is not None and plan.generation_of(counted) > generation:
+            measurers, generation = restart(), plan.generation_of(counted)
         live = {m.name: m for m in measurers if m.name not in result.failed}
         if not live:
             break
@@ -112,7 +126,7 @@ def measure_point(measurers: Sequence[Measurer], point: Point, plan: RoundPlan,
             except BlockFailed as exc:
                 result.failed[name] = str(exc)
         noise = disturbance(before, cpu_sample())
-        result.rounds.append(Round(order, blocks, noise, noise.exceeds(plan.max_steal, plan.max_others)))
+        result.rounds.append(Round(order, blocks, noise, noise.exceeds(plan.max_steal, plan.max_others), generation))
         index += 1
     return result
 
@@ -121,30 +135,50 @@ def _median(values: Sequence[float]) -> float:
     return float(np.median(np.asarray(values, dtype=np.float64)))
 
 
-def bootstrap_interval(values: Sequence[float], seed: int, resamples: int = BOOTSTRAP_RESAMPLES
-                       ) -> tuple[float, float]:
-    """95% percentile-bootstrap interval of the median of ``values``."""
+def bootstrap_interval(values: Sequence[float], seed: int, resamples: int = BOOTSTRAP_RESAMPLES,
+                       groups: Sequence[int] | None = None) -> tuple[float, float]:
+    """95% percentile-bootstrap interval of the median of ``values``. With ``groups`` (the generation
+    of processes each value came from) and more than one group, the resampling is in two stages: the
+    groups with replacement, then the values within each drawn group, so that the interval also holds
+    the variation between processes, which resampling single values cannot see."""
     data = np.asarray(values, dtype=np.float64)
     if data.size < 2:
         return float(data[0]), float(data[0])
-    picks = np.random.default_rng(seed).integers(0, data.size, size=(resamples, data.size))
-    medians = np.median(data[picks], axis=1)
+    rng = np.random.default_rng(seed)
+    members = [data[np.asarray(groups) == g] for g in sorted(set(groups))] if groups is not None else [data]
+    if len(members) < 2:
+        picks = rng.integers(0, data.size, size=(resamples, data.size))
+        medians = np.median(data[picks], axis=1)
+    else:
+        medians = np.empty(resamples)
+        for index in range(resamples):
+            drawn = rng.integers(0, len(members), size=len(members))
+            medians[index] = np.median(np.concatenate(
+                [members[g][rng.integers(0, members[g].size, size=members[g].size)] for g in drawn]))
     low, high = np.percentile(medians, [2.5, 97.5])
     return float(low), float(high)
+
+
+def paired(rounds: Sequence[Round], target: str, baseline: str) -> list[Round]:
+    """The rounds that measured both the target and the baseline."""
+    return [r for r in rounds if target in r.blocks and baseline in r.blocks]
 
 
 def round_ratios(rounds: Sequence[Round], target: str, baseline: str) -> list[float]:
     """Per round that has both: the baseline's median latency over the target's (above 1: faster)."""
     return [_median(r.blocks[baseline]["latencies_ms"]) / _median(r.blocks[target]["latencies_ms"])
-            for r in rounds if target in r.blocks and baseline in r.blocks]
+            for r in paired(rounds, target, baseline)]
 
 
-def interval(ratios: Sequence[float], label: str, tolerance: float) -> dict[str, Any]:
+def interval(ratios: Sequence[float], label: str, tolerance: float,
+             generations: Sequence[int] | None = None) -> dict[str, Any]:
     """Per-round ratios summarized: their median, a 95% bootstrap interval (seeded by ``label``, so the
-    same rounds give the same interval), and a flag when the interval is wider than ±``tolerance``."""
+    same rounds give the same interval; over ``generations`` of processes when given), and a flag when
+    the interval is wider than ±``tolerance``."""
     ratio = _median(ratios)
-    low, high = bootstrap_interval(ratios, seed=zlib.crc32(label.encode()))
-    entry: dict[str, Any] = {"ratio": ratio, "ci95": [low, high], "rounds": len(ratios),
+    low, high = bootstrap_interval(ratios, seed=zlib.crc32(label.encode()), groups=generations)
+    processes = len(set(generations)) if generations is not None else 1
+    entry: dict[str, Any] = {"ratio": ratio, "ci95": [low, high], "rounds": len(ratios), "generations": processes,
                              "unstable": (high - low) / 2 > tolerance * ratio, "reasons": []}
     if entry["unstable"]:
         entry["reasons"].append(f"95% interval [{low:.2f}, {high:.2f}] is wider than ±{tolerance:.0%} of "
@@ -170,7 +204,8 @@ def ratio_entry(point_rounds: PointRounds, target: str, baseline: str, tolerance
     if not ratios:
         return None
     batch, seq = point_rounds.point
-    summary = interval(ratios, f"{target}/{baseline}/{batch}/{seq}", tolerance)
+    generations = [r.generation for r in paired(counted, target, baseline)]
+    summary = interval(ratios, f"{target}/{baseline}/{batch}/{seq}", tolerance, generations)
     reasons = summary.pop("reasons")
     entry: dict[str, Any] = {"target": target, "baseline": baseline, "batch": batch, "seq": seq, **summary,
                              "dropped": point_rounds.dropped(),

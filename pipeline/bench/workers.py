@@ -138,21 +138,55 @@ def start(launch: Launch, timeout: float, scratch: Path) -> Worker:
     return worker
 
 
-@contextmanager
-def started(launches: Sequence[Launch], timeout: float, failed: dict[str, str]) -> Iterator[list[Worker]]:
-    """Start every worker, one at a time (so each load is timed alone); yields those that came up and
-    records why the others did not in ``failed``; stops them all on the way out."""
-    with tempfile.TemporaryDirectory(prefix="bench-") as scratch, ExitStack() as stack:
-        workers = []
+class Workers:
+    """The running workers of one benchmark session, in launch order. ``restart`` replaces them with
+    fresh processes, so that a point's rounds can be spread over several generations of processes
+    (what one process measures also depends on where its memory landed)."""
+
+    def __init__(self, timeout: float, failed: dict[str, str], scratch: Path, stack: ExitStack) -> None:
+        self.timeout, self.failed, self.scratch, self.stack = timeout, failed, scratch, stack
+        self.running: list[Worker] = []
+
+    def __iter__(self) -> Iterator[Worker]:
+        return iter(self.running)
+
+    def __len__(self) -> int:
+        return len(self.running)
+
+    def pids(self) -> list[int]:
+        """The process ids of the running workers."""
+        return [worker.pid for worker in self.running]
+
+    def start(self, launches: Sequence[Launch]) -> None:
+        """Start each launch, one at a time (so each load is timed alone); record in ``failed`` why one
+        did not come up."""
         for launch in launches:
             begin = time.perf_counter()
             try:
-                worker = start(launch, timeout, Path(scratch))
+                worker = start(launch, self.timeout, self.scratch)
             except BlockFailed as exc:
-                failed[launch.name] = f"does not start: {exc}"
+                self.failed[launch.name] = f"does not start: {exc}"
                 continue
             worker.ready.setdefault("load_seconds", time.perf_counter() - begin)
-            stack.callback(worker.stderr.close)
-            stack.callback(worker.close)
-            workers.append(worker)
+            self.stack.callback(worker.stderr.close)
+            self.stack.callback(worker.close)
+            self.running.append(worker)
+
+    def restart(self) -> list[Worker]:
+        """Stop every worker that has not failed and start it again in a fresh process; returns them."""
+        launches = [worker.launch for worker in self.running if worker.name not in self.failed]
+        for worker in self.running:
+            worker.close()
+        self.running = []
+        self.start(launches)
+        return self.running
+
+
+@contextmanager
+def started(launches: Sequence[Launch], timeout: float, failed: dict[str, str]) -> Iterator[Workers]:
+    """Start every worker, one at a time; yields those that came up and records why the others did not
+    in ``failed``; stops them all on the way out."""
+    with tempfile.TemporaryDirectory(prefix="bench-") as scratch, ExitStack() as stack:
+        workers = Workers(timeout, failed, Path(scratch), stack)
+        workers.start(launches)
         yield workers

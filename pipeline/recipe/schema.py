@@ -180,6 +180,10 @@ class BenchSpec(Strict):
     headline_rounds: int = Field(default=24, ge=2, le=1000,
                                  description="Interleaved rounds at the ship point (ship.fastest_at), where the ship "
                                              "rule compares intervals: more rounds of shorter blocks narrow them.")
+    headline_generations: int = Field(default=2, ge=1, le=100,
+                                      description="Generations of worker processes the ship point's rounds are "
+                                                  "spread over (every worker is started again between them), so "
+                                                  "its interval holds the variation between processes too.")
     pause_seconds: float = Field(default=0.02, ge=0, le=60, description="Pause before each target's turn in a "
                                                                        "round, so spinning thread pools park.")
     max_steal: float = Field(default=0.05, ge=0, le=1, description="CPU steal (share of all CPU time) above which "

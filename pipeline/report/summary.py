@@ -65,9 +65,12 @@ def ratio_notes(result: RunResult) -> list[str]:
     dropped = sum(e["dropped"] for e in points.values())
     steal = max(e["steal_max"] for e in points.values())
     others = max(e["others_cpu_max"] for e in points.values())
+    spread = [f"b{b} s{s} over {e['generations']} generations of worker processes (resampled by process, then "
+              f"by round)" for (b, s), e in points.items() if e.get("generations", 1) > 1]
     lines = [f"vs eager: the median over interleaved rounds of eager's median latency over the target's in the "
-             f"same round, with a 95% bootstrap interval; {dropped} round(s) dropped for noise over "
-             f"{len(points)} points (steal up to {steal:.0%}, other processes up to {others:.0%} of the cores)"]
+             f"same round, with a 95% bootstrap interval{'; ' if spread else ''}{', '.join(spread)}; {dropped} "
+             f"round(s) dropped for noise over {len(points)} points (steal up to {steal:.0%}, other processes up "
+             f"to {others:.0%} of the cores)"]
     lines += [f"? {e['target']} b{e['batch']} s{e['seq']}: {'; '.join(e.get('reasons', []))}"
               for e in result.ratios if e.get("unstable")]
     return lines

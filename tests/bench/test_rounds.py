@@ -165,3 +165,55 @@ def test_steal_and_other_processes_are_shares_of_all_cpu_time() -> None:
     assert noise.steal == pytest.approx(0.10) and noise.others == pytest.approx(0.15)
     assert noise.exceeds(0.05, 0.20) == "steal 10% > 5%"
     assert noise.exceeds(0.20, 0.20) is None
+
+
+@dataclass
+class ProcessTarget(DriftingTarget):
+    """A target whose speed depends on the process it runs in: each generation is ``offsets`` slower or
+    faster, as where a process's memory landed makes it."""
+
+    offsets: tuple[float, ...] = (1.0,)
+    generation: int = 0
+
+    def block(self, point: tuple[int, int], protocol: dict[str, Any]) -> dict[str, Any]:
+        reply = super().block(point, protocol)
+        return {"latencies_ms": [t * self.offsets[self.generation] for t in reply["latencies_ms"]]}
+
+
+def test_rounds_spread_over_generations_restart_the_workers_halfway_and_widen_the_interval() -> None:
+    clock = Clock()
+    eager = ProcessTarget("eager", 60.0, clock, drift=0.0, offsets=(1.0, 1.0))
+    fast = ProcessTarget("fast", 20.0, clock, drift=0.0, offsets=(1.0, 1.2))  # the second process is 20% slower
+    restarts = []
+
+    def restart() -> list[ProcessTarget]:
+        restarts.append(clock.now)
+        eager.generation = fast.generation = 1
+        return [eager, fast]
+
+    measured = measure_point([eager, fast], POINT, RoundPlan(rounds=8, generations=2, block=BLOCK), quiet,
+                             clock.sleep, restart=restart)
+    assert len(restarts) == 1 and [r.generation for r in measured.rounds] == [0] * 4 + [1] * 4
+
+    spread = ratio_entry(measured, "fast", "eager", 0.10)
+    assert spread is not None and spread["generations"] == 2
+    low, high = spread["ci95"]
+    assert low <= 2.5 and high >= 3.0  # both processes' ratios: 3.0 and 2.5
+
+
+def test_without_a_restart_every_round_is_one_generation() -> None:
+    clock = Clock()
+    targets = [DriftingTarget(n, 1.0, clock, drift=0.0) for n in ("eager", "a")]
+    rounds = measure_point(targets, POINT, RoundPlan(rounds=4, generations=2, block=BLOCK), quiet, clock.sleep)
+    assert {r.generation for r in rounds.rounds} == {0}
+
+
+def test_the_two_stage_bootstrap_holds_the_spread_between_processes_that_one_stage_misses() -> None:
+    rng = np.random.default_rng(0)
+    first, second = 2.9 + 0.02 * rng.standard_normal(12), 2.5 + 0.02 * rng.standard_normal(12)
+    values = [*first, *second]
+    low, high = bootstrap_interval(values, seed=1)
+    assert not (low <= 2.5 and high >= 2.9)  # resampling single rounds sees only the rounds' own noise
+    low, high = bootstrap_interval(values, seed=1, groups=[0] * 12 + [1] * 12)
+    assert low <= 2.51 and high >= 2.89
+    assert bootstrap_interval(values, seed=1, groups=[0] * 24) == bootstrap_interval(values, seed=1)

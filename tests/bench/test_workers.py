@@ -112,3 +112,13 @@ def test_a_worker_that_hangs_is_killed_at_its_timeout(worker_module: Launch, tmp
         assert [w.name for w in workers] == ["noisy"]
     assert failed == {"hangs": "does not start: timed out after 2 s"}
 
+
+
+def test_a_restart_starts_every_worker_again_in_a_fresh_process(worker_module: Launch) -> None:
+    failed: dict[str, str] = {}
+    with started([worker_module], timeout=60, failed=failed) as workers:
+        (before,) = workers
+        (after,) = workers.restart()
+        assert before.proc.poll() is not None and after.pid != before.pid and workers.pids() == [after.pid]
+        assert len(after.block((1, 8), PROTOCOL)["latencies_ms"]) == 4
+    assert after.proc.poll() is not None

@@ -1,5 +1,6 @@
 # make optimize [RECIPE=minilm] [ARGS="--set model.weights=random"]   run a recipe end to end
 # make test                                                            the whole test suite
+# make matrix [MATRIX=recipes/matrix_demo.yaml] [ARGS="--address HOST:6379"]   a recipe matrix on Ray
 # make peers [RECIPE=minilm] [ARGS="--max-batch 16"]                  side by side with Optimum, optimum-intel, Olive,
 #                                                                      NNCF, onnxruntime and torch.compile
 SHELL := /bin/bash
@@ -8,6 +9,7 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 RECIPE ?= minilm
+MATRIX ?= recipes/matrix_demo.yaml
 ARGS ?=
 # onnxruntime build: cpu (onnxruntime) or gpu (onnxruntime-gpu)
 ORT ?= cpu
@@ -19,13 +21,13 @@ OPTIMUM_VENV ?= .venv-optimum
 INTEL_VENV ?= .venv-intel
 OLIVE_VENV ?= .venv-olive
 
-.PHONY: setup optimize dry-run verify bench test test-fast lint clean optimum-env intel-env olive-env peers
+.PHONY: setup optimize dry-run verify bench matrix test test-fast lint clean optimum-env intel-env olive-env peers
 
 $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet "$(TORCH)"
-	$(PY) -m pip install --quiet -e '.[dev,$(ORT)$(if $(OPENVINO),$(comma)$(OPENVINO))]'
+	$(PY) -m pip install --quiet -e '.[dev,matrix,$(ORT)$(if $(OPENVINO),$(comma)$(OPENVINO))]'
 	touch $@
 
 setup: $(VENV)/.installed
@@ -41,6 +43,9 @@ verify: setup
 
 bench: setup
 	$(PY) -m pipeline bench recipes/$(RECIPE).yaml $(ARGS)
+
+matrix: setup
+	$(PY) -m pipeline matrix $(MATRIX) $(ARGS)
 
 test: setup
 	$(PY) -m pytest $(ARGS)

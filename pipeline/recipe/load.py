@@ -27,7 +27,18 @@ DEFAULT_OUTPUTS = {"feature-extraction": ["last_hidden_state"], "text-classifica
                    "text-generation": ["logits"]}
 
 
-RESERVED_NAMES = ("eager", "ratios")  # the baseline target, and bench/ratios.json
+RESERVED_NAMES = ("eager", "ratios")
+MATRIX_PREFIX = "matrix_"  # recipes/matrix_*.yaml are recipe matrices (python -m pipeline matrix), not recipes
+
+
+def recipe_files(folder: Path) -> list[Path]:
+    """The recipe files of a folder, sorted (recipe matrices, ``matrix_*.yaml``, are not recipes)."""
+    return sorted(p for p in folder.glob("*.yaml") if not p.name.startswith(MATRIX_PREFIX))
+
+
+def matrix_files(folder: Path) -> list[Path]:
+    """The recipe matrix files of a folder (``matrix_*.yaml``), sorted."""
+    return sorted(folder.glob(f"{MATRIX_PREFIX}*.yaml"))  # the baseline target, and bench/ratios.json
 
 
 class Recipe(Strict):

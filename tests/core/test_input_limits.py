@@ -15,7 +15,7 @@ import yaml
 
 from pipeline.cli import main
 from pipeline.model.loading import ModelHandle
-from pipeline.recipe.load import load_recipe
+from pipeline.recipe.load import load_recipe, recipe_files
 from pipeline.verify.reference import check_shape_limits
 
 GIB = 1 << 30
@@ -207,7 +207,7 @@ def test_factory_model_shape_over_the_token_cap(tmp_path: Path, monkeypatch: pyt
                            "call, more than the 262,144 allowed"), line
 
 
-@pytest.mark.parametrize("path", sorted(RECIPES.glob("*.yaml")), ids=lambda p: p.stem)
+@pytest.mark.parametrize("path", recipe_files(RECIPES), ids=lambda p: p.stem)
 def test_shipped_recipes_fit_a_24_gib_machine(path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr("pipeline.core.limits.available_memory", lambda: 22 * GIB)
     monkeypatch.chdir(RECIPES.parent)

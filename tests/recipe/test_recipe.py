@@ -8,7 +8,14 @@ from pathlib import Path
 import pytest
 
 from pipeline.core.errors import RecipeError
-from pipeline.recipe.load import apply_override, build_steps, json_schema, load_recipe, parse_recipe
+from pipeline.recipe.load import (
+    apply_override,
+    build_steps,
+    json_schema,
+    load_recipe,
+    parse_recipe,
+    recipe_files,
+)
 
 BASE = {"model": {"source": "packaged:all-MiniLM-L6-v2"}, "task": "feature-extraction"}
 
@@ -107,5 +114,5 @@ def test_schema_lists_every_pass_with_its_options() -> None:
 
 
 def test_shipped_recipes_validate() -> None:
-    for path in Path("recipes").glob("*.yaml"):
+    for path in recipe_files(Path("recipes")):
         build_steps(load_recipe(path))

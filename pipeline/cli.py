@@ -1,4 +1,4 @@
-"""`python -m pipeline ...`: optimize, verify, list, schema.
+"""`python -m pipeline ...`: optimize, verify, bench, ship, matrix, list, schema.
 
 Exit codes: 0 done and an artifact shipped; 1 the parity gate failed and nothing was shipped;
 2 bad input (one line on stderr, no traceback); 3 a pass failed (its name in the message).
@@ -70,6 +70,10 @@ def _parser() -> argparse.ArgumentParser:
         cmd.add_argument("--force", action="store_true", help=FORCE_HELP)
         cmd.add_argument("--limit", type=int, default=None, metavar="N",
                          help="task accuracy on the first N labeled examples only")
+        if name != "verify":
+            cmd.add_argument("--full-grid", action="store_true",
+                             help="benchmark every batch with every sequence length, and each target's best batch "
+                                  "and real-data runs (bench.grid=full)")
         if name == "optimize":
             cmd.add_argument("--no-bench", action="store_true", help="skip benchmarking")
             cmd.add_argument("--dry-run", action="store_true", help="print the plan and which steps are cached")
@@ -79,17 +83,24 @@ def _parser() -> argparse.ArgumentParser:
     ship.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     ship.add_argument("--out", type=Path, default=None)
     ship.add_argument("--force", action="store_true", help=FORCE_HELP)
+    matrix = sub.add_parser("matrix", help="run a matrix of recipes, models and overrides as Ray tasks")
+    matrix.add_argument("matrix", type=Path, help="matrix YAML file")
+    matrix.add_argument("--address", default=None, help="Ray cluster to run on (default: a local instance)")
+    matrix.add_argument("--out", type=Path, default=None, help="matrix folder (default artifacts/matrix/<name>)")
+    matrix.add_argument("--num-cpus", type=int, default=None, metavar="N",
+                        help="CPUs of the local instance (default: this machine's)")
     sub.add_parser("list", help="list recipes and passes")
     sub.add_parser("schema", help="print the recipe JSON Schema")
     return parser
 
 
 def _overrides(args: argparse.Namespace) -> list[str]:
+    overrides = [*args.overrides, *(["bench.grid=full"] if getattr(args, "full_grid", False) else [])]
     if args.limit is None:
-        return args.overrides
+        return overrides
     if args.limit < 1:
         raise BadInputError(f"--limit: must be at least 1, got {args.limit}")
-    return [*args.overrides, f"verify.accuracy.limit={args.limit}"]
+    return [*overrides, f"verify.accuracy.limit={args.limit}"]
 
 
 def _finish(result: RunResult) -> int:
@@ -106,6 +117,11 @@ def _finish(result: RunResult) -> int:
 
 
 def _cmd_optimize(args: argparse.Namespace) -> int:
+    if not args.dry_run:
+        replayed = _replay(args)
+        if replayed is not None:
+            return replayed
+    from pipeline.engine.replay import remember
     from pipeline.engine.run import prepare, run
     from pipeline.report import console
 
@@ -113,10 +129,35 @@ def _cmd_optimize(args: argparse.Namespace) -> int:
     if args.dry_run:
         console.print_plan(prepared)
         return 0
+    console.recorded(clear=True)  # the record holds this run's output alone
     if prepared.ctx.model.spec.weights == "random":
         log.warning("model weights are RANDOM (seed %d): parity is real, quality numbers are not",
                     prepared.ctx.model.spec.seed)
-    return _finish(run(prepared, build=True, bench="skip" if args.no_bench else "cached"))
+    code = _finish(run(prepared, build=True, bench="skip" if args.no_bench else "cached"))
+    remember(prepared.out_dir, prepared.recipe, prepared.ctx.base_dir, _flags(args), code, console.recorded())
+    return code
+
+
+def _flags(args: argparse.Namespace) -> dict[str, object]:
+    """What of the command line, besides the recipe and its overrides, shapes an optimize run."""
+    return {"command": args.command, "no_bench": args.no_bench, "force": args.force}
+
+
+def _replay(args: argparse.Namespace) -> int | None:
+    """When nothing the run reads changed since the last run into the same folder, print what that
+    run printed and return its exit code (torch is never imported); else None."""
+    from pipeline.engine.replay import recorded, run_digest
+    from pipeline.recipe.load import load_recipe
+
+    recipe = load_recipe(args.recipe, _overrides(args))
+    out_dir = args.out if args.out is not None else Path("artifacts") / recipe.name
+    record = recorded(out_dir, run_digest(recipe, out_dir, Path.cwd(), _flags(args)))
+    if record is None:
+        return None
+    sys.stdout.write(record["console"])
+    log.info("nothing changed since the last run into %s (recipe, model, files, code, machine, artifacts): "
+             "nothing rebuilt, verified or measured; exit %d as then", out_dir, record["exit_code"])
+    return int(record["exit_code"])
 
 
 def _cmd_verify(args: argparse.Namespace) -> int:
@@ -148,11 +189,22 @@ def _cmd_ship(args: argparse.Namespace) -> int:
     return _finish(run(prepare(args.recipe, args.overrides, args.out, args.force), build=False, bench="reuse"))
 
 
+def _cmd_matrix(args: argparse.Namespace) -> int:
+    if args.num_cpus is not None and args.num_cpus < 1:
+        raise BadInputError(f"--num-cpus: must be at least 1, got {args.num_cpus}")
+    from pipeline.matrix.run import run_matrix
+
+    return run_matrix(args.matrix, args.address, args.out, args.num_cpus)
+
+
 def _cmd_list(_: argparse.Namespace) -> int:
     from pipeline.engine.registry import all_passes
+    from pipeline.recipe.load import matrix_files, recipe_files
 
-    for path in sorted(Path("recipes").glob("*.yaml")):
+    for path in recipe_files(Path("recipes")):
         print(f"recipe  {path.stem}")
+    for path in matrix_files(Path("recipes")):
+        print(f"matrix  {path.stem}")
     for name, cls in all_passes().items():
         consumes = "/".join(sorted(f.value for f in cls.consumes))
         print(f"pass    {name:<14} {consumes} -> {cls.produces.value}")
@@ -166,8 +218,8 @@ def _cmd_schema(_: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS = {"optimize": _cmd_optimize, "verify": _cmd_verify, "bench": _cmd_bench, "ship": _cmd_ship, "list": _cmd_list,
-            "schema": _cmd_schema}
+COMMANDS = {"optimize": _cmd_optimize, "verify": _cmd_verify, "bench": _cmd_bench, "ship": _cmd_ship,
+            "matrix": _cmd_matrix, "list": _cmd_list, "schema": _cmd_schema}
 
 
 def _terminate(signum: int, _frame: FrameType | None) -> None:

@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from pipeline.engine.replay import RECORD
 from pipeline.model.inputs import random_tokens
 from pipeline.runtime.sessions import onnx_session
 
@@ -77,6 +78,9 @@ def test_second_run_rebuilds_nothing(minilm_run: tuple[Path, subprocess.Complete
     out, first = minilm_run
     assert first.returncode == 0
     mtimes = {p: p.stat().st_mtime_ns for p in out.glob("[0-9]*/*")}
+    replay = _optimize(out)  # nothing changed: the last run's record answers
+    assert replay.returncode == 0 and "nothing changed since the last run" in replay.stderr, replay.stderr[-3000:]
+    (out / RECORD).unlink()  # without it, the whole run runs, and every cache answers
     proc = _optimize(out)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "reference: reused" in proc.stderr and proc.stderr.count(" cached (") == len(STEPS), proc.stderr[-3000:]

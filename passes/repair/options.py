@@ -28,6 +28,8 @@ class RepairOptions(PassConfig):
                                                     "that add the most error in float until it passes.")
     repair_rounds: int = Field(default=6, ge=1, le=20, description="Rounds of repair, each keeping twice as many "
                                                                    "more nodes in float.")
+    repair_patience: int = Field(default=2, ge=1, le=20, description="Rounds in a row that may end without "
+                                 "raising the best min cosine reached before the repair gives up (reported).")
     repair_max_fraction: float = Field(default=0.5, gt=0, le=1, description="Most of the candidate nodes that may "
                                        "stay in float; past it the artifact fails its gate instead of becoming "
                                        "mostly higher precision under a reduced-precision name.")
@@ -83,9 +85,9 @@ def convert_with_repair(ctx: PassContext, parent: Path, out_dir: Path, precision
         path, report = repair(build, parent, precision, ctx.gate, set(candidates), probe, ctx.sample_inputs(1, seq),
                               options.repair_rounds, op_types=candidates, method=method,
                               max_kept=max(1, int(options.repair_max_fraction * len(candidates))), fmt=fmt,
-                              rank=rank)
+                              rank=rank, patience=options.repair_patience)
         _copy_model(path, out_dir)
     warnings = [] if report.passed else [
         f"repair: still fails the gate with {len(report.kept)} nodes kept in float "
-        f"({report.history[-1]['failures'][:1]})"]
+        f"({report.history[-1]['failures'][:1]}){'; ' + report.stopped if report.stopped else ''}"]
     return {"repair": report.to_json()}, warnings

@@ -49,11 +49,16 @@ class RepairReport:
     history: list[dict[str, Any]] = field(default_factory=list)
     localization: dict[str, Any] = field(default_factory=dict)
     speed: dict[str, float] = field(default_factory=dict)
+    stopped: str | None = None  # why the repair gave up before its rounds ran out
 
     def to_json(self) -> dict[str, Any]:
         """Plain values for the manifest's stats."""
         return {"passed": self.passed, "kept_in_float": self.kept, "history": self.history,
-                "localization": self.localization, "speed": self.speed}
+                "localization": self.localization, "speed": self.speed, "stopped": self.stopped}
+
+    def best_cos(self) -> float:
+        """The highest min cosine any build reached so far."""
+        return max(h["cos_min"] for h in self.history)
 
 
 def _verdict(result: GateResult, kept: int) -> dict[str, Any]:
@@ -157,7 +162,7 @@ def _fewest(build: Build, gate: Gate, precision: str, prefix: list[dict[str, Any
 def repair(build: Build, parent: Path, precision: str, gate: Gate, candidates: set[str], probe: Inputs,
            timing_inputs: Inputs, max_rounds: int = 6, op_types: dict[str, str] | None = None,
            method: str = "sensitivity", max_kept: int | None = None,
-           fmt: Format = Format.ONNX, rank: Rank | None = None) -> tuple[Path, RepairReport]:
+           fmt: Format = Format.ONNX, rank: Rank | None = None, patience: int = 2) -> tuple[Path, RepairReport]:
     """Rebuild with more nodes in float until ``gate`` passes; returns the last build and the report.
 
     At most ``max_kept`` nodes stay in float. ``method``: "sensitivity" converts each candidate
@@ -167,7 +172,9 @@ def repair(build: Build, parent: Path, precision: str, gate: Gate, candidates: s
     where every node is a candidate; ONNX only); "ranked" orders candidates by ``rank`` on the first
     build instead of a build per candidate, then keeps more in that order and bisects for the fewest,
     with no forward selection (for conversions whose builds take seconds: NNCF's). ``fmt`` is the
-    format of ``parent`` and of the builds.
+    format of ``parent`` and of the builds. Keeping more stops early after ``patience`` rounds in a
+    row that do not raise the best min cosine reached (a conversion whose error is not in a few nodes
+    does not pass by keeping more; the report says so).
     """
     kept: list[str] = []
     first = path = build(kept)
@@ -192,7 +199,7 @@ def repair(build: Build, parent: Path, precision: str, gate: Gate, candidates: s
         if forward_path is not None and forward_verdict is not None:
             path, verdict = forward_path, forward_verdict
     prefix = list(chosen.values())
-    grow = 1
+    grow, stale = 1, 0
     for _ in range(max_rounds if not verdict.passed else 0):
         if order is not None:
             ranked = [row for row in order if row["node"] not in chosen]
@@ -205,12 +212,19 @@ def repair(build: Build, parent: Path, precision: str, gate: Gate, candidates: s
             chosen[row["node"]] = row
         kept = list(chosen)
         grow *= 2
+        best = report.best_cos()
         path = build(kept)
         verdict = gate(path, precision)
         report.history.append(_verdict(verdict, len(kept)))
         log.info("repair: %d nodes kept in float -> cos_min %.5f, %s", len(kept), verdict.cos_min,
                  "passes" if verdict.passed else "still fails")
         if verdict.passed:
+            break
+        stale = stale + 1 if verdict.cos_min <= best else 0
+        if stale >= patience:
+            report.stopped = (f"stopped after {stale} rounds without progress: keeping up to {len(kept)} nodes "
+                              f"in float never raised min cosine above {report.best_cos():.5f}")
+            log.info("repair: %s", report.stopped)
             break
     if verdict.passed and order is not None and len(chosen) > len(prefix) + 1:
         rest = [row for row in order if row["node"] not in {r["node"] for r in prefix}]

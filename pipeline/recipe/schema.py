@@ -174,6 +174,10 @@ class BenchSpec(Strict):
                                                                 "is flagged unstable.")
     rerun_tolerance: float = Field(default=0.10, gt=0, description="p50 change from the previous run above "
                                                                    "which a point is flagged unstable.")
+    grid: Literal["default", "full"] = Field(
+        default="default", description="default: the smallest batch at every sequence length, and the ship point "
+                                       "(ship.fastest_at); full (--full-grid): every batch with every sequence "
+                                       "length, and each target's best batch, memory and real-data runs.")
     rounds: int = Field(default=8, ge=2, le=1000,
                         description="Interleaved rounds per grid point: each round measures every target once, in "
                                     "an order rotated each round; ratios over eager are taken within a round.")

@@ -20,7 +20,12 @@ from pipeline.report.summary import (
     summary_rows,
 )
 
-console = Console(highlight=False, width=None if sys.stdout.isatty() else 160)
+console = Console(highlight=False, width=None if sys.stdout.isatty() else 160, record=True)
+
+
+def recorded(clear: bool = False) -> str:
+    """Everything printed since the last clear, as plain text (what an unchanged re-run prints again)."""
+    return console.export_text(clear=clear)
 
 
 def print_plan(prepared: Prepared) -> None:

@@ -9,8 +9,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from pipeline.bench.orchestrate import round_plans
-from pipeline.cli import main
+from pipeline.bench.orchestrate import grid_points, round_plans
+from pipeline.cli import _overrides, _parser, main
 from pipeline.core.errors import DeviceError
 from pipeline.model.inputs import random_tokens
 from pipeline.recipe.schema import BenchSpec
@@ -21,7 +21,7 @@ ROW = {"batch", "seq", "p50_ms", "p90_ms", "p99_ms", "mean_ms", "cv", "throughpu
 FAST = ["--set", "bench.min_seconds=0.05", "--set", "bench.min_repeats=5", "--set", "bench.throughput_seconds=0.05",
         "--set", "bench.warmup_seconds=0.01", "--set", "bench.best_batch.max_batch=4",
         "--set", "bench.best_batch.seq=16", "--set", "bench.real_data.max_length=32", "--set", "bench.rounds=3",
-        "--set", "bench.pause_seconds=0.01"]
+        "--set", "bench.pause_seconds=0.01", "--full-grid"]
 
 
 @pytest.fixture
@@ -132,7 +132,8 @@ def test_pad_batch_matches_the_tokenizer_padding_to_the_longest(tiny_ctx) -> Non
 
 
 def test_the_ship_point_gets_the_headline_rounds_and_the_protocol_is_shared_out_over_them() -> None:
-    spec = BenchSpec(batches=[1, 8], seqs=[16, 128], rounds=8, headline_rounds=24, min_repeats=48, min_seconds=2.4)
+    spec = BenchSpec(batches=[1, 8], seqs=[16, 128], rounds=8, headline_rounds=24, min_repeats=48, min_seconds=2.4,
+                     grid="full")
     plans = round_plans(spec, "cpu", headline=(1, 128))
     assert list(plans) == [(1, 16), (1, 128), (8, 16), (8, 128)]
     assert {point: plan.rounds for point, plan in plans.items()} == {(1, 16): 8, (1, 128): 24, (8, 16): 8, (8, 128): 8}
@@ -140,3 +141,14 @@ def test_the_ship_point_gets_the_headline_rounds_and_the_protocol_is_shared_out_
     assert plans[(1, 128)].block["min_seconds"] == pytest.approx(0.1)
     assert plans[(1, 128)].max_redo == 8 and plans[(1, 16)].max_redo == spec.redo_rounds == 3
     assert all(plan.rounds == 8 for plan in round_plans(spec, "cpu", headline=None).values())
+
+
+def test_the_default_grid_is_batch_one_at_every_length_and_the_ship_point_and_full_is_one_flag_away() -> None:
+    spec = BenchSpec(batches=[1, 8, 32], seqs=[16, 128])
+    assert grid_points(spec, headline=(8, 128)) == [(1, 16), (1, 128), (8, 128)]
+    assert grid_points(spec, headline=(1, 128)) == [(1, 16), (1, 128)]
+    full = spec.model_copy(update={"grid": "full"})
+    assert grid_points(full, headline=(8, 128)) == [(b, s) for b in (1, 8, 32) for s in (16, 128)]
+    for command in ("optimize", "bench"):
+        assert _overrides(_parser().parse_args([command, "r.yaml", "--full-grid"])) == ["bench.grid=full"]
+        assert _overrides(_parser().parse_args([command, "r.yaml"])) == []

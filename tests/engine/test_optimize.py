@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -40,9 +39,8 @@ def test_run_writes_every_artifact_then_reuses_them(tiny_recipe: Path, capsys: p
     assert (out / "reference" / "reference.npz").is_file()
 
     mtimes = {p: p.stat().st_mtime_ns for p in out.glob("[0-9]*/*")}
-    start = time.perf_counter()
+    (out / "report.md").unlink()  # a change the run record sees: the whole run runs, and the steps' cache answers
     assert main(["optimize", str(tiny_recipe), "--no-bench"]) == 0
-    assert time.perf_counter() - start < 10
     assert {p: p.stat().st_mtime_ns for p in out.glob("[0-9]*/*")} == mtimes
     assert all(a["cached"] for a in json.loads((out / "report.json").read_text())["artifacts"])
 

@@ -44,8 +44,8 @@ def cnn_recipe(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
         "passes": [{"torchscript": {}}, {"onnx_export": {"from": "eager"}}, "onnx_simplify", "fp16",
                    {"int8_dynamic": {"from": "onnx_simplify"}}],
         "verify": {"tolerance": {"int8": {"min_cosine": 0.95}}},
-        "bench": {"batches": [1, 4], "seqs": [1], "min_seconds": 0.05, "min_repeats": 5, "throughput_seconds": 0.05,
-                  "warmup_seconds": 0.01, "best_batch": {"seq": 1, "max_batch": 4}},
+        "bench": {"grid": "full", "batches": [1, 4], "seqs": [1], "min_seconds": 0.05, "min_repeats": 5,
+                  "throughput_seconds": 0.05, "warmup_seconds": 0.01, "best_batch": {"seq": 1, "max_batch": 4}},
         "ship": {"step": "onnx_simplify"},
     }))
     return path

@@ -232,7 +232,7 @@ def measure_session(launches: list[Launch], plans: dict[Point, RoundPlan], timeo
             if worker.name in failed or not worker.launch.extras:
                 advance(f"{worker.name}: no extras")
                 continue
-            advance(f"{worker.name}: best batch, memory, real data (own process)")
+            advance(f"{worker.name}: {extras_text(worker.launch.spec)} (own process)")
             try:
                 results[worker.name].update(worker.request("extras"))
             except BlockFailed as exc:
@@ -240,6 +240,13 @@ def measure_session(launches: list[Launch], plans: dict[Point, RoundPlan], timeo
     for name, why in failed.items():
         results[name]["error"] = why
     return Benchmarks(results, ratios)
+
+
+def extras_text(spec: WorkerSpec) -> str:
+    """What a target's extras measure: 'best batch, memory, real data'."""
+    parts = [text for key, text in (("best_batch", "best batch"), ("memory", "memory"), ("generation", "generation"),
+                                    ("real_data", "real data")) if key == "memory" or spec.get(key)]
+    return ", ".join(parts)
 
 
 def headline(prepared: Prepared) -> Point | None:

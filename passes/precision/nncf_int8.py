@@ -3,8 +3,8 @@
 ``nncf.quantize`` with the transformer preset: activations and weights of the MatMuls in int8,
 SmoothQuant first (its alpha is an option), the attention mask's arithmetic left in float. Its
 accuracy control needs a validation function written by hand; here the step's own parity gate is
-that function: with ``repair: true``, the MatMuls are ranked by their own harm (each quantized alone,
-calibrated on ``ranking_samples`` sentences to keep the ranking cheap: an NNCF build takes seconds),
+that function: with ``repair: true``, the MatMuls are ranked by their own error in the first,
+whole build (passes.repair.localize_ir: one build, where quantizing each alone took one per MatMul),
 then more of the most harmful are kept in float, the fewest that pass found by bisection
 (passes.repair.search), and NNCF is told them as its ignored scope.
 """
@@ -14,7 +14,6 @@ from __future__ import annotations
 import contextlib
 import io
 import logging
-import tempfile
 from collections import Counter
 from pathlib import Path
 from typing import Any, Literal, cast
@@ -22,13 +21,13 @@ from typing import Any, Literal, cast
 from pydantic import Field
 
 from passes.export.openvino_convert import require_openvino
+from passes.repair.localize_ir import rank_by_own_harm
 from passes.repair.options import RepairingPass, RepairOptions, convert_with_repair
-from passes.repair.search import sensitivity
 from pipeline.core.artifact import Artifact, Format, Precision
 from pipeline.core.errors import RecipeError
 from pipeline.core.store import canonical_json, sha256_file, sha256_text
 from pipeline.engine.pass_api import Inputs, PassContext, PassOutput
-from pipeline.model.inputs import load_sentences
+from pipeline.model.inputs import load_sentences, random_tokens
 
 log = logging.getLogger(__name__)
 
@@ -51,9 +50,6 @@ class NncfInt8Config(RepairOptions):
         default=0.95, ge=-1, le=1,
         description="SmoothQuant's migration strength for MatMuls (NNCF's transformer default 0.95); -1 turns "
                     "SmoothQuant off.",
-    )
-    ranking_samples: int = Field(
-        default=16, ge=1, le=10_000, description="Sentences each ranking build of a repair calibrates on."
     )
     fast_bias_correction: bool = Field(default=True, description="NNCF's fast bias correction (else the slow one).")
     ignored: list[str] = Field(
@@ -107,22 +103,15 @@ class NncfInt8Pass(RepairingPass):
         samples = [{name: batch[name] for name in names}
                    for batch in ctx.calibration_inputs(ctx.sentence_file(config.calibration), config.samples, 1)]
 
-        def build(target: Path, kept: list[str], calibration: list[Inputs] = samples) -> None:
-            quantized = quantize(ov.Core().read_model(str(parent.path)), calibration, config,
-                                 [*config.ignored, *kept])
+        def build(target: Path, kept: list[str]) -> None:
+            quantized = quantize(ov.Core().read_model(str(parent.path)), samples, config, [*config.ignored, *kept])
             ov.save_model(quantized, str(target), compress_to_fp16=False)
 
         free = {name: op for name, op in candidates.items() if name not in config.ignored}
 
-        def rank(_first: Path, parent_path: Path, probe: Inputs, names: set[str]) -> list[dict[str, Any]]:
-            """Each candidate's own harm, from builds that quantize it alone on fewer sentences."""
-            with tempfile.TemporaryDirectory(prefix="nncf-rank-") as scratch:
-                def alone(kept: list[str]) -> Path:  # each build is measured before the next replaces it
-                    target = Path(scratch) / FILE
-                    build(target, kept, samples[:config.ranking_samples])
-                    return target
-
-                return sensitivity(alone, parent_path, names, probe, free, Format.OPENVINO)
+        def rank(first: Path, parent_path: Path, probe: Inputs, names: set[str]) -> list[dict[str, Any]]:
+            """Each candidate's own harm in the first build, on the probe and on random tokens."""
+            return rank_by_own_harm(first, parent_path, [probe, *random_probe(ctx, probe)], names, free)
 
         repaired, warnings = convert_with_repair(ctx, parent.path, out_dir, "int8", build, free, config,
                                                  method="ranked", fmt=Format.OPENVINO, rank=rank)
@@ -132,6 +121,17 @@ class NncfInt8Pass(RepairingPass):
                  len(free), len(candidates))
         meta = {"precision": Precision.INT8, "smooth_quant_alpha": config.smooth_quant_alpha, "preset": config.preset}
         return PassOutput(file=FILE, meta=meta, stats=stats, warnings=warnings)
+
+
+def random_probe(ctx: PassContext, probe: Inputs) -> list[Inputs]:
+    """Random tokens shaped as ``probe`` (none for a model without a tokenizer): the gate's cases
+    include them, and on MiniLM they show harm that real sentences do not."""
+    tokenizer = ctx.model.tokenizer
+    ids = probe.get("input_ids")
+    if tokenizer is None or ids is None:
+        return []
+    text = [name for name in ("input_ids", "attention_mask", "token_type_ids") if name in probe]
+    return [{**probe, **random_tokens(text, *ids.shape, len(tokenizer), seed=5)}]
 
 
 def quantize(model: Any, samples: list[Inputs], config: NncfInt8Config, ignored: list[str]) -> Any:

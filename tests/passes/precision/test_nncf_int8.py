@@ -30,7 +30,7 @@ def tiny_ir(tiny_ctx: PassContext, tiny_onnx: Artifact, tmp_path: Path) -> Artif
 
 def _run(ctx: PassContext, parent: Artifact, out: Path, **config: object) -> tuple[PassOutput, Artifact]:
     out.mkdir()
-    result = NncfInt8Pass(NncfInt8Config(samples=8, ranking_samples=4, **config)).run(parent, ctx, out)
+    result = NncfInt8Pass(NncfInt8Config(samples=8, **config)).run(parent, ctx, out)
     return result, Artifact(step="int8", format=Format.OPENVINO, key="int8", path=out / result.file,
                             meta=result.meta)
 

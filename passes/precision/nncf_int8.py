@@ -131,7 +131,8 @@ def random_probe(ctx: PassContext, probe: Inputs) -> list[Inputs]:
     if tokenizer is None or ids is None:
         return []
     text = [name for name in ("input_ids", "attention_mask", "token_type_ids") if name in probe]
-    return [{**probe, **random_tokens(text, *ids.shape, len(tokenizer), seed=5)}]
+    batch, seq = ids.shape
+    return [{**probe, **random_tokens(text, batch, seq, len(tokenizer), seed=5)}]
 
 
 def quantize(model: Any, samples: list[Inputs], config: NncfInt8Config, ignored: list[str]) -> Any:

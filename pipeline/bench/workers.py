@@ -119,8 +119,8 @@ def _environment(threads: int, extra: dict[str, str]) -> dict[str, str]:
             "TOKENIZERS_PARALLELISM": "false", **extra}
 
 
-def start(launch: Launch, timeout: float, scratch: Path) -> Worker:
-    """Start one worker and wait until it has loaded its target; raises BlockFailed when it cannot."""
+def spawn(launch: Launch, timeout: float, scratch: Path) -> Worker:
+    """Start one worker process; it says when it has loaded its target (see ``ready``)."""
     folder = Path(tempfile.mkdtemp(prefix=f"{launch.name}-", dir=scratch))
     spec_path = folder / "spec.json"
     spec_path.write_text(json.dumps(launch.spec), encoding="utf-8")
@@ -128,14 +128,23 @@ def start(launch: Launch, timeout: float, scratch: Path) -> Worker:
     stderr = open(folder / "stderr.txt", "w+b")  # noqa: SIM115  (closed with the worker)
     proc = subprocess.Popen([sys.executable, "-m", launch.module, str(spec_path)], stdin=subprocess.PIPE,
                             stdout=subprocess.PIPE, stderr=stderr, env=env, cwd=launch.cwd)
-    worker = Worker(launch, timeout, proc, stderr)
+    return Worker(launch, timeout, proc, stderr)
+
+
+def ready(worker: Worker) -> Worker:
+    """Wait until ``worker`` has loaded its target; raises BlockFailed (the worker stopped) when it cannot."""
     try:
         worker.ready = worker._reply()
     except BlockFailed:
         worker.close()
-        stderr.close()
+        worker.stderr.close()
         raise
     return worker
+
+
+def start(launch: Launch, timeout: float, scratch: Path) -> Worker:
+    """Start one worker and wait until it has loaded its target; raises BlockFailed when it cannot."""
+    return ready(spawn(launch, timeout, scratch))
 
 
 class Workers:
@@ -157,28 +166,36 @@ class Workers:
         """The process ids of the running workers."""
         return [worker.pid for worker in self.running]
 
-    def start(self, launches: Sequence[Launch]) -> None:
-        """Start each launch, one at a time (so each load is timed alone); record in ``failed`` why one
-        did not come up."""
-        for launch in launches:
+    def start(self, launches: Sequence[Launch], together: bool = False) -> None:
+        """Start each launch, one at a time (so each load is timed alone), or ``together`` (all
+        processes at once, then wait for each); record in ``failed`` why one did not come up."""
+        spawned = [self._spawn(launch) for launch in launches] if together else []
+        for index, launch in enumerate(launches):
             begin = time.perf_counter()
             try:
-                worker = start(launch, self.timeout, self.scratch)
+                worker = ready(spawned[index] if together else self._spawn(launch))
             except BlockFailed as exc:
                 self.failed[launch.name] = f"does not start: {exc}"
                 continue
             worker.ready.setdefault("load_seconds", time.perf_counter() - begin)
-            self.stack.callback(worker.stderr.close)
-            self.stack.callback(worker.close)
             self.running.append(worker)
 
+    def _spawn(self, launch: Launch) -> Worker:
+        """A worker's process, stopped when the session ends whatever happens."""
+        worker = spawn(launch, self.timeout, self.scratch)
+        self.stack.callback(worker.stderr.close)
+        self.stack.callback(worker.close)
+        return worker
+
     def restart(self) -> list[Worker]:
-        """Stop every worker that has not failed and start it again in a fresh process; returns them."""
+        """Stop every worker that has not failed and start it again in a fresh process, all at once
+        (a later generation's loads are not reported; one at a time, the ten of MiniLM's recipe
+        took about 20 s); returns them."""
         launches = [worker.launch for worker in self.running if worker.name not in self.failed]
         for worker in self.running:
             worker.close()
         self.running = []
-        self.start(launches)
+        self.start(launches, together=True)
         return self.running
 
 

@@ -19,7 +19,8 @@ from pipeline.cli import main
 ROOT = Path(__file__).resolve().parents[2]
 QUICK = ["--set", "bench.batches=[1]", "--set", "bench.seqs=[8]", "--set", "bench.rounds=2",
          "--set", "bench.headline_rounds=2", "--set", "bench.min_seconds=0.05", "--set", "bench.min_repeats=3",
-         "--set", "bench.warmup_seconds=0.01", "--set", "bench.best_batch=null", "--set", "bench.real_data=null"]
+         "--set", "bench.warmup_seconds=0.01", "--set", "bench.best_batch=null", "--set", "bench.real_data=null",
+         "--set", "bench.headline_generations=1"]
 
 
 @pytest.fixture

@@ -15,9 +15,11 @@ from pipeline.bench.rounds import (
     PointRounds,
     Round,
     RoundPlan,
+    block_length,
     bootstrap_interval,
     measure_point,
     ratio_entry,
+    resample,
     rotated,
 )
 
@@ -150,7 +152,7 @@ def test_a_target_whose_block_fails_leaves_the_rounds() -> None:
 
 def test_the_bootstrap_interval_holds_the_median_and_narrows_with_more_rounds() -> None:
     rng = np.random.default_rng(0)
-    few, many = rng.normal(2.0, 0.1, 6), rng.normal(2.0, 0.1, 60)
+    few, many = rng.normal(2.0, 0.1, 10), rng.normal(2.0, 0.1, 60)
     for values in (few, many):
         low, high = bootstrap_interval(list(values), seed=1)
         assert low <= float(np.median(values)) <= high
@@ -217,3 +219,19 @@ def test_the_two_stage_bootstrap_holds_the_spread_between_processes_that_one_sta
     low, high = bootstrap_interval(values, seed=1, groups=[0] * 12 + [1] * 12)
     assert low <= 2.51 and high >= 2.89
     assert bootstrap_interval(values, seed=1, groups=[0] * 24) == bootstrap_interval(values, seed=1)
+
+
+def test_the_bootstrap_draws_runs_of_rounds_so_slow_stretches_widen_the_interval() -> None:
+    draw = resample(np.random.default_rng(0), np.arange(12.0))
+    runs = draw.reshape(-1, block_length(12))
+    assert block_length(12) == 3 and all(((row - row[0]) % 12 == [0, 1, 2]).all() for row in runs)
+    widening = []
+    for seed in range(6):  # ratios that wander slowly (AR(1), 0.8 from round to round) against the same shuffled
+        rng = np.random.default_rng(seed)
+        wander = np.zeros(24)
+        for index in range(1, 24):
+            wander[index] = 0.8 * wander[index - 1] + 0.06 * rng.standard_normal()
+        ratios = 3.0 + wander
+        clustered = np.diff(bootstrap_interval(list(ratios), seed=1))[0]
+        widening.append(clustered / np.diff(bootstrap_interval(list(rng.permutation(ratios)), seed=1))[0])
+    assert np.mean(widening) > 1.25

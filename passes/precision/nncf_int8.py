@@ -3,7 +3,7 @@
 ``nncf.quantize`` with the transformer preset: activations and weights of the MatMuls in int8,
 SmoothQuant first (its alpha is an option), the attention mask's arithmetic left in float. Its
 accuracy control needs a validation function written by hand; here the step's own parity gate is
-that function: with ``repair: true``, the MatMuls are ranked by their own error in the first,
+that function: with ``repair: true``, the MatMuls are ranked by their harm each alone, measured in the first
 whole build (passes.repair.localize_ir: one build, where quantizing each alone took one per MatMul),
 then more of the most harmful are kept in float, the fewest that pass found by bisection
 (passes.repair.search), and NNCF is told them as its ignored scope.

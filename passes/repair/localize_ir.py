@@ -1,12 +1,13 @@
 """Which MatMuls of a reduced-precision OpenVINO IR harm the most, each alone? From one build: for each
 candidate, every activation quantizer of the build but the candidate's own is bypassed (weights stay
-as built), and the final outputs are compared with the fp32 parent's.
+as built), and the final outputs are compared with the same build with every activation quantizer
+bypassed, so that only the candidate's own quantization differs.
 
 This stands in for quantizing each candidate alone, one NNCF build each (36 on MiniLM, about 160 s
-here; this takes a compile and an inference per candidate). Cheaper rankings failed on MiniLM: by
-the error a node adds on top of its inputs (as passes.repair.localize does for ONNX) the value
-projections came first and 18 kept in float never passed the gate; by each node's local error fed
-the parent's inputs, the last layers' feed-forward outputs ranked low, and on random tokens the
+here; this takes a compile and an inference per candidate, about 20 s). Cheaper rankings failed on
+MiniLM: by the error a node adds on top of its inputs (as passes.repair.localize does for ONNX) the
+value projections came first and 18 kept in float never passed the gate; by each node's local error
+fed the parent's inputs, the last layers' feed-forward outputs ranked low, and on random tokens the
 output reached min cosine 0.95 where the ranking alone reached 0.985.
 """
 
@@ -108,8 +109,8 @@ def rank_by_own_harm(reduced: Path, parent: Path, probes: list[Inputs], candidat
     none of them quantized (so the weights' own error, the same in every row, does not mask the
     differences), the worst over ``probes``, most harmful first: lowest min cosine, which the gate
     judges (by SQNR, MiniLM's fifth feed-forward output ranked 15th, and 18 in float never passed);
-    a candidate that cannot be isolated is ranked last. Probe with real text and with random tokens: on MiniLM the last
-    layers' feed-forward outputs harm only the second."""
+    a candidate that cannot be isolated is ranked last. Probe with real text and with random tokens:
+    on MiniLM the last layers' feed-forward outputs harm only the second."""
     import openvino as ov
 
     core = ov.Core()

@@ -27,30 +27,35 @@ Port = tuple[str, int]  # (friendly name of the producing operation, output inde
 MAX_INSERTED = 8  # operations a quantizer may put between a producer and the candidate it feeds
 
 
-def is_constant(node: Any) -> bool:
-    """Whether ``node`` computes from constants alone (weights, and their decompression)."""
-    if node.get_type_name() == "Constant":
-        return True
-    if node.get_type_name() == "Parameter":
-        return False
-    return all(is_constant(port.get_source_output().get_node()) for port in node.inputs())
+def variable_ops(model: Any) -> set[str]:
+    """The friendly names of the operations of ``model`` that depend on an input (a Parameter); the
+    others compute from constants alone (weights, and their decompression). One pass in topological
+    order, where a recursive walk up each operation would be as deep as the model."""
+    variable: set[str] = set()
+    for op in model.get_ordered_ops():
+        if op.get_type_name() == "Parameter" or any(
+                port.get_source_output().get_node().get_friendly_name() in variable for port in op.inputs()):
+            variable.add(op.get_friendly_name())
+    return variable
 
 
 def activation_sources(model: Any, names: set[str]) -> dict[str, list[Port]]:
     """For each named operation of ``model`` (the fp32 parent), the ports that feed it activations
     (inputs that are not computed from constants)."""
+    variable = variable_ops(model)
     feeds: dict[str, list[Port]] = {}
     for op in model.get_ordered_ops():
         if op.get_friendly_name() in names:
             sources = [port.get_source_output() for port in op.inputs()]
             feeds[op.get_friendly_name()] = [(s.get_node().get_friendly_name(), s.get_index()) for s in sources
-                                             if not is_constant(s.get_node())]
+                                             if s.get_node().get_friendly_name() in variable]
     return feeds
 
 
-def inserted_chain(op: Any, source: Port, depth: int = MAX_INSERTED) -> list[Any] | None:
-    """The operations a quantizer put between the output ``source`` and ``op`` (a path up the data
-    inputs), nearest ``op`` first; None when ``source`` is not found within ``depth`` steps."""
+def inserted_chain(op: Any, source: Port, variable: set[str], depth: int = MAX_INSERTED) -> list[Any] | None:
+    """The operations a quantizer put between the output ``source`` and ``op`` (a path up the inputs
+    among the ``variable`` operations), nearest ``op`` first; None when ``source`` is not found within
+    ``depth`` steps."""
     for port in op.inputs():
         upstream = port.get_source_output()
         if (upstream.get_node().get_friendly_name(), upstream.get_index()) == source:
@@ -59,7 +64,10 @@ def inserted_chain(op: Any, source: Port, depth: int = MAX_INSERTED) -> list[Any
         return None
     for port in op.inputs():
         node = port.get_source_output().get_node()
-        if not is_constant(node) and (rest := inserted_chain(node, source, depth - 1)) is not None:
+        if node.get_friendly_name() not in variable:
+            continue
+        rest = inserted_chain(node, source, variable, depth - 1)
+        if rest is not None:
             return [node, *rest]
     return None
 
@@ -73,12 +81,13 @@ def quantize_only(model: Any, name: str | None, sources: list[Port]) -> bool:
     ops = {op.get_friendly_name(): op for op in model.get_ordered_ops()}
     if name is not None and name not in ops:
         return False
-    chains = [inserted_chain(ops[name], source) for source in sources] if name is not None else []
+    variable = variable_ops(model)
+    chains = [inserted_chain(ops[name], source, variable) for source in sources] if name is not None else []
     if any(chain is None for chain in chains):
         return False
     keep = {name, *(node.get_friendly_name() for chain in chains if chain for node in chain)}
     for op in ops.values():
-        if op.get_type_name() != "FakeQuantize" or is_constant(op):
+        if op.get_type_name() != "FakeQuantize" or op.get_friendly_name() not in variable:
             continue
         data = op.input(0).get_source_output()
         for port in list(op.output(0).get_target_inputs()):

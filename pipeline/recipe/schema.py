@@ -184,7 +184,7 @@ class BenchSpec(Strict):
     headline_rounds: int = Field(default=24, ge=2, le=1000,
                                  description="Interleaved rounds at the ship point (ship.fastest_at), where the ship "
                                              "rule compares intervals: more rounds of shorter blocks narrow them.")
-    headline_generations: int = Field(default=2, ge=1, le=100,
+    headline_generations: int = Field(default=3, ge=1, le=100,
                                       description="Generations of worker processes the ship point's rounds are "
                                                   "spread over (every worker is started again between them), so "
                                                   "its interval holds the variation between processes too.")

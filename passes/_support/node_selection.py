@@ -33,11 +33,15 @@ def weight_nodes(model: onnx.ModelProto, op_types: set[str]) -> dict[str, str]:
             if node.op_type in op_types and any(i in weights for i in node.input)}
 
 
-def exclusion_names(model: onnx.ModelProto, names: list[str]) -> list[str]:
-    """Names to give onnxruntime's quantizer for nodes to keep in float.
+def gemm_names(model: onnx.ModelProto) -> frozenset[str]:
+    """The names of the model's Gemm nodes (see ``exclusion_names``)."""
+    return frozenset(node.name for node in model.graph.node if node.op_type == "Gemm")
+
+
+def exclusion_names(gemms: frozenset[str], names: list[str]) -> list[str]:
+    """Names to give onnxruntime's quantizer for nodes to keep in float, given the model's ``gemms``.
 
     The quantizer splits a Gemm into '<name>_MatMul' and '<name>_Add' before it looks at the
     exclusion list, so a Gemm is excluded under its MatMul's name too.
     """
-    gemms = {node.name for node in model.graph.node if node.op_type == "Gemm"}
     return [alias for name in names for alias in ((name, f"{name}_MatMul") if name in gemms else (name,))]

@@ -14,12 +14,13 @@ from __future__ import annotations
 import logging
 import tempfile
 from collections import Counter
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, cast
 
 from pydantic import Field, field_validator
 
-from passes._support.node_selection import exclusion_names, select_nodes, weight_nodes
+from passes._support.node_selection import exclusion_names, gemm_names, select_nodes, weight_nodes
 from passes._support.onnx_io import (
     EXTERNAL_THRESHOLD,
     files_bytes,
@@ -153,29 +154,53 @@ def _smoothed(parent: Path, ctx: PassContext, config: Int8DynamicConfig, nodes: 
     return target, plans
 
 
-def _quantize(model_path: Path, ctx: PassContext, config: Int8DynamicConfig, excluded: list[str],
-              candidates: dict[str, str], out_dir: Path) -> tuple[dict[str, Any], list[str]]:
-    """Quantize ``model_path`` into ``out_dir/model.onnx`` (repairing when asked); (stats, warnings)."""
-    import onnx
-    from onnxruntime.quantization import QuantType, quantize_dynamic
+@dataclass(frozen=True)
+class DynamicQuantize:
+    """onnxruntime's quantize_dynamic of one model with a config's options, nodes kept in float as
+    asked: a module-level class, so that a repair can run its builds in worker processes."""
 
-    source = load_model(model_path, with_data=False)
-    out = out_dir / "model.onnx"
-    external = has_external_data(source) or weight_bytes(source) >= EXTERNAL_THRESHOLD
+    model_path: Path
+    config: Int8DynamicConfig
+    excluded: tuple[str, ...]
+    gemms: frozenset[str]
+    external: bool
 
-    def convert(target: Path, kept: list[str]) -> None:
+    def __call__(self, target: Path, kept: list[str]) -> None:
+        import onnx
+        from onnxruntime.quantization import QuantType, quantize_dynamic
+
+        config = self.config
         quantize_dynamic(
-            model_path, target,
+            self._own_source(target.parent / "source"), target,
             op_types_to_quantize=config.op_types or None,
             per_channel=config.per_channel,
             reduce_range=config.reduce_range,
             weight_type=QuantType.QInt8 if config.weight_type == "qint8" else QuantType.QUInt8,
-            nodes_to_exclude=exclusion_names(source, [*excluded, *kept]) or None,
-            use_external_data_format=external,
+            nodes_to_exclude=exclusion_names(self.gemms, [*self.excluded, *kept]) or None,
+            use_external_data_format=self.external,
             extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT},
         )
 
-    repaired, repair_warnings = convert_with_repair(ctx, model_path, out_dir, "int8", convert, candidates, config)
+    def _own_source(self, folder: Path) -> Path:
+        """The model to read, as links in ``folder``: quantize_dynamic writes '<model>-inferred.onnx'
+        beside the model it reads, which builds running at once would share (and which would land
+        in the parent's folder)."""
+        folder.mkdir()
+        for path in self.model_path.parent.iterdir():
+            if path.is_file():
+                (folder / path.name).symlink_to(path.resolve())
+        return folder / self.model_path.name
+
+
+def _quantize(model_path: Path, ctx: PassContext, config: Int8DynamicConfig, excluded: list[str],
+              candidates: dict[str, str], out_dir: Path) -> tuple[dict[str, Any], list[str]]:
+    """Quantize ``model_path`` into ``out_dir/model.onnx`` (repairing when asked); (stats, warnings)."""
+    source = load_model(model_path, with_data=False)
+    out = out_dir / "model.onnx"
+    external = has_external_data(source) or weight_bytes(source) >= EXTERNAL_THRESHOLD
+    convert = DynamicQuantize(model_path, config, tuple(excluded), gemm_names(source), external)
+    repaired, repair_warnings = convert_with_repair(ctx, model_path, out_dir, "int8", convert, candidates, config,
+                                                    parallel=True)
     model = load_model(out, with_data=False)
     stats = {**repaired, "quantized_ops": quantized_counts(model),
              "float_matmuls": sum(node.op_type == "MatMul" for node in model.graph.node),

@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING, Any, Literal, cast
 import numpy as np
 from pydantic import Field, model_validator
 
-from passes._support.node_selection import exclusion_names, select_nodes, weight_nodes
+from passes._support.node_selection import exclusion_names, gemm_names, select_nodes, weight_nodes
 from passes._support.onnx_io import (
     EXTERNAL_THRESHOLD,
     files_bytes,
@@ -271,10 +271,10 @@ class Int8StaticPass(RepairingPass):
                 warnings.append("quant_pre_process failed; MatMuls after fused operators may be left in float")
             warnings += vanished(excluded, model_path)
             prepared_model = load_model(model_path, with_data=False)
+            gemms = gemm_names(prepared_model)
 
             def convert(target: Path, kept: list[str]) -> None:
-                quantize(model_path, target, batches, config, exclusion_names(prepared_model, [*excluded, *kept]),
-                         external)
+                quantize(model_path, target, batches, config, exclusion_names(gemms, [*excluded, *kept]), external)
 
             ops = set(config.op_types or ("MatMul", "Gather")) | {"Gemm"}
             candidates = {name: op for name, op in weight_nodes(prepared_model, ops).items() if name not in excluded}

@@ -16,7 +16,7 @@ the Runner runs can be repaired (an OpenVINO IR, with NNCF's ignored scope as th
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -34,6 +34,7 @@ from pipeline.verify.metrics import compare
 
 log = logging.getLogger(__name__)
 Build = Callable[[list[str]], Path]
+BuildMany = Callable[[Sequence[list[str]]], Iterator[Path]]  # a build per list of nodes kept, in order
 # (reduced build, parent, probe, candidates) -> candidates as rows ("node", ...), most harmful first
 Rank = Callable[[Path, Path, Inputs, set[str]], list[dict[str, Any]]]
 GREEDY_POOL = 8  # the most harmful candidates each forward-selection round tries
@@ -96,7 +97,14 @@ def _output_error(path: Path, probe: Inputs, reference: dict[str, np.ndarray], f
     return worst_sqnr, worst_cos
 
 
-def sensitivity(build: Build, parent: Path, candidates: set[str], probe: Inputs,
+def one_by_one(build: Build) -> BuildMany:
+    """``build`` as a BuildMany: each build made when the previous one has been used."""
+    def many(kept_lists: Sequence[list[str]]) -> Iterator[Path]:
+        return (build(kept) for kept in kept_lists)
+    return many
+
+
+def sensitivity(build_many: BuildMany, parent: Path, candidates: set[str], probe: Inputs,
                 op_types: dict[str, str], fmt: Format = Format.ONNX) -> list[dict[str, Any]]:
     """Each candidate's own harm: convert that node alone, measure the output against the parent.
 
@@ -104,8 +112,9 @@ def sensitivity(build: Build, parent: Path, candidates: set[str], probe: Inputs,
     """
     reference = outputs_of(parent, probe, fmt)
     rows = []
-    for node in sorted(candidates):
-        sqnr, cos = _output_error(build(sorted(candidates - {node})), probe, reference, fmt)
+    nodes = sorted(candidates)
+    for node, path in zip(nodes, build_many([sorted(candidates - {node}) for node in nodes]), strict=True):
+        sqnr, cos = _output_error(path, probe, reference, fmt)
         rows.append({"node": node, "op_type": op_types.get(node, "?"), "sqnr_db": round(sqnr, 2),
                      "cos_min": round(cos, 6)})
     return sorted(rows, key=lambda row: row["sqnr_db"])
@@ -115,7 +124,7 @@ def _score(verdict: GateResult) -> tuple[bool, float]:
     return verdict.passed, verdict.cos_min
 
 
-def _forward(build: Build, gate: Gate, precision: str, order: list[dict[str, Any]], report: RepairReport,
+def _forward(build_many: BuildMany, gate: Gate, precision: str, order: list[dict[str, Any]], report: RepairReport,
              max_kept: int) -> tuple[Path | None, GateResult | None, dict[str, dict[str, Any]]]:
     """Forward selection: each round keeps in float the one candidate of the ``GREEDY_POOL`` most
     harmful whose build the gate likes best, until one passes or ``GREEDY_ROUNDS`` are done."""
@@ -123,8 +132,8 @@ def _forward(build: Build, gate: Gate, precision: str, order: list[dict[str, Any
     best: tuple[Path, GateResult] | None = None
     for _ in range(min(GREEDY_ROUNDS, max_kept)):
         trials = []
-        for row in [row for row in order if row["node"] not in chosen][:GREEDY_POOL]:
-            path = build([*chosen, row["node"]])
+        pool = [row for row in order if row["node"] not in chosen][:GREEDY_POOL]
+        for row, path in zip(pool, build_many([[*chosen, row["node"]] for row in pool]), strict=True):
             trials.append((_score(verdict := gate(path, precision)), row, path, verdict))
         if not trials:
             break
@@ -162,7 +171,8 @@ def _fewest(build: Build, gate: Gate, precision: str, prefix: list[dict[str, Any
 def repair(build: Build, parent: Path, precision: str, gate: Gate, candidates: set[str], probe: Inputs,
            timing_inputs: Inputs, max_rounds: int = 6, op_types: dict[str, str] | None = None,
            method: str = "sensitivity", max_kept: int | None = None,
-           fmt: Format = Format.ONNX, rank: Rank | None = None, patience: int = 2) -> tuple[Path, RepairReport]:
+           fmt: Format = Format.ONNX, rank: Rank | None = None, patience: int = 2,
+           build_many: BuildMany | None = None) -> tuple[Path, RepairReport]:
     """Rebuild with more nodes in float until ``gate`` passes; returns the last build and the report.
 
     At most ``max_kept`` nodes stay in float. ``method``: "sensitivity" converts each candidate
@@ -174,8 +184,10 @@ def repair(build: Build, parent: Path, precision: str, gate: Gate, candidates: s
     with no forward selection (for conversions whose builds take seconds: NNCF's). ``fmt`` is the
     format of ``parent`` and of the builds. Keeping more stops early after ``patience`` rounds in a
     row that do not raise the best min cosine reached (a conversion whose error is not in a few nodes
-    does not pass by keeping more; the report says so).
+    does not pass by keeping more; the report says so). ``build_many`` makes the builds of the
+    ranking and of a forward-selection round (default: ``build`` one by one).
     """
+    many = build_many or one_by_one(build)
     kept: list[str] = []
     first = path = build(kept)
     verdict = gate(path, precision)
@@ -186,7 +198,7 @@ def repair(build: Build, parent: Path, precision: str, gate: Gate, candidates: s
         return path, report
     order: list[dict[str, Any]] | None = None
     if method == "sensitivity":
-        order = sensitivity(build, parent, candidates, probe, op_types or {}, fmt)
+        order = sensitivity(many, parent, candidates, probe, op_types or {}, fmt)
     elif method == "ranked":
         assert rank is not None, "the ranked method needs a rank function"
         order = rank(path, parent, probe, candidates)
@@ -195,7 +207,7 @@ def repair(build: Build, parent: Path, precision: str, gate: Gate, candidates: s
     limit = max_kept if max_kept is not None else len(candidates)
     chosen: dict[str, dict[str, Any]] = {}
     if method == "sensitivity" and order is not None:
-        forward_path, forward_verdict, chosen = _forward(build, gate, precision, order, report, limit)
+        forward_path, forward_verdict, chosen = _forward(many, gate, precision, order, report, limit)
         if forward_path is not None and forward_verdict is not None:
             path, verdict = forward_path, forward_verdict
     prefix = list(chosen.values())

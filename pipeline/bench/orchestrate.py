@@ -32,6 +32,7 @@ from pipeline.bench.spec import BenchRow, WorkerSpec
 from pipeline.bench.timing import summarize
 from pipeline.bench.workers import Launch, Worker, started
 from pipeline.core.artifact import Artifact
+from pipeline.core.limits import available_memory
 from pipeline.core.progress import stage
 from pipeline.core.store import canonical_json, read_json, sha256_text, write_json_atomic
 from pipeline.engine.results import Prepared
@@ -54,12 +55,9 @@ class Benchmarks:
 
 
 def available_memory_mb() -> float:
-    """MemAvailable from /proc/meminfo, in MB."""
-    with open("/proc/meminfo", encoding="ascii") as handle:
-        for line in handle:
-            if line.startswith("MemAvailable:"):
-                return int(line.split()[1]) / 1024
-    return 4096.0
+    """Memory available now, in MB (4096 where it cannot be read)."""
+    free = available_memory()
+    return free / 2**20 if free is not None else 4096.0
 
 
 def grid_points(bench: BenchSpec, headline: Point | None = None) -> list[Point]:
@@ -204,8 +202,8 @@ def measure_session(launches: list[Launch], plans: dict[Point, RoundPlan], timeo
     ratios: list[dict[str, Any]] = []
     with started(launches, timeout, failed) as workers, stage("bench", len(plans) + len(workers)) as advance:
         for worker in workers:
-            results[worker.name].update(load_seconds=worker.ready["load_seconds"],
-                                        fingerprint=worker.ready["fingerprint"])
+            results[worker.name].update({key: worker.ready.get(key) for key in
+                                         ("load_seconds", "load_cpu_seconds", "fingerprint")})
 
         def measuring(point: Point) -> list[Worker]:
             return [worker for worker in workers if worker.name not in failed and worker.measures(point)]

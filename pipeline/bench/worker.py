@@ -238,14 +238,14 @@ def serve(spec: WorkerSpec, requests: IO[str], replies: IO[str],
         import torch
 
         torch.set_num_threads(threads)
-    start = time.perf_counter()
+    start, cpu_start = time.perf_counter(), time.process_time()
     try:
         target = Target(spec, open_engine(spec))
     except Exception as exc:  # the orchestrator reports the target as failed, with this reason
         reply({"error": _reason(exc)})
         return 1
     reply({"ready": True, "pid": os.getpid(), "load_seconds": time.perf_counter() - start,
-           "fingerprint": fingerprint(threads, spec["device"])})
+           "load_cpu_seconds": time.process_time() - cpu_start, "fingerprint": fingerprint(threads, spec["device"])})
     for line in requests:
         request = json.loads(line)
         try:

@@ -1,5 +1,7 @@
 # make optimize [RECIPE=minilm] [ARGS="--set model.weights=random"]   run a recipe end to end
-# make test                                                            the whole test suite
+# make test                                                            the test suite but the slow end-to-end tests
+# make test-slow                                                       the slow end-to-end tests (MiniLM's recipe, GPT-2,
+#                                                                      Ray, kills, Optimum loading a bundle)
 # make matrix [MATRIX=recipes/matrix_demo.yaml] [ARGS="--address HOST:6379"]   a recipe matrix on Ray
 # make peers [RECIPE=minilm] [ARGS="--max-batch 16"]                  side by side with Optimum, optimum-intel, Olive,
 #                                                                      NNCF, onnxruntime and torch.compile
@@ -21,7 +23,7 @@ OPTIMUM_VENV ?= .venv-optimum
 INTEL_VENV ?= .venv-intel
 OLIVE_VENV ?= .venv-olive
 
-.PHONY: setup optimize dry-run verify bench matrix test test-fast lint clean optimum-env intel-env olive-env peers
+.PHONY: setup optimize dry-run verify bench matrix test test-slow lint clean optimum-env intel-env olive-env peers
 
 $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -48,10 +50,10 @@ matrix: setup
 	$(PY) -m pipeline matrix $(MATRIX) $(ARGS)
 
 test: setup
-	$(PY) -m pytest $(ARGS)
-
-test-fast: setup
 	$(PY) -m pytest -m "not slow" $(ARGS)
+
+test-slow: setup
+	$(PY) -m pytest -m slow $(ARGS)
 
 lint: setup
 	$(PY) -m ruff check pipeline passes tests benchmarks

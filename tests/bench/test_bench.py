@@ -22,6 +22,7 @@ FAST = ["--set", "bench.min_seconds=0.05", "--set", "bench.min_repeats=5", "--se
         "--set", "bench.warmup_seconds=0.01", "--set", "bench.best_batch.max_batch=4",
         "--set", "bench.best_batch.seq=16", "--set", "bench.real_data.max_length=32", "--set", "bench.rounds=3",
         "--set", "bench.pause_seconds=0.01", "--full-grid"]
+NO_REAL_DATA = ["--set", "bench.real_data=null"]  # what a test does not look at, it does not wait for
 
 
 @pytest.fixture
@@ -50,7 +51,7 @@ def test_every_target_is_benchmarked_into_report_rows(tiny_recipe: Path, capsys:
 
 
 def test_a_step_that_fails_its_gate_is_measured_at_one_point_without_extras(tiny_recipe: Path) -> None:
-    fails = ["--set", "verify.steps.onnx_export.tolerance.max_abs=1e-30"]
+    fails = ["--set", "verify.steps.onnx_export.tolerance.max_abs=1e-30", *NO_REAL_DATA]
     main(["optimize", str(tiny_recipe), *FAST, *fails])
     report = json.loads(Path("artifacts/tiny/report.json").read_text())
     rows = {row["name"]: row for row in report["artifacts"]}
@@ -64,11 +65,12 @@ def test_a_step_that_fails_its_gate_is_measured_at_one_point_without_extras(tiny
 
 
 def test_optimize_reuses_bench_results_and_bench_remeasures(tiny_recipe: Path) -> None:
-    assert main(["optimize", str(tiny_recipe), *FAST]) == 0
+    default_grid = [arg for arg in FAST if arg != "--full-grid"]
+    assert main(["optimize", str(tiny_recipe), *default_grid]) == 0
     first = json.loads(Path("artifacts/tiny/bench/eager.json").read_text())
-    assert main(["optimize", str(tiny_recipe), *FAST]) == 0
+    assert main(["optimize", str(tiny_recipe), *default_grid]) == 0
     assert json.loads(Path("artifacts/tiny/bench/eager.json").read_text()) == first
-    assert main(["bench", str(tiny_recipe), *FAST]) == 0
+    assert main(["bench", str(tiny_recipe), *default_grid]) == 0
     again = json.loads(Path("artifacts/tiny/bench/eager.json").read_text())
     assert again["rows"] != first["rows"]
     assert all("p50_change_from_previous" in row for row in again["rows"])

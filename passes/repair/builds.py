@@ -1,6 +1,6 @@
 """The builds of a repair: numbered files in a scratch folder, made one at a time, or several at once in
 worker processes when a build is slow, single-threaded Python (onnxruntime's quantize_dynamic on
-all-MiniLM-L6-v2: about 1 s of one core each, and its ranking takes one build per candidate).
+all-MiniLM-L6-v2: about 1.5 s of one core each, and its ranking takes one build per candidate).
 """
 
 from __future__ import annotations

@@ -182,7 +182,7 @@ def round_plans(bench: BenchSpec, device: str, headline: Point | None,
     1.7 times the cost; but three runs of 24 rounds in one generation each had medians 2.93, 2.44 and
     2.70, and two of the three intervals missed another run's median: the spread between processes
     is the larger part. Over two generations, two of six intervals still missed another run's median;
-    over three generations of 8 rounds, three runs gave 2.77, 2.87 and 2.71, each interval holding the
+    over three generations of 8 rounds, three runs gave 2.87, 2.89 and 2.92, each interval holding the
     other two medians."""
     plans = {}
     for point in grid or grid_points(bench, headline):

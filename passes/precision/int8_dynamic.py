@@ -170,22 +170,22 @@ class DynamicQuantize:
         from onnxruntime.quantization import QuantType, quantize_dynamic
 
         config = self.config
-        quantize_dynamic(
-            self._own_source(target.parent / "source"), target,
-            op_types_to_quantize=config.op_types or None,
-            per_channel=config.per_channel,
-            reduce_range=config.reduce_range,
-            weight_type=QuantType.QInt8 if config.weight_type == "qint8" else QuantType.QUInt8,
-            nodes_to_exclude=exclusion_names(self.gemms, [*self.excluded, *kept]) or None,
-            use_external_data_format=self.external,
-            extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT},
-        )
+        with tempfile.TemporaryDirectory(prefix="int8-dynamic-") as scratch:
+            quantize_dynamic(
+                self._own_source(Path(scratch)), target,
+                op_types_to_quantize=config.op_types or None,
+                per_channel=config.per_channel,
+                reduce_range=config.reduce_range,
+                weight_type=QuantType.QInt8 if config.weight_type == "qint8" else QuantType.QUInt8,
+                nodes_to_exclude=exclusion_names(self.gemms, [*self.excluded, *kept]) or None,
+                use_external_data_format=self.external,
+                extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT},
+            )
 
     def _own_source(self, folder: Path) -> Path:
         """The model to read, as links in ``folder``: quantize_dynamic writes '<model>-inferred.onnx'
         beside the model it reads, which builds running at once would share (and which would land
         in the parent's folder)."""
-        folder.mkdir()
         for path in self.model_path.parent.iterdir():
             if path.is_file():
                 (folder / path.name).symlink_to(path.resolve())

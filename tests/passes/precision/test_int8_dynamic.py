@@ -44,6 +44,16 @@ def test_quantizes_and_stays_close(tiny_onnx: Artifact, tiny_ctx: PassContext, t
     assert _cosine_to(tiny_onnx.path, path) > MIN_COSINE
 
 
+def test_it_writes_nothing_but_its_model_and_nothing_beside_its_parent(tiny_onnx: Artifact, tiny_ctx: PassContext,
+                                                                      tmp_path: Path) -> None:
+    """quantize_dynamic writes '<model>-inferred.onnx' beside the model it reads: not into the
+    parent's folder, nor into the step's."""
+    parent_files = sorted(p.name for p in tiny_onnx.path.parent.iterdir())
+    output = _quantize(tiny_onnx, tiny_ctx, tmp_path / "q")
+    assert sorted(p.name for p in (tmp_path / "q").iterdir()) == [output.file]
+    assert sorted(p.name for p in tiny_onnx.path.parent.iterdir()) == parent_files
+
+
 def test_quantizes_an_optimized_model(tiny_onnx: Artifact, tiny_fused: Artifact, tiny_ctx: PassContext,
                                     tmp_path: Path) -> None:
     plain = _quantize(tiny_onnx, tiny_ctx, tmp_path / "plain")

@@ -8,23 +8,17 @@ from __future__ import annotations
 import itertools
 import logging
 import multiprocessing
-import os
 import warnings
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Executor, ProcessPoolExecutor
 from pathlib import Path
 
-from pipeline.core.limits import available_memory
+from pipeline.core.limits import available_memory, usable_cores
 
 Convert = Callable[[Path, list[str]], None]  # (target file, node names kept in float) -> writes target
 MIN_PARALLEL_BYTES = 20_000_000  # below this a build takes less than starting a process
 MAX_PROCESSES = 4
 MEMORY_PER_BUILD = 4  # a build holds about this many copies of the model's bytes
-
-
-def available_cores() -> int:
-    """The cores this process may run on."""
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
 def build_processes(model_bytes: int) -> int:
@@ -34,7 +28,7 @@ def build_processes(model_bytes: int) -> int:
         return 1
     free = available_memory()
     by_memory = MAX_PROCESSES if free is None else free // (MEMORY_PER_BUILD * model_bytes)
-    return max(1, min(available_cores(), MAX_PROCESSES, by_memory))
+    return max(1, min(usable_cores(), MAX_PROCESSES, by_memory))
 
 
 def _quiet_worker() -> None:

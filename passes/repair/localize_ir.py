@@ -20,8 +20,9 @@ from typing import Any
 
 import numpy as np
 
-from passes.repair.builds import MAX_PROCESSES, available_cores
+from passes.repair.builds import MAX_PROCESSES
 from passes.repair.localize import tensor_error
+from pipeline.core.limits import usable_cores
 from pipeline.model.inputs import Inputs
 from pipeline.runtime.sessions import OPENVINO_CONFIG
 
@@ -140,7 +141,7 @@ def rank_by_own_harm(reduced: Path, parent: Path, probes: list[Inputs], candidat
         return min(sqnr for _, sqnr in errors), min(cos for cos, _ in errors), name
 
     # compiling dominates and releases the GIL: one candidate per core at once (12.5 s -> 8 s on 2 cores)
-    with ThreadPoolExecutor(min(available_cores(), MAX_PROCESSES)) as pool:
+    with ThreadPoolExecutor(min(usable_cores(), MAX_PROCESSES)) as pool:
         found = dict(zip(sorted(candidates), pool.map(own_harm, sorted(candidates)), strict=True))
     harms = sorted((harm for harm in found.values() if harm is not None), key=lambda harm: (harm[1], harm[0]))
     lost = [{"node": name, "op_type": op_types.get(name, "?"), "sqnr_db": None, "cos_min": None}

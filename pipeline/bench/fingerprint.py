@@ -7,6 +7,7 @@ import platform
 import subprocess
 from typing import Any
 
+from pipeline.core.limits import usable_cores
 from pipeline.core.versions import library_versions
 
 
@@ -44,12 +45,8 @@ def gpu_info() -> dict[str, Any] | None:
 
 def fingerprint(threads: int, device: str) -> dict[str, Any]:
     """Everything that shapes a timing, recorded with every benchmark result."""
-    try:
-        usable = len(os.sched_getaffinity(0))
-    except AttributeError:
-        usable = os.cpu_count() or 1
     return {
-        "cpu": cpu_model(), "logical_cores": os.cpu_count(), "usable_cores": usable, "threads": threads,
+        "cpu": cpu_model(), "logical_cores": os.cpu_count(), "usable_cores": usable_cores(), "threads": threads,
         "inter_op_threads": 1, "device": device, "gpu": gpu_info() if device == "cuda" else None,
         "python": platform.python_version(), "platform": platform.platform(), "versions": library_versions(),
     }

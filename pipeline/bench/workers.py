@@ -191,9 +191,9 @@ class Workers:
         worker times its own load (``load_seconds``, which then includes the others' loads competing
         for the cores, and ``load_cpu_seconds``, which does not)."""
         spawned = [self._spawn(launch) for launch in launches]
-        for launch, process in zip(launches, spawned, strict=True):
+        for launch, worker in zip(launches, spawned, strict=True):
             try:
-                self.running.append(ready(process))
+                self.running.append(ready(worker))
             except BlockFailed as exc:
                 self.failed[launch.name] = f"does not start: {exc}"
 

@@ -210,6 +210,14 @@ def forward_bytes(sizes: Sizes, batch: int, seq: int, generates: bool) -> int:
     return FLOAT_BYTES * elements * RUNTIME_FACTOR
 
 
+def usable_cores() -> int:
+    """The cores this process may run on (its CPU affinity, else every core)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:
+        return os.cpu_count() or 1
+
+
 def available_memory() -> int | None:
     """Bytes of memory available now: MemAvailable from /proc/meminfo, else free pages (None when unknown)."""
     try:

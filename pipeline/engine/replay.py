@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from pipeline.core.errors import ModelError
+from pipeline.core.limits import usable_cores
 from pipeline.core.signature import folder_state, named_files
 from pipeline.core.store import canonical_json, read_json, sha256_file, sha256_text, write_json_atomic
 from pipeline.core.versions import library_versions, source_digest
@@ -60,11 +61,7 @@ def _model_state(recipe: Recipe, base_dir: Path) -> dict[str, Any] | None:
 def _machine() -> dict[str, Any]:
     from pipeline.bench.fingerprint import cpu_model
 
-    try:
-        usable = len(os.sched_getaffinity(0))
-    except AttributeError:
-        usable = os.cpu_count() or 1
-    return {"cpu": cpu_model(), "cores": os.cpu_count(), "usable": usable}
+    return {"cpu": cpu_model(), "cores": os.cpu_count(), "usable": usable_cores()}
 
 
 def run_digest(recipe: Recipe, out_dir: Path, base_dir: Path, flags: dict[str, Any]) -> str | None:

@@ -42,7 +42,7 @@ def test_a_build_that_fails_in_a_worker_raises_here(tmp_path: Path) -> None:
 
 
 def test_small_models_and_little_memory_build_one_at_a_time(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(builds_module, "available_cores", lambda: 8)
+    monkeypatch.setattr(builds_module, "usable_cores", lambda: 8)
     monkeypatch.setattr(builds_module, "available_memory", lambda: 64 * 2**30)
     assert build_processes(1_000_000) == 1
     assert build_processes(100_000_000) == builds_module.MAX_PROCESSES

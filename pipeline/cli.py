@@ -52,6 +52,9 @@ def _setup_logging(verbose: bool) -> None:
         os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
 
 
+# what a path or disk the user chose can do to a run: exit 2, as bad input
+USER_ERRNOS = (errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOSPC, errno.EDQUOT, errno.ENAMETOOLONG, errno.EISDIR,
+               errno.ENOTDIR, errno.ELOOP, errno.ENOENT, errno.ENXIO, errno.EEXIST, errno.ENOTEMPTY, errno.EINVAL)
 FORCE_HELP = "write into an existing folder this tool did not make (it replaces only the entries it writes)"
 
 
@@ -85,8 +88,10 @@ def _parser() -> argparse.ArgumentParser:
     ship.add_argument("--force", action="store_true", help=FORCE_HELP)
     matrix = sub.add_parser("matrix", help="run a matrix of recipes, models and overrides as Ray tasks")
     matrix.add_argument("matrix", type=Path, help="matrix YAML file")
-    matrix.add_argument("--address", default=None, help="Ray cluster to run on (default: a local instance)")
+    matrix.add_argument("--address", default=None, metavar="HOST:PORT",
+                        help="Ray cluster to run on, its head's GCS address (default: a local instance)")
     matrix.add_argument("--out", type=Path, default=None, help="matrix folder (default artifacts/matrix/<name>)")
+    matrix.add_argument("--force", action="store_true", help=FORCE_HELP)
     matrix.add_argument("--num-cpus", type=int, default=None, metavar="N",
                         help="CPUs of the local instance (default: this machine's)")
     sub.add_parser("list", help="list recipes and passes")
@@ -146,11 +151,13 @@ def _flags(args: argparse.Namespace) -> dict[str, object]:
 def _replay(args: argparse.Namespace) -> int | None:
     """When nothing the run reads changed since the last run into the same folder, print what that
     run printed and return its exit code (torch is never imported); else None."""
+    from pipeline.core.output_folder import check_output_folder
     from pipeline.engine.replay import recorded, run_digest
     from pipeline.recipe.load import load_recipe
 
     recipe = load_recipe(args.recipe, _overrides(args))
     out_dir = args.out if args.out is not None else Path("artifacts") / recipe.name
+    check_output_folder(out_dir, args.out, args.force)  # a folder a run would refuse is refused here too
     record = recorded(out_dir, run_digest(recipe, out_dir, Path.cwd(), _flags(args)))
     if record is None:
         return None
@@ -194,7 +201,7 @@ def _cmd_matrix(args: argparse.Namespace) -> int:
         raise BadInputError(f"--num-cpus: must be at least 1, got {args.num_cpus}")
     from pipeline.matrix.run import run_matrix
 
-    return run_matrix(args.matrix, args.address, args.out, args.num_cpus)
+    return run_matrix(args.matrix, args.address, args.out, args.num_cpus, force=args.force)
 
 
 def _cmd_list(_: argparse.Namespace) -> int:
@@ -256,10 +263,10 @@ def _dispatch(args: argparse.Namespace) -> int:
     except PipelineError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return exc.exit_code
-    except OSError as exc:  # the disk, not the model: read-only, or not ours to write
+    except OSError as exc:  # the disk or a path, not the model: read-only, not ours to write, full, odd
         where = f"{exc.filename}: " if exc.filename else ""
         print(f"error: {where}{exc.strerror or exc}; finished steps are kept", file=sys.stderr)
-        return 2 if exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS) else 3
+        return 2 if exc.errno in USER_ERRNOS else 3
     except Terminated:
         print("terminated: stopped cleanly; finished steps are kept and reused by the next run", file=sys.stderr)
         return 128 + signal.SIGTERM

@@ -7,6 +7,7 @@ import hashlib
 import json
 import os
 import stat
+import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
@@ -18,6 +19,9 @@ from pipeline.engine.context import make_context
 from pipeline.engine.pass_api import IOSpec, PassContext
 from pipeline.model.loading import ModelHandle
 from pipeline.model.spec import ModelSpec
+
+# records are sealed with a key of the test session's own, never the user's (children inherit it)
+os.environ.setdefault("MODEL_PIPELINE_SEAL_KEY", os.path.join(tempfile.mkdtemp(prefix="seal-key-"), "seal.key"))
 
 TINY_BERT = {
     "model_type": "bert", "architectures": ["BertModel"], "vocab_size": 30522, "hidden_size": 32,

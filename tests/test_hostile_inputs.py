@@ -1,6 +1,7 @@
 """A catalogue of hostile inputs against a folder that already holds a finished run: each exits 2 with
 one line naming the problem, no traceback, and leaves every byte of the working folder (the output
-folder and its parent) as it was."""
+folder and its parent) as it was. Then torch artifacts tampered with after a run: verify refuses to load
+them, and what they carry never runs."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ import torch
 import yaml
 
 from pipeline.cli import main
+from tests.passes.export.tampering import member_name, pickled, reseal, rewrite, torch_saved
 
 BOMB = "\n".join(["a0: &a0 [x, x, x, x, x, x, x, x, x, x]",
                   *[f"a{i}: &a{i} [{', '.join([f'*a{i - 1}'] * 10)}]" for i in range(1, 9)]])
@@ -147,6 +149,25 @@ def _truncated_safetensors(folder: Path) -> None:
     path.write_bytes(path.read_bytes()[:1000])
 
 
+def _fifo_weights(folder: Path) -> None:
+    (folder / "model.safetensors").unlink()
+    os.mkfifo(folder / "model.safetensors")
+
+
+def _dev_zero_weights(folder: Path) -> None:
+    (folder / "model.safetensors").unlink()
+    (folder / "model.safetensors").symlink_to("/dev/zero")
+
+
+def _folder_named(name: str) -> Callable[[Path], None]:
+    """A folder where the model file ``name`` belongs (for a .bin, the safetensors file goes: it is the weights)."""
+    def corrupt(folder: Path) -> None:
+        for path in (folder / name, *([folder / "model.safetensors"] if name.endswith(".bin") else [])):
+            path.unlink(missing_ok=True)
+        (folder / name).mkdir()
+    return corrupt
+
+
 def _garbage_config_file(work: Path, recipe: dict) -> tuple[dict, list[str]]:
     (work / "arch.json").write_text("{not json")
     recipe["model"]["source"] = str(work / "arch.json")
@@ -176,6 +197,14 @@ CASES = [
     ("model-config-json-corrupt", _model(_garbage_config), "config.json"),
     ("model-pickle-garbage", _model(_garbage_pickle), "pytorch_model.bin"),
     ("model-safetensors-truncated", _model(_truncated_safetensors), "model.safetensors"),
+    ("model-weights-fifo", _model(_fifo_weights), "model.safetensors: not a regular file (a FIFO)"),
+    ("model-weights-dev-zero", _model(_dev_zero_weights),
+     "model.safetensors: not a regular file (a character device)"),
+    ("model-safetensors-is-a-folder", _model(_folder_named("model.safetensors")),
+     "model.safetensors: not a regular file (a folder)"),
+    ("model-pytorch-bin-is-a-folder", _model(_folder_named("pytorch_model.bin")),
+     "pytorch_model.bin: not a regular file (a folder)"),
+    ("model-config-is-a-folder", _model(_folder_named("config.json")), "config.json: not a regular file (a folder)"),
     ("architecture-file-not-json", _garbage_config_file, "arch.json"),
     ("factory-os-system", _with("model", {"factory": "os:system"}), "model.factory os:system"),
     ("factory-returns-a-string", _with("model", {"factory": "os:getcwd"}), "model.factory os:getcwd"),
@@ -207,3 +236,31 @@ def test_hostile_input_exits_2_with_one_line_and_changes_nothing(
 
 def test_the_catalogue_holds_at_least_15_cases() -> None:
     assert len(CASES) >= 15 and len({c[0] for c in CASES}) == len(CASES)
+
+
+# (case id, the pass, the member replaced, the payload's form there)
+TAMPERED = [
+    ("torch-export-sample-inputs", {"torch_export": {}}, "data/sample_inputs/model.pt", torch_saved),
+    ("torchscript-data-pkl", {"torchscript": {}}, "data.pkl", pickled),
+]
+
+
+@pytest.mark.parametrize(("step", "member", "payload"), [c[1:] for c in TAMPERED], ids=[c[0] for c in TAMPERED])
+def test_a_tampered_torch_artifact_is_refused_and_never_run(
+        step: dict, member: str, payload: Callable[[Path], bytes], write_tiny_recipe: Callable[..., Path],
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture) -> None:
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    recipe = write_tiny_recipe("tampered", [step], verify={"shapes": [[1, 9]], "sentence_batches": 1})
+    assert main(["optimize", str(recipe), "--no-bench"]) == 0
+    folder = next((tmp_path / "artifacts").glob("*/01_*"))
+    archive = next(path for path in folder.iterdir() if path.suffix in (".pt", ".pt2"))
+    marker = tmp_path / "pwned"
+    rewrite(archive, {member_name(archive, member): payload(marker)})
+    reseal(folder)
+    capsys.readouterr()
+    code = main(["verify", str(recipe)])
+    err = [line for line in capsys.readouterr().err.splitlines() if "error" in line.lower() or "Trace" in line]
+    assert not marker.exists()
+    assert code != 0
+    assert len(err) == 1 and err[0].startswith("error: ") and archive.name in err[0], err
+    assert "holds something other than" in err[0] and "internal error" not in err[0], err

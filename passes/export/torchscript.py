@@ -20,6 +20,7 @@ from passes._support.onnx_io import check_at_shapes, count_tracer_warnings, fres
 from pipeline.core.artifact import Artifact, Format, Precision
 from pipeline.core.errors import first_line
 from pipeline.engine.pass_api import Inputs, Pass, PassConfig, PassContext, PassOutput
+from pipeline.runtime.loaders import load_torchscript
 from pipeline.runtime.runner import run_module
 
 if TYPE_CHECKING:  # torch is imported where it runs, so that listing passes needs none
@@ -114,14 +115,14 @@ def _script(module: torch.nn.Module) -> torch.jit.ScriptModule:
 
 
 def _save_and_reload(compiled: torch.jit.ScriptModule, path: Path) -> torch.jit.ScriptModule:
-    """torch.jit.save, then torch.jit.load of the file: what is checked is what was written."""
+    """torch.jit.save, then a load of the file as verification loads it: what is checked is what was written."""
     import torch
 
     with warnings.catch_warnings():
         # torch 2.13 deprecates TorchScript as a whole; choosing this pass is choosing it.
         warnings.filterwarnings("ignore", message=r"`torch\.jit\.\w+` is deprecated", category=DeprecationWarning)
         torch.jit.save(compiled, str(path))
-        return torch.jit.load(str(path), map_location="cpu")
+    return load_torchscript(path, map_location="cpu")
 
 
 def _run_saved(loaded: torch.jit.ScriptModule, file: str, inputs: Inputs, ctx: PassContext) -> dict[str, Any]:

@@ -34,7 +34,8 @@ from pipeline.bench.workers import Launch, Worker, started
 from pipeline.core.artifact import Artifact
 from pipeline.core.limits import available_memory
 from pipeline.core.progress import stage
-from pipeline.core.store import canonical_json, read_json, sha256_text, write_json_atomic
+from pipeline.core.seal import read_record, write_record
+from pipeline.core.store import canonical_json, sha256_text
 from pipeline.engine.results import Prepared
 from pipeline.model.cache import cache_layout
 from pipeline.recipe.schema import BenchSpec
@@ -283,8 +284,8 @@ def benchmark(prepared: Prepared, artifacts: dict[str, Artifact], force: bool = 
     targets = [BASELINE, *[step.name for step in prepared.steps]]
     one_point = failed_gate if bench.failed_steps == "headline" else frozenset()
     keys = {target: bench_key(prepared, artifacts[target], target in one_point) for target in targets}
-    previous = {target: read_json(folder / f"{target}.json") for target in targets}
-    saved = read_json(folder / "ratios.json")
+    previous = {target: read_record(folder / f"{target}.json", "benchmark result") for target in targets}
+    saved = read_record(folder / "ratios.json", "benchmark record")
     if not force and _whole_session(previous, saved, keys):
         assert saved is not None
         return Benchmarks({t: r for t, r in previous.items() if r is not None}, saved["ratios"])
@@ -304,6 +305,6 @@ def benchmark(prepared: Prepared, artifacts: dict[str, Artifact], force: bool = 
         flag_reruns(result, previous[target], bench.rerun_tolerance)
         if result.get("error"):
             log.warning("bench %s failed: %s", target, result["error"])
-        write_json_atomic(folder / f"{target}.json", result)
-    write_json_atomic(folder / "ratios.json", {"session": session, "baseline": BASELINE, "ratios": outcome.ratios})
+        write_record(folder / f"{target}.json", result)
+    write_record(folder / "ratios.json", {"session": session, "baseline": BASELINE, "ratios": outcome.ratios})
     return outcome

@@ -20,6 +20,7 @@ from pipeline.core.errors import RecipeError
 # -- files ------------------------------------------------------------------------------------
 MAX_RECIPE_BYTES = 1 << 20  # a recipe file: 1 MiB (the shipped ones are under 4 KiB)
 MAX_YAML_NODES = 100_000  # nodes of a recipe or --set value once every alias is expanded
+MAX_YAML_DEPTH = 32  # lists and mappings inside each other (a recipe needs 5)
 MAX_TEXT_BYTES = 64 << 20  # a sentence file (corpus, calibration) or a labeled accuracy file: 64 MiB
 MAX_LINE_BYTES = 64 << 10  # one line of such a file: 64 KiB
 MAX_SENTENCES = 100_000  # sentences in one sentence file
@@ -149,6 +150,20 @@ def _check_expansion(root: yaml.Node, where: str) -> None:
     size(root)
 
 
+def _check_depth(root: yaml.Node, where: str) -> None:
+    """RecipeError when lists and mappings nest deeper than MAX_YAML_DEPTH (an aliased node is walked again only when reached deeper)."""
+    stack, deepest = [(root, 1)], dict[int, int]()
+    while stack:
+        node, depth = stack.pop()
+        if deepest.get(id(node), 0) >= depth:
+            continue
+        deepest[id(node)] = depth
+        if depth > MAX_YAML_DEPTH:
+            raise RecipeError(f"{where} line {node.start_mark.line + 1}: lists and mappings nested more than "
+                              f"{MAX_YAML_DEPTH} deep")
+        stack.extend((child, depth + 1) for child in _children(node))
+
+
 def load_yaml(text: str, where: str) -> Any:
     """One YAML document, composed and checked before it is built with yaml's safe loader (no tags that
     run code). RecipeError naming ``where`` when aliases expand past MAX_YAML_NODES, refer to their own
@@ -159,6 +174,7 @@ def load_yaml(text: str, where: str) -> Any:
         if node is None:
             return None
         _check_expansion(node, where)
+        _check_depth(node, where)
         return loader.construct_document(node)
     except RecursionError:
         raise RecipeError(f"{where}: YAML nested too deeply") from None

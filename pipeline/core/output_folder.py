@@ -17,6 +17,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from pipeline.core.disk import existing
 from pipeline.core.errors import BadInputError
 from pipeline.core.store import SWAP_PREFIX, TMP_PREFIX, TOOL, is_leftover, read_json, recover_swaps, write_json_atomic
 
@@ -26,6 +27,8 @@ MARKER = f".{TOOL}"
 LOCK = ".lock"
 # the subfolders where a run writes single files atomically, beside the folder itself
 WRITTEN_FOLDERS = ("reference", "bench", "plots")
+NAME_MAX = 255  # bytes of one file name on every common file system
+RESERVED_PATH = 160  # bytes a run's own paths add below the output folder (step folders, temporaries)
 
 
 def check_output_folder(out_dir: Path, given: Path | None, force: bool) -> None:
@@ -38,15 +41,49 @@ def check_output_folder(out_dir: Path, given: Path | None, force: bool) -> None:
     if given is not None and not given.is_absolute() and os.path.normpath(given).split(os.sep)[0] == "..":
         raise BadInputError(f"{label}: a relative output path must not climb out of the working folder "
                             f"with '..'; give an absolute path to write elsewhere")
+    _check_names(out_dir, label)
     for parent in [out_dir, *out_dir.parents]:
+        if os.path.lexists(parent) and not parent.exists():
+            raise BadInputError(f"{label}: {parent} is a link to nothing")
         if parent.exists() and not parent.is_dir():
             raise BadInputError(f"{label}: {parent} is a file, not a folder")
         if parent.exists():
             break
+    if out_dir.is_dir():
+        _check_own_entries(out_dir, label)
     if out_dir.is_dir() and not force and not is_ours(out_dir) and not _holds_only_ours(out_dir):
         raise BadInputError(f"{label}: the folder exists, is not empty and was not made by this tool "
                             f"(no {MARKER} in it); give a new or empty folder, or --force to write into it "
                             f"(the run then replaces only the entries it writes)")
+
+
+def _check_names(out_dir: Path, label: str) -> None:
+    """Every name along the path within the file system's limit, and the path within its own."""
+    for part in out_dir.parts:  # before any stat: a name too long cannot even be looked up
+        if len(os.fsencode(part)) > NAME_MAX:
+            raise BadInputError(f"{label}: the name {part[:40]}... is {len(os.fsencode(part))} bytes, longer "
+                                f"than the {NAME_MAX} a file name may have")
+    anchor = existing(out_dir)
+    try:
+        name_max, path_max = os.pathconf(anchor, "PC_NAME_MAX"), os.pathconf(anchor, "PC_PATH_MAX")
+    except (OSError, ValueError):
+        name_max, path_max = 255, 4096
+    for part in out_dir.absolute().parts:
+        if len(os.fsencode(part)) > name_max:
+            raise BadInputError(f"{label}: the name {part[:40]}... is {len(os.fsencode(part))} bytes, longer "
+                                f"than the {name_max} this file system allows")
+    if len(os.fsencode(str(out_dir.absolute()))) + RESERVED_PATH > path_max:
+        raise BadInputError(f"{label}: the path is too long for this file system ({path_max} bytes at most, "
+                            f"less the {RESERVED_PATH} the run's own files need)")
+
+
+def _check_own_entries(out_dir: Path, label: str) -> None:
+    """The marker and the lock, where present, must be regular files (a link to the lock is replaced)."""
+    for name in (MARKER, LOCK):
+        path = out_dir / name
+        if os.path.lexists(path) and not path.is_symlink() and not path.is_file():
+            raise BadInputError(f"{label}: {path} is not a regular file (this tool keeps its {name} file "
+                                f"there); remove it or give another folder")
 
 
 def is_ours(out_dir: Path) -> bool:
@@ -74,6 +111,7 @@ def claimed(out_dir: Path, recipe: str) -> Iterator[bool]:
             write_json_atomic(out_dir / MARKER, {"tool": TOOL, "recipe": recipe,
                                                  "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
         _tidy(out_dir)
+        _unlink_written_folders(out_dir)
         yield waited
     except BaseException:
         if created and {p.name for p in out_dir.iterdir()} <= {MARKER, LOCK}:
@@ -97,7 +135,10 @@ def _lock(out_dir: Path) -> tuple[int, bool]:
     while True:
         out_dir.mkdir(parents=True, exist_ok=True)
         path = out_dir / LOCK
-        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        if path.is_symlink():  # never create or lock what a link points to
+            log.warning("%s: a link where this tool keeps its lock file; replaced", path)
+            path.unlink()
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o644)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -122,10 +163,21 @@ def _tidy(out_dir: Path) -> None:
         for path in folder.iterdir():
             if is_leftover(path):
                 log.info("removing %s, left by an interrupted run", path)
-                if path.is_dir():
+                if path.is_dir() and not path.is_symlink():
                     shutil.rmtree(path, ignore_errors=True)
                 else:
                     path.unlink(missing_ok=True)
+
+
+def _unlink_written_folders(out_dir: Path) -> None:
+    """A link or file where the run writes one of its folders is removed (never written through); the
+    folder is then made anew."""
+    for name in WRITTEN_FOLDERS:
+        path = out_dir / name
+        if path.is_symlink() or (os.path.lexists(path) and not path.is_dir()):
+            log.warning("%s: a %s where this tool keeps its %s/ folder; replaced by a new folder", path,
+                        "link" if path.is_symlink() else "file", name)
+            path.unlink()
 
 
 def _remove_created(out_dir: Path, created: list[Path]) -> None:

@@ -1,5 +1,5 @@
-"""What tells that files changed without reading them all: size and modification time, as make and
-git's index do. Used where a run decides it can answer from an earlier one."""
+"""What tells that files changed without reading them all: size, modification and change time and
+inode, as git's index does. Used where a run decides it can answer from an earlier one."""
 
 from __future__ import annotations
 
@@ -10,9 +10,10 @@ from typing import Any
 
 
 def file_state(path: Path) -> list[int]:
-    """A file's size and modification time (ns)."""
+    """A file's size, modification time, change time (ns) and inode: what git's index compares. Restoring
+    a file's size and modification time after editing it does not restore its change time."""
     stat = path.stat()
-    return [stat.st_size, stat.st_mtime_ns]
+    return [stat.st_size, stat.st_mtime_ns, stat.st_ctime_ns, stat.st_ino]
 
 
 def folder_state(folder: Path, skipped: Collection[str] = ()) -> dict[str, Any]:

@@ -16,6 +16,7 @@ import math
 import os
 import secrets
 import shutil
+import stat
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -80,11 +81,19 @@ def temporary_path(final: Path, suffix: str = "") -> Path:
 
 
 def file_hashes(folder: Path) -> dict[str, str]:
-    """sha256 of every file under ``folder`` except the manifest, by relative POSIX path."""
+    """sha256 of every file under ``folder`` except the manifest, by relative POSIX path; a link (never
+    followed) or anything else that is not a regular file or folder is named by what it is instead."""
     hashes = {}
     for path in sorted(folder.rglob("*")):
-        if path.is_file() and path.name != MANIFEST:
-            hashes[path.relative_to(folder).as_posix()] = sha256_file(path)
+        if path.name == MANIFEST and path.parent == folder:
+            continue
+        relative = path.relative_to(folder).as_posix()
+        if path.is_symlink():
+            hashes[relative] = "a symbolic link"
+        elif path.is_file():
+            hashes[relative] = sha256_file(path)
+        elif not path.is_dir():
+            hashes[relative] = "not a regular file"
     return hashes
 
 
@@ -118,14 +127,18 @@ def final_path(path: Path) -> Path:
 
 
 def replace_folder(new: Path, final: Path) -> None:
-    """Move ``new`` to ``final``. An existing ``final`` is moved aside under a journal first, and
-    deleted once ``new`` is in place; a run killed in between is undone by :func:`recover_swaps`."""
-    if not final.exists():
+    """Move ``new`` to ``final``. An existing ``final`` folder is marked as a temporary, moved aside under a
+    journal, and deleted once ``new`` is in place; a run killed in between is undone by
+    :func:`recover_swaps`. A link or a file in the way is removed itself, never written through."""
+    if os.path.lexists(final) and (final.is_symlink() or not final.is_dir()):
+        final.unlink()
+    if not os.path.lexists(final):
         os.replace(new, final)
         return
     journal = final.with_name(f"{SWAP_PREFIX}{final.name}.json")
     old = temporary_path(final, ".old")
     write_json_atomic(journal, {"tool": TOOL, "final": final.name, "old": old.name})
+    _mark_temporary(final)
     os.replace(final, old)
     os.replace(new, final)
     shutil.rmtree(old, ignore_errors=True)
@@ -146,14 +159,26 @@ def recover_swaps(folder: Path) -> list[str]:
                 or not old_name.startswith(TMP_PREFIX):
             continue  # not a journal of ours: leave it
         final, old = folder / final_name, folder / old_name
-        if old.is_dir() and not old.is_symlink():
-            if final.exists() or final.is_symlink():
+        if is_leftover(old) and old.is_dir():  # only a folder this tool marked before moving it aside
+            if os.path.lexists(final):
                 shutil.rmtree(old, ignore_errors=True)
             else:
                 os.replace(old, final)
+                (final / TMP_MARKER).unlink(missing_ok=True)
                 restored.append(final_name)
         journal.unlink()
     return restored
+
+
+def _mark_temporary(folder: Path) -> None:
+    """Put the temporary marker into a folder about to be moved aside, so a journal can only ever name
+    a folder this tool moved."""
+    marker = folder / TMP_MARKER
+    if marker.is_symlink():
+        marker.unlink()
+    fd = os.open(marker, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o644)
+    with os.fdopen(fd, "w", encoding="utf-8") as handle:
+        handle.write(f"{TOOL} {os.getpid()}\n")
 
 
 def _plain_name(name: str) -> bool:
@@ -161,21 +186,41 @@ def _plain_name(name: str) -> bool:
 
 
 def is_leftover(path: Path) -> bool:
-    """Whether ``path`` is a temporary of this tool: its name, and for a folder the marker inside."""
-    if not path.name.startswith(TMP_PREFIX) or path.is_symlink():
+    """Whether ``path`` is a temporary of this tool: its name, and for a folder the marker inside (a link
+    with such a name counts: removing it never touches what it points to)."""
+    if not path.name.startswith(TMP_PREFIX):
         return False
+    if path.is_symlink():
+        return True
     if path.is_dir():
         marker = path / TMP_MARKER
         return marker.is_file() and not marker.is_symlink()
     return path.is_file()
 
 
+MAX_RECORD_BYTES = 64 << 20  # a JSON record this tool wrote: manifests, results, journals, records
+
+
 def read_json(path: Path) -> dict[str, Any] | None:
-    """A JSON file's content, or None when it is missing or unreadable."""
+    """A JSON object this tool wrote, or None when the file is missing, unreadable, a link, not a regular
+    file (a FIFO does not block), larger than MAX_RECORD_BYTES, not JSON, or not an object."""
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+    except OSError:
         return None
+    try:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode) or info.st_size > MAX_RECORD_BYTES:
+            return None
+        os.set_blocking(fd, True)
+        with os.fdopen(os.dup(fd), "rb") as handle:
+            data = handle.read(MAX_RECORD_BYTES + 1)
+        value = json.loads(data.decode("utf-8"))
+    except (OSError, ValueError, RecursionError):
+        return None
+    finally:
+        os.close(fd)
+    return value if isinstance(value, dict) and len(data) <= MAX_RECORD_BYTES else None
 
 
 def json_safe(value: Any) -> Any:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import importlib.util
 from importlib import metadata
 from pathlib import Path
 
@@ -10,7 +11,9 @@ import pipeline
 from pipeline.core.store import sha256_file, sha256_text
 
 SOURCE_PACKAGES = ("pipeline", "passes")  # the packages whose code decides what a run does
-LIBRARIES = ("torch", "transformers", "onnx", "onnxscript", "onnxruntime", "onnxruntime-gpu", "onnxsim", "numpy")
+LIBRARIES = ("torch", "transformers", "onnx", "onnxscript", "onnxruntime", "onnxruntime-gpu", "onnxsim", "numpy",
+             "openvino", "nncf")
+MODULES = ("torch", "transformers", "onnx", "onnxscript", "onnxruntime", "onnxsim", "numpy", "openvino", "nncf")
 
 
 @functools.cache
@@ -23,6 +26,20 @@ def library_versions() -> dict[str, str]:
         except metadata.PackageNotFoundError:
             continue
     return versions
+
+
+@functools.cache
+def import_origins() -> dict[str, str | None]:
+    """Where each library would be imported from (None: not importable), found without importing it: a
+    package shadowed by ``PYTHONPATH`` or a file dropped into the path changes what a run does."""
+    origins: dict[str, str | None] = {}
+    for name in MODULES:
+        try:
+            spec = importlib.util.find_spec(name)
+        except (ImportError, ValueError):
+            spec = None
+        origins[name] = None if spec is None else str(spec.origin or list(spec.submodule_search_locations or []))
+    return origins
 
 
 @functools.cache

@@ -18,6 +18,7 @@ from pipeline.core.artifact import Artifact, Format, load_cached
 from pipeline.core.disk import check_not_cut_short, disk_full, is_disk_full, require_space
 from pipeline.core.errors import PassError, PipelineError, first_line
 from pipeline.core.progress import stage
+from pipeline.core.seal import write_record
 from pipeline.core.store import (
     MANIFEST,
     canonical_json,
@@ -25,7 +26,7 @@ from pipeline.core.store import (
     sha256_file,
     sha256_text,
     staging_folder,
-    write_json_atomic,
+
 )
 from pipeline.core.versions import library_versions
 from pipeline.engine.pass_api import Gate, PassContext
@@ -108,7 +109,7 @@ def _run_step(planned: PlannedStep, parent: Artifact, ctx: PassContext) -> Artif
             "warnings": output.warnings, "versions": library_versions(), "model": ctx.extra.get("model", {}),
             "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         }
-        write_json_atomic(tmp / MANIFEST, manifest)
+        write_record(tmp / MANIFEST, manifest)
         check_not_cut_short(tmp, planned.folder)
     for warning in output.warnings:
         log.warning("%s: %s", step.folder, warning)

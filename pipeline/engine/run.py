@@ -8,6 +8,7 @@ runs after the chain so a cached chain still gets checked against the current re
 from __future__ import annotations
 
 import logging
+import os
 from pathlib import Path
 from typing import Any, Literal
 
@@ -124,15 +125,15 @@ def run(prepared: Prepared, build: bool = True, bench: BenchMode = "cached") -> 
 
     ``bench``: skip; reuse cached results only; cached results else measure; force a new measurement.
     """
-    with claimed(prepared.out_dir, prepared.recipe.name) as waited:
-        if waited:  # the run we waited for may have built (or removed) steps since the plan was made
-            prepared.planned = plan(prepared.steps, prepared.ctx, prepared.out_dir)
-        try:
+    try:
+        with claimed(prepared.out_dir, prepared.recipe.name) as waited:
+            if waited:  # the run we waited for may have built (or removed) steps since the plan was made
+                prepared.planned = plan(prepared.steps, prepared.ctx, prepared.out_dir)
             return _run_claimed(prepared, build, bench)
-        except Exception as exc:
-            if is_disk_full(exc) and not isinstance(exc, PipelineError):
-                raise disk_full(exc, prepared.out_dir) from None
-            raise
+    except Exception as exc:
+        if is_disk_full(exc) and not isinstance(exc, PipelineError):
+            raise disk_full(exc, prepared.out_dir) from None
+        raise
 
 
 def _run_claimed(prepared: Prepared, build: bool, bench: BenchMode) -> RunResult:
@@ -183,7 +184,12 @@ def _run_claimed(prepared: Prepared, build: bool, bench: BenchMode) -> RunResult
 
 def passed_in_last_report(out_dir: Path) -> dict[str, str]:
     """Cache key of every step the folder's last report.json shows passing its gate, by step name."""
-    report = read_json(out_dir / "report.json") or {}
+    path = out_dir / "report.json"
+    report = read_json(path)
+    if report is None:
+        if os.path.lexists(path):
+            log.warning("%s: unreadable, not a regular file or not a report; not used", path)
+        return {}
     artifacts = report.get("artifacts")
     rows: list[Any] = artifacts if isinstance(artifacts, list) else []
     return {str(row["name"]): str(row["key"]) for row in rows

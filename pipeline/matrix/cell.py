@@ -12,6 +12,7 @@ from __future__ import annotations
 import ctypes
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -23,6 +24,20 @@ from typing import Any, Literal
 Phase = Literal["build", "bench"]
 PR_SET_PDEATHSIG = 1
 TAIL_LINES = 20
+PHASES: tuple[Phase, ...] = ("build", "bench")
+# terminal escape sequences (CSI, OSC, two-byte) and the control characters left beside them
+ESCAPES = re.compile(r"\x1b\[[0-?]*[ -/]*[@-~]|\x1b\][^\x07\x1b]*(?:\x07|\x1b\\)?|\x1b[@-_]?"
+                     r"|[\x00-\x08\x0b-\x1f\x7f-\x9f]")
+
+
+def plain(text: str) -> str:
+    """``text`` without terminal escape codes or control characters (tabs and line breaks stay)."""
+    return ESCAPES.sub("", text)
+
+
+def log_name(cell: str, phase: Phase) -> str:
+    """The file name of a phase's log: ``<cell>.<phase>.log``."""
+    return f"{cell}.{phase}.log"
 
 
 @dataclass
@@ -61,8 +76,9 @@ def _die_with_parent() -> None:
 
 
 def message_of(stderr: str, exit_code: int) -> str:
-    """The line that says why: the last ``error:``-style line the run printed, else its last line."""
-    lines = [line.strip() for line in stderr.splitlines() if line.strip()]
+    """The line that says why: the last ``error:``-style line the run printed, else its last line (without
+    terminal escape codes)."""
+    lines = [text for text in (plain(line).strip() for line in stderr.splitlines()) if text]
     for line in reversed(lines):
         if line.startswith(("error:", "internal error:", "terminated:", "interrupted:")):
             return line
@@ -76,7 +92,7 @@ def run_phase(cell: dict[str, Any], phase: Phase, out: Path, root: Path, node: s
     """Run one phase of ``cell`` (its ``as_json``) into ``out``, from the project folder ``root``; the
     child's output goes to ``log_dir/<cell>.<phase>.log``; a phase past ``timeout`` seconds is exit 3."""
     log_dir.mkdir(parents=True, exist_ok=True)
-    log_path = log_dir / f"{cell['name']}.{phase}.log"
+    log_path = log_dir / log_name(cell["name"], phase)
     args = command(Path(cell["recipe"]), tuple(cell["overrides"]), out, phase)
     env = {**os.environ, "PYTHONUNBUFFERED": "1", "CI": os.environ.get("CI", "1")}  # plain progress lines
     started = time.time()

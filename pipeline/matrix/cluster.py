@@ -7,11 +7,18 @@ as the cluster has CPUs for them, and none while a benchmark waits for its node 
 of builds cannot starve a benchmark (on a cluster of many nodes this also holds back builds
 elsewhere: simple, and never wrong). Ray runs a task again when its worker process or its node is
 lost (``max_retries``); a benchmark whose node is gone is built again elsewhere.
+
+An ``--address`` is ``HOST:PORT`` (or ``ray://HOST:PORT``); before Ray connects, something must accept a
+TCP connection there within PROBE_SECONDS, and Ray then tries once (about 40 s at most) instead of its
+twenty tries.
 """
 
 from __future__ import annotations
 
 import os
+import re
+import socket
+import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -20,8 +27,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from pipeline.core.errors import BadInputError
-from pipeline.matrix.cell import Phase, PhaseResult, run_phase
+from pipeline.core.errors import BadInputError, first_line
+from pipeline.matrix.cell import Phase, PhaseResult, plain, run_phase
+from pipeline.matrix.paths import cell_folder, log_folder
 from pipeline.matrix.spec import Cell, Resources
 
 NODE_RESOURCE = "pipeline_node"
@@ -30,6 +38,47 @@ BOARD_NAME = "pipeline-matrix-board"
 NAMESPACE = "pipeline-matrix"
 POLL_SECONDS = 0.5
 LOCAL_OBJECT_STORE_BYTES = 128 << 20  # the tasks pass small JSON results only
+PROBE_SECONDS = 10.0  # how long the address has to accept a TCP connection
+# Ray's own budget, in tries of about 40 s each, for reaching the cluster's GCS when ray.init connects
+RAY_CONNECT_TRIES_ENV, RAY_CONNECT_TRIES = "RAY_gcs_server_port_wait_time_s", "1"
+ADDRESS_RE = re.compile(r"^(?:ray://)?(?:\[(?P<ipv6>[0-9A-Fa-f:.]+)\]|(?P<host>[A-Za-z0-9_.-]+)):(?P<port>[0-9]{1,5})$")
+
+
+def parse_address(text: str) -> tuple[str, int]:
+    """``HOST:PORT``, ``[IPv6]:PORT`` or ``ray://HOST:PORT`` as (host, port); anything else is bad input."""
+    found = ADDRESS_RE.match(text)
+    port = int(found["port"]) if found else 0
+    if found is None or not 0 < port < 65536:
+        raise BadInputError(f"--address {plain(text)}: give HOST:PORT, the Ray head's address (e.g. ray-head:6379), "
+                            "with a port from 1 to 65535")
+    return found["ipv6"] or found["host"], port
+
+
+def probe(host: str, port: int, seconds: float = PROBE_SECONDS) -> str | None:
+    """None when something at ``host``:``port`` accepts a TCP connection within ``seconds`` (name lookup
+    included), else why not."""
+    outcome: list[str | None] = []
+
+    def connect() -> None:
+        try:
+            with socket.create_connection((host, port), timeout=seconds):
+                outcome.append(None)
+        except OSError as exc:
+            outcome.append(exc.strerror or first_line(exc))
+
+    thread = threading.Thread(target=connect, name="matrix-address-probe", daemon=True)
+    thread.start()
+    thread.join(seconds)
+    return outcome[0] if outcome else f"no answer in {seconds:g} s"
+
+
+def why_lost(exc: BaseException) -> str:
+    """One plain line on why a task failed: the exception the task raised when Ray carries it, else the
+    first line of Ray's own message."""
+    cause = getattr(exc, "cause", None)
+    if isinstance(cause, BaseException):
+        return plain(f"{type(cause).__name__}: {first_line(cause)}").strip()
+    return plain(first_line(exc)).strip() or type(exc).__name__
 
 
 class Board:
@@ -82,31 +131,66 @@ class Cluster:
 
 
 @contextmanager
+def _env(name: str, value: str) -> Iterator[None]:
+    """``name`` set to ``value`` meanwhile, unless the user set it."""
+    if name in os.environ:
+        yield
+        return
+    os.environ[name] = value
+    try:
+        yield
+    finally:
+        os.environ.pop(name, None)
+
+
+def _check_reachable(address: str) -> None:
+    """Refuse (exit 2) an address that is malformed, or where nothing accepts a TCP connection."""
+    host, port = parse_address(address)
+    why = probe(host, port)
+    if why is not None:
+        raise BadInputError(f"--address {address}: nothing answers at {host}:{port} ({why}); is the Ray head "
+                            "running there, and is this its GCS port (6379 by default)?")
+
+
+def _init(ray: Any, kwargs: dict[str, Any], address: str | None) -> Any:
+    """ray.init, its failure to connect as bad input; at an address, with Ray trying once."""
+    if address is None:
+        try:
+            return ray.init(**kwargs)
+        except (ConnectionError, RuntimeError, ValueError) as exc:
+            raise BadInputError(f"cannot start a local Ray instance ({plain(first_line(exc))})") from None
+    try:
+        with _env(RAY_CONNECT_TRIES_ENV, RAY_CONNECT_TRIES):
+            return ray.init(**kwargs)
+    except Exception as exc:  # whatever Ray raises when it cannot join the cluster at the address
+        raise BadInputError(f"--address {address}: cannot connect to Ray ({plain(first_line(exc))})") from None
+
+
+@contextmanager
 def connected(address: str | None, num_cpus: int | None = None) -> Iterator[Cluster]:
-    """Connect to the Ray cluster at ``address``, or start a local instance with this machine's cores
-    (``num_cpus`` to use fewer) and one unit of the node resource; refuse a cluster whose nodes do
-    not offer it."""
+    """Connect to the Ray cluster at ``address`` (probed first), or start a local instance with this
+    machine's cores (``num_cpus`` to use fewer) and one unit of the node resource; refuse a cluster whose
+    nodes do not offer it."""
+    if address is not None:
+        _check_reachable(address)
     import ray
 
-    local = address is None
     kwargs: dict[str, Any] = {"namespace": NAMESPACE, "include_dashboard": False, "log_to_driver": False,
                               "configure_logging": False}
-    if local:
+    if address is None:
         kwargs.update(num_cpus=num_cpus or os.cpu_count() or 1, resources={NODE_RESOURCE: 1},
                       object_store_memory=LOCAL_OBJECT_STORE_BYTES)
     else:
         kwargs["address"] = address
-    try:
-        context = ray.init(**kwargs)
-    except (ConnectionError, RuntimeError, ValueError) as exc:
-        raise BadInputError(f"--address {address}: cannot connect to Ray ({str(exc).splitlines()[0]})") from None
+    context = _init(ray, kwargs, address)
     try:
         nodes = [node for node in ray.nodes() if node.get("Alive")]
         if not any(node["Resources"].get(NODE_RESOURCE) for node in nodes):
             raise BadInputError(f"--address {address}: no node offers the resource {NODE_RESOURCE!r}; start each "
                                 f"node with: ray start ... --resources='{{\"{NODE_RESOURCE}\": 1}}'")
         board = ray.remote(num_cpus=0)(Board).options(name=f"{BOARD_NAME}-{uuid.uuid4().hex[:8]}").remote()
-        yield Cluster(getattr(context, "address_info", {}).get("address", address or "local"), nodes, board, local)
+        yield Cluster(getattr(context, "address_info", {}).get("address", address or "local"), nodes, board,
+                      address is None)
     finally:
         ray.shutdown()
 
@@ -140,10 +224,10 @@ def run_cells(cluster: Cluster, cells: list[Cell], wants_bench: Callable[[Cell],
                             f"({cluster.max_node_cpus:g} CPUs)")
     task = ray.remote(phase_task)
     schedule = Schedule(list(cells))
-    logs = str(folder / "logs")
+    logs = str(log_folder(folder))
 
     def submit(cell: Cell, phase: Phase, node: str = "") -> None:
-        out = str(folder / "cells" / cell.name)
+        out = str(cell_folder(folder, cell.name))
         if phase == "build":
             options: dict[str, Any] = {"num_cpus": resources.build_cpus, "resources": {NODE_RESOURCE: BUILD_SHARE}}
         else:
@@ -155,7 +239,7 @@ def run_cells(cluster: Cluster, cells: list[Cell], wants_bench: Callable[[Cell],
 
     def lost(cell: Cell, phase: Phase, exc: Exception) -> None:
         schedule.attempts[cell.name] = schedule.attempts.get(cell.name, 1) + 1
-        why = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        why = why_lost(exc)
         if phase == "bench" and schedule.attempts[cell.name] <= resources.max_retries + 1:
             schedule.queue.append(cell)  # its node is gone, and its artifacts with it: build it again
             return

@@ -12,13 +12,16 @@
     resources: {build_cpus: 1, max_retries: 2}
 
 ``recipes: [a.yaml, b.yaml]`` is the short form of one model per recipe, named by the file's stem.
-A cell is one model with one label of every axis: ``minilm-per_channel``.
+A cell is one model with one label of every axis: ``minilm-per_channel``. A matrix has at most
+MAX_CELLS cells, counted before they are made.
 """
 
 from __future__ import annotations
 
 import itertools
 import json
+import math
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -32,6 +35,7 @@ from pipeline.recipe.load import NAME_RE, format_validation_error
 
 Overrides = dict[str, Any]  # recipe key (as --set takes it) -> value
 Axis = dict[str, Overrides]  # label -> the overrides it stands for
+MAX_CELLS = 1000  # cells one matrix may have: each is an optimize run, its folder and its line in matrix.json
 
 
 class _Strict(BaseModel):
@@ -133,6 +137,12 @@ def override_texts(overrides: Overrides) -> list[str]:
     return [f"{key}={json.dumps(value)}" for key, value in overrides.items()]
 
 
+def cell_count(spec: MatrixSpec) -> int:
+    """How many cells the matrix has, without expanding them: per model, the product of its axes' sizes."""
+    return sum(math.prod(len(labels) for labels in {**spec.axes, **row.axes}.values())
+               for row in spec.models.values())
+
+
 def cells(spec: MatrixSpec) -> list[Cell]:
     """Every cell, model by model, then the product of the axes (matrix-wide ones first)."""
     out = []
@@ -140,13 +150,14 @@ def cells(spec: MatrixSpec) -> list[Cell]:
         recipe = row.recipe or spec.recipe
         assert recipe is not None  # the spec's validator guarantees one
         axes = {**spec.axes, **row.axes}
-        for choice in itertools.product(*(axes[axis].items() for axis in axes)):
-            labels = tuple((axis, label) for axis, (label, _) in zip(axes, choice, strict=True))
-            overrides = [*override_texts(spec.set), *override_texts(row.set)]
-            for _, values in choice:
-                overrides += override_texts(values)
+        common = (*override_texts(spec.set), *override_texts(row.set))
+        choices = [[(axis, label, tuple(override_texts(values))) for label, values in labels.items()]
+                   for axis, labels in axes.items()]
+        for choice in itertools.product(*choices):
+            labels = tuple((axis, label) for axis, label, _ in choice)
+            overrides = common + tuple(text for _, _, texts in choice for text in texts)
             name = "-".join([model, *(label for _, label in labels)])
-            out.append(Cell(name, model, recipe, tuple(overrides), labels))
+            out.append(Cell(name, model, recipe, overrides, labels))
     return out
 
 
@@ -166,8 +177,11 @@ def load_matrix(path: Path) -> MatrixSpec:
         spec = MatrixSpec.model_validate(raw)
     except ValidationError as exc:
         raise RecipeError(f"{where}: {format_validation_error(exc, MatrixSpec)}") from None
-    names = [cell.name for cell in cells(spec)]
-    twice = sorted({name for name in names if names.count(name) > 1})
+    count = cell_count(spec)
+    if count > MAX_CELLS:
+        raise RecipeError(f"{where}: {count} cells, more than the {MAX_CELLS} a matrix may have; use fewer "
+                          "models, axes or labels, or split it into several matrices")
+    twice = sorted(name for name, times in Counter(cell.name for cell in cells(spec)).items() if times > 1)
     if twice:
         raise RecipeError(f"{where}: cell names {twice} come out twice; rename a model or a label")
     return spec

@@ -24,11 +24,20 @@ import numpy as np
 import torch
 
 from pipeline.core.errors import ModelError, first_line
-from pipeline.core.store import canonical_json, sha256_file, sha256_text
+from pipeline.core.store import canonical_json, sha256_text
 from pipeline.model.cache import INPUTS, cache_layout, prepare_tokenizer
 from pipeline.model.decoder import DecoderWrapper
 from pipeline.model.factory import call_factory, factory_function
-from pipeline.model.files import MODEL_JSON, TOKENIZER_JSON, first_broken_json, json_problem, reason
+from pipeline.model.files import (
+    MODEL_JSON,
+    TOKENIZER_JSON,
+    check_model_folder,
+    check_regular,
+    first_broken_json,
+    json_problem,
+    model_file_sha256,
+    reason,
+)
 from pipeline.model.spec import ModelSpec, packaged_path
 
 log = logging.getLogger(__name__)
@@ -125,13 +134,17 @@ class ModelHandle:
             return "factory", spec.factory
         source = spec.source or ""
         if source.startswith("packaged:"):
-            return "packaged", str(packaged_path(source.split(":", 1)[1]))
+            folder = packaged_path(source.split(":", 1)[1])
+            check_model_folder(folder, f"model.source: {folder}")
+            return "packaged", str(folder)
         path = Path(source) if Path(source).is_absolute() else self.base_dir / source
         if source.endswith(".json"):
-            if not path.is_file():
+            if not os.path.lexists(path):
                 raise ModelError(f"model.source: config file {source} does not exist")
+            check_regular(path, f"model.source: {source}")
             return "config", str(path)
         if path.is_dir() or source.startswith((".", "/", "~")):
+            check_model_folder(path, f"model.source: {source}")
             if not (path / "config.json").is_file():
                 raise ModelError(f"model.source: {source} is not a model folder (no config.json in it)")
             return "folder", str(path)
@@ -219,8 +232,8 @@ class ModelHandle:
             parts["seed"] = self.spec.seed
         elif kind in ("packaged", "folder"):
             folder = Path(where)
-            parts["files"] = {p.name: sha256_file(p) for pattern in ("config.json", *WEIGHT_FILES)
-                              for p in sorted(folder.glob(pattern))}
+            parts["files"] = {p.name: model_file_sha256(p, f"model.source: {self._shown(p)}")
+                              for pattern in ("config.json", *WEIGHT_FILES) for p in sorted(folder.glob(pattern))}
         return sha256_text(canonical_json(parts))
 
     # -- loading ----------------------------------------------------------------------------
@@ -324,6 +337,8 @@ class ModelHandle:
             candidates.append(("model.tokenizer", path, path))
         elif name is not None:
             local = self.base_dir / name
+            if local.is_dir():
+                check_model_folder(local, f"model.tokenizer: {name}")
             candidates.append(("model.tokenizer", name, str(local) if local.exists() else name))
         return candidates
 

@@ -17,6 +17,7 @@ from pipeline.bench.timing import CudaEventTimer, Timer
 from pipeline.core.artifact import Format
 from pipeline.core.errors import DeviceError
 from pipeline.model.inputs import Inputs
+from pipeline.runtime.loaders import load_exported, load_torchscript
 from pipeline.runtime.sessions import PROVIDERS, onnx_session, openvino_model
 
 Call = Callable[[], Any]
@@ -173,18 +174,17 @@ Engine = TorchEngine | OrtEngine | OvEngine
 
 def file_engine(fmt: Format, path: Path, names: tuple[list[str], list[str]], device: str, threads: int | None,
                 strict_device: bool = True) -> Engine:
-    """The engine for an artifact file of any format, the one place that knows how each is loaded.
-    ``names``: the model's input and output names, for formats whose file does not carry them."""
+    """The engine for an artifact file of any format, the one place that knows how each is loaded (a torch
+    file through pipeline.runtime.loaders, so nothing it holds runs). ``names``: the model's input and output
+    names, for formats whose file does not carry them."""
     if fmt is Format.ONNX:
         return OrtEngine(path, device, threads, strict_device=strict_device)
     if fmt is Format.OPENVINO:
         return OvEngine(path, device, threads)
-    import torch
-
     if fmt is Format.TORCHSCRIPT:
-        module = torch.jit.load(str(path), map_location=torch_device(device))
+        module = load_torchscript(path, map_location=torch_device(device))
     elif fmt is Format.TORCH_EXPORT:
-        module = torch.export.load(str(path)).module()
+        module = load_exported(path)
     else:
         raise ValueError(f"{path}: no engine runs a {fmt.value} artifact")
     return TorchEngine(module, names[0], device, output_names=names[1])

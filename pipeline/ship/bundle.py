@@ -25,7 +25,7 @@ from pipeline.bench.spec import CONTRACT_ROW_KEYS
 from pipeline.core.artifact import Artifact, Format, read_manifest, verify_folder
 from pipeline.core.disk import check_not_cut_short, disk_full, is_disk_full, require_space
 from pipeline.core.errors import ArtifactError, ParityError, PipelineError
-from pipeline.core.store import MANIFEST, json_safe, sha256_file, staging_folder, write_json_atomic
+from pipeline.core.store import MANIFEST, json_safe, read_json, sha256_file, staging_folder, write_json_atomic
 from pipeline.core.versions import library_versions
 from pipeline.model.loading import ModelHandle, _auto_class
 from pipeline.runtime.sessions import OPENVINO_CONFIG
@@ -104,7 +104,7 @@ def check_bundle(path: Path) -> list[str]:
         return [f"{path}: not a folder"]
     files, irregular = _walk_bundle(path)
     problems = [f"{rel}: {what} {REGULAR_ONLY}" for rel, what in irregular.items()]
-    manifest = read_manifest(path) if MANIFEST in files else None
+    manifest = read_json(path / MANIFEST) if MANIFEST in files else None  # a bundle travels: checked, not sealed
     if not isinstance(manifest, dict):
         return problems if MANIFEST in irregular else [*problems, f"{MANIFEST}: missing or not valid JSON"]
     listed = manifest.get("files")
@@ -112,7 +112,7 @@ def check_bundle(path: Path) -> list[str]:
         return [*problems, f"{MANIFEST}: no files table"]
     actual = {rel: sha256_file(file) for rel, file in files.items() if rel != MANIFEST}
     problems += _against_manifest(listed, actual, irregular)
-    if manifest.get("model_file") not in listed:
+    if not isinstance(manifest.get("model_file"), str) or manifest["model_file"] not in listed:
         problems.append(f"{MANIFEST}: its model_file {manifest.get('model_file')!r} is not among its files")
     return problems
 

@@ -9,15 +9,16 @@ from __future__ import annotations
 
 import io
 import logging
+import zipfile
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from pipeline.core.artifact import read_manifest
 from pipeline.core.errors import RecipeError
 from pipeline.core.limits import check_memory
-from pipeline.core.store import canonical_json, sha256_file, sha256_text, write_bytes_atomic, write_json_atomic
+from pipeline.core.seal import read_record, write_record
+from pipeline.core.store import canonical_json, sha256_file, sha256_text, write_bytes_atomic
 from pipeline.core.versions import library_versions
 from pipeline.model.cache import INPUTS, cache_layout
 from pipeline.model.inputs import Inputs, load_sentences, random_tokens, resize_examples, sentence_batches
@@ -133,23 +134,45 @@ def _save(folder: Path, key: str, seed: int, cases: list[Case]) -> None:
     buffer = io.BytesIO()
     np.savez_compressed(buffer, **arrays)
     write_bytes_atomic(folder / FILE, buffer.getvalue())
-    write_json_atomic(folder / "manifest.json", {"key": key, "seed": seed, "cases": [c.name for c in cases],
-                                                 "kinds": [c.kind.value for c in cases],
-                                                 "sha256": sha256_file(folder / FILE)})
+    write_record(folder / "manifest.json", {"key": key, "seed": seed, "cases": [c.name for c in cases],
+                                            "kinds": [c.kind.value for c in cases], "sha256": sha256_file(folder / FILE)})
 
 
 def _load(folder: Path, key: str) -> list[Case] | None:
-    manifest = read_manifest(folder)
+    """The saved cases when the sealed manifest has this key and the .npz is the one it names, else None
+    (with a warning when something is there but does not hold up)."""
+    manifest = read_record(folder / "manifest.json", "reference manifest")
     path = folder / FILE
-    if not manifest or manifest.get("key") != key or not path.is_file() or sha256_file(path) != manifest.get("sha256") \
-            or len(manifest.get("kinds", [])) != len(manifest["cases"]):
+    if manifest is None or manifest.get("key") != key:
         return None
+    names, kinds = manifest.get("cases"), manifest.get("kinds")
+    valid = {kind.value for kind in CaseKind}
+    if not (isinstance(names, list) and isinstance(kinds, list) and len(names) == len(kinds)
+            and all(isinstance(n, str) for n in names) and all(k in valid for k in kinds)) \
+            or path.is_symlink() or not path.is_file() or sha256_file(path) != manifest.get("sha256"):
+        log.warning("%s: does not match its manifest; the reference is computed again", folder)
+        return None
+    try:
+        return _read_cases(path, names, kinds)
+    except (OSError, ValueError, KeyError, zipfile.BadZipFile) as exc:
+        log.warning("%s: unreadable (%s); the reference is computed again", path, exc)
+        return None
+
+
+def _read_cases(path: Path, names: list[str], kinds: list[str]) -> list[Case]:
+    """The cases of a reference .npz; ValueError for an array that is not plain numbers (no pickles)."""
     with np.load(path, allow_pickle=False) as data:
-        cases = []
-        for name, kind in zip(manifest["cases"], manifest["kinds"], strict=True):
-            inputs = {k.split("/")[-1]: data[k] for k in data.files if k.startswith(f"{name}/inputs/")}
-            outputs = {k.split("/")[-1]: data[k] for k in data.files if k.startswith(f"{name}/outputs/")}
-            cases.append(Case(name, inputs, outputs, CaseKind(kind)))
+        arrays = {name: data[name] for name in data.files}
+    for name, array in arrays.items():
+        if array.dtype.kind not in "biuf":
+            raise ValueError(f"array {name!r} holds {array.dtype}, not numbers")
+    cases = []
+    for name, kind in zip(names, kinds, strict=True):
+        inputs = {k.split("/")[-1]: v for k, v in arrays.items() if k.startswith(f"{name}/inputs/")}
+        outputs = {k.split("/")[-1]: v for k, v in arrays.items() if k.startswith(f"{name}/outputs/")}
+        if not inputs or (not outputs and kind != CaseKind.GENERATE.value):
+            raise ValueError(f"case {name!r} has no arrays")
+        cases.append(Case(name, inputs, outputs, CaseKind(kind)))
     return cases
 
 

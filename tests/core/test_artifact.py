@@ -8,14 +8,16 @@ from pathlib import Path
 import pytest
 
 from pipeline.core.artifact import Artifact, Format, Precision, load_cached
-from pipeline.core.store import MANIFEST, file_hashes, json_safe, staging_folder, write_json_atomic
+from pipeline.core.seal import write_record
+from pipeline.core.store import MANIFEST, file_hashes, json_safe, staging_folder
 
 
 def _write_step(folder: Path, key: str, content: bytes = b"model") -> None:
     with staging_folder(folder) as tmp:
         (tmp / "model.onnx").write_bytes(content)
-        write_json_atomic(tmp / MANIFEST, {"step": folder.name, "format": "onnx", "key": key, "file": "model.onnx",
-                                           "sha256": "x", "files": file_hashes(tmp)})
+        write_record(tmp / MANIFEST, {"step": folder.name, "format": "onnx", "key": key, "file": "model.onnx",
+                                      "sha256": "x", "files": file_hashes(tmp), "config": {}, "meta": {}, "stats": {},
+                                      "parent": "eager", "pass": "onnx_export"})
 
 
 def test_cached_artifact_is_reused_only_with_its_key(tmp_path: Path) -> None:

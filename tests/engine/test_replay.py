@@ -85,9 +85,9 @@ def test_a_replay_in_a_fresh_process_never_imports_torch(built: tuple[Path, str]
     probe = ("import sys; from pipeline.cli import main; code = main(sys.argv[1:]); "
              "print('torch imported' if 'torch' in sys.modules else 'no torch'); sys.exit(code)")
     done = subprocess.run([sys.executable, "-c", probe, "optimize", str(recipe), *QUICK], capture_output=True,
-                          text=True, env={**os.environ, "PYTHONPATH": str(ROOT)}, timeout=120)
+                          text=True, timeout=120)
     assert done.returncode == 0, done.stderr
-    assert done.stdout.strip().endswith("no torch") and "nothing changed since the last run" in done.stderr
+    assert done.stdout.strip().endswith("no torch") and "nothing changed since the last run" in done.stderr, done.stderr[:3000]
 
 
 def test_a_link_loop_in_the_output_folder_does_not_trap_the_check(built: tuple[Path, str]) -> None:

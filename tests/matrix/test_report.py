@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from pipeline.core.seal import write_record
 from pipeline.matrix.cell import message_of, summarize_report
 from pipeline.matrix.report import best_per_kind, markdown, write_matrix_report
 
@@ -36,7 +37,7 @@ def test_the_best_cell_is_chosen_per_model_among_cells_of_the_same_kind_of_machi
 def test_the_report_files_are_written_from_matrix_json(tmp_path: Path) -> None:
     cells = [entry("minilm-a", "minilm", 2.5, AMD), {"cell": {"name": "bad", "model": "bad"}, "exit_code": 2,
                                                        "message": "error: bad | recipe", "summary": {}}]
-    (tmp_path / "matrix.json").write_text(json.dumps({"matrix": "m", "cells": cells, "compare": "all"}))
+    write_record(tmp_path / "matrix.json", {"matrix": "m", "cells": cells, "compare": "all"})
     path = write_matrix_report(tmp_path)
     assert "| bad | bad |" in path.read_text() and "error: bad / recipe" in path.read_text()
     assert (tmp_path / "plots" / "speedup.png").stat().st_size > 1000

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import pytest
 import yaml
 
+import pipeline.matrix.spec as spec_module
 from pipeline.core.errors import RecipeError
-from pipeline.matrix.spec import cells, load_matrix
+from pipeline.matrix.spec import MAX_CELLS, cell_count, cells, load_matrix
 
 
 def write(tmp_path: Path, body: dict) -> Path:
@@ -61,3 +63,37 @@ def test_a_missing_or_broken_matrix_file_is_one_line(tmp_path: Path) -> None:
     (tmp_path / "m.yaml").write_text("models: [\n")
     with pytest.raises(RecipeError, match=r"m.yaml line \d"):
         load_matrix(tmp_path / "m.yaml")
+
+
+def axes_of(count: int, labels: int) -> dict:
+    return {f"axis{a}": {f"l{i}": {f"bench.k{a}": i} for i in range(labels)} for a in range(count)}
+
+
+def test_a_matrix_of_too_many_cells_is_refused_before_it_is_expanded(tmp_path: Path,
+                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    def never(_: object) -> list:
+        raise AssertionError("the cells were expanded")
+
+    monkeypatch.setattr(spec_module, "cells", never)
+    path = write(tmp_path, {"recipe": "r.yaml", "models": {"a": {}}, "axes": axes_of(6, 20)})
+    assert path.stat().st_size < 8000
+    begin = time.perf_counter()
+    with pytest.raises(RecipeError, match=r"matrix .*m.yaml: 64000000 cells, more than the 1000") as caught:
+        load_matrix(path)
+    assert time.perf_counter() - begin < 5 and "\n" not in str(caught.value)
+
+
+def test_a_matrix_of_max_cells_is_taken(tmp_path: Path) -> None:
+    path = write(tmp_path, {"recipe": "r.yaml", "models": {"a": {}}, "axes": axes_of(3, 10)})
+    assert MAX_CELLS == 1000 and cell_count(load_matrix(path)) == 1000 == len(cells(load_matrix(path)))
+    with pytest.raises(RecipeError, match="1001 cells"):
+        load_matrix(write(tmp_path, {"recipe": "r.yaml", "models": {"a": {"axes": axes_of(3, 10)}, "b": {}}}))
+
+
+def test_expanding_cells_takes_time_in_proportion_to_their_number(tmp_path: Path,
+                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(spec_module, "MAX_CELLS", 40_000)
+    path = write(tmp_path, {"recipe": "r.yaml", "models": {"a": {}}, "axes": axes_of(4, 13)})  # 28,561 cells
+    begin = time.perf_counter()
+    assert len(cells(load_matrix(path))) == 13 ** 4
+    assert time.perf_counter() - begin < 5

@@ -392,7 +392,8 @@ def test_every_file_read_back_rebuilds_or_refuses_never_crashes_or_replays(
 
 
 def test_the_catalogue_covers_every_record_a_run_reads_back(benched_run: Path) -> None:
-    written = {p.relative_to(benched_run / OUT).as_posix() for p in (benched_run / OUT).rglob("*")
-               if p.is_file() and p.suffix in (".json", ".npz", ".onnx") and not p.is_relative_to(benched_run / OUT / "ship")}
+    out = benched_run / OUT
+    written = {p.relative_to(out).as_posix() for p in out.rglob("*")
+               if p.is_file() and p.suffix in (".json", ".npz", ".onnx") and not p.is_relative_to(out / "ship")}
     written |= {".model-pipeline", ".last-run.json"}
     assert written - {"ship/manifest.json"} <= set(READ_BACK)

@@ -151,7 +151,8 @@ def _check_expansion(root: yaml.Node, where: str) -> None:
 
 
 def _check_depth(root: yaml.Node, where: str) -> None:
-    """RecipeError when lists and mappings nest deeper than MAX_YAML_DEPTH (an aliased node is walked again only when reached deeper)."""
+    """RecipeError when lists and mappings nest deeper than MAX_YAML_DEPTH (an aliased node is walked
+    again only when it is reached deeper)."""
     stack, deepest = [(root, 1)], dict[int, int]()
     while stack:
         node, depth = stack.pop()

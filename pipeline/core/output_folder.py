@@ -27,6 +27,7 @@ MARKER = f".{TOOL}"
 LOCK = ".lock"
 # the subfolders where a run writes single files atomically, beside the folder itself
 WRITTEN_FOLDERS = ("reference", "bench", "plots")
+MATRIX_FOLDERS = ("cells", "logs", "plots")  # the same, in a matrix's folder
 NAME_MAX = 255  # bytes of one file name on every common file system
 RESERVED_PATH = 160  # bytes a run's own paths add below the output folder (step folders, temporaries)
 
@@ -98,7 +99,7 @@ def _holds_only_ours(out_dir: Path) -> bool:
 
 
 @contextmanager
-def claimed(out_dir: Path, recipe: str) -> Iterator[bool]:
+def claimed(out_dir: Path, recipe: str, written: tuple[str, ...] = WRITTEN_FOLDERS) -> Iterator[bool]:
     """Create and mark the folder, hold its lock (a second run waits), and tidy what a killed run left.
 
     Yields whether the run had to wait for another one. When the run fails before writing anything
@@ -110,8 +111,8 @@ def claimed(out_dir: Path, recipe: str) -> Iterator[bool]:
         if not is_ours(out_dir):
             write_json_atomic(out_dir / MARKER, {"tool": TOOL, "recipe": recipe,
                                                  "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
-        _tidy(out_dir)
-        _unlink_written_folders(out_dir)
+        _tidy(out_dir, written)
+        _unlink_written_folders(out_dir, written)
         yield waited
     except BaseException:
         if created and {p.name for p in out_dir.iterdir()} <= {MARKER, LOCK}:
@@ -153,11 +154,11 @@ def _lock(out_dir: Path) -> tuple[int, bool]:
         os.close(fd)  # the run we waited for removed the folder: start again
 
 
-def _tidy(out_dir: Path) -> None:
+def _tidy(out_dir: Path, written: tuple[str, ...]) -> None:
     """Under the lock: put back bundles and steps a killed swap left aside, then delete leftovers."""
     for name in recover_swaps(out_dir):
         log.warning("%s: put back the %s/ an interrupted run had moved aside", out_dir, name)
-    for folder in (out_dir, *(out_dir / name for name in WRITTEN_FOLDERS)):
+    for folder in (out_dir, *(out_dir / name for name in written)):
         if not folder.is_dir() or folder.is_symlink():
             continue
         for path in folder.iterdir():
@@ -169,10 +170,10 @@ def _tidy(out_dir: Path) -> None:
                     path.unlink(missing_ok=True)
 
 
-def _unlink_written_folders(out_dir: Path) -> None:
+def _unlink_written_folders(out_dir: Path, written: tuple[str, ...]) -> None:
     """A link or file where the run writes one of its folders is removed (never written through); the
     folder is then made anew."""
-    for name in WRITTEN_FOLDERS:
+    for name in written:
         path = out_dir / name
         if path.is_symlink() or (os.path.lexists(path) and not path.is_dir()):
             log.warning("%s: a %s where this tool keeps its %s/ folder; replaced by a new folder", path,

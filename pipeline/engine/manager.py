@@ -26,7 +26,6 @@ from pipeline.core.store import (
     sha256_file,
     sha256_text,
     staging_folder,
-
 )
 from pipeline.core.versions import library_versions
 from pipeline.engine.pass_api import Gate, PassContext

@@ -21,8 +21,8 @@ from typing import Any
 
 from pipeline.core.errors import ModelError
 from pipeline.core.limits import usable_cores
-from pipeline.core.signature import folder_state, named_files
 from pipeline.core.seal import read_record, write_record
+from pipeline.core.signature import folder_state, named_files
 from pipeline.core.store import canonical_json, sha256_file, sha256_text
 from pipeline.core.versions import import_origins, library_versions, source_digest
 from pipeline.model.spec import packaged_path

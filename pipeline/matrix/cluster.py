@@ -63,8 +63,8 @@ def probe(host: str, port: int, seconds: float = PROBE_SECONDS) -> str | None:
         try:
             with socket.create_connection((host, port), timeout=seconds):
                 outcome.append(None)
-        except OSError as exc:
-            outcome.append(exc.strerror or first_line(exc))
+        except (OSError, ValueError) as exc:  # ValueError: a host name IDNA cannot encode
+            outcome.append(getattr(exc, "strerror", None) or first_line(exc))
 
     thread = threading.Thread(target=connect, name="matrix-address-probe", daemon=True)
     thread.start()

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from pipeline.core.errors import PipelineError
-from pipeline.core.output_folder import check_output_folder, claimed
+from pipeline.core.output_folder import MATRIX_FOLDERS, check_output_folder, claimed
 from pipeline.core.seal import write_record
 from pipeline.core.store import json_safe
 from pipeline.matrix.cell import PhaseResult, plain
@@ -122,7 +122,7 @@ def run_matrix(path: Path, address: str | None = None, out: Path | None = None, 
     root = root or Path.cwd()
     run = prepare_matrix(path, out, root, force)
     run.address = address
-    with claimed(run.folder, run.spec.name):
+    with claimed(run.folder, run.spec.name, MATRIX_FOLDERS):
         run.reuse_finished()
         return _run_claimed(run, address, num_cpus, root)
 

@@ -135,7 +135,8 @@ def _save(folder: Path, key: str, seed: int, cases: list[Case]) -> None:
     np.savez_compressed(buffer, **arrays)
     write_bytes_atomic(folder / FILE, buffer.getvalue())
     write_record(folder / "manifest.json", {"key": key, "seed": seed, "cases": [c.name for c in cases],
-                                            "kinds": [c.kind.value for c in cases], "sha256": sha256_file(folder / FILE)})
+                                            "kinds": [c.kind.value for c in cases],
+                                            "sha256": sha256_file(folder / FILE)})
 
 
 def _load(folder: Path, key: str) -> list[Case] | None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -172,3 +173,19 @@ def test_a_cell_whose_path_is_too_long_is_refused(write_matrix: Callable[..., Pa
         run_matrix(path, out=tmp_path / "o", root=tmp_path)
     assert fake_cluster == [] and not (tmp_path / "o").exists()
     assert run_matrix(write_matrix(), out=tmp_path / "o", root=tmp_path) == 0
+
+
+@pytest.mark.parametrize("name", ["cells", "logs"])
+def test_a_link_in_place_of_a_matrix_subfolder_is_replaced_not_written_through(
+        name: str, write_matrix: Callable[..., Path], fake_cluster: list[str], tmp_path: Path) -> None:
+    path = write_matrix()
+    assert run_matrix(path, root=tmp_path) == 0
+    folder = tmp_path / "artifacts" / "matrix" / "m"
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "a").write_text("the user's\n")
+    shutil.rmtree(folder / name, ignore_errors=True)
+    (folder / name).symlink_to(mine)
+    run_matrix(path, root=tmp_path)
+    assert [p.name for p in mine.iterdir()] == ["a"] and (mine / "a").read_text() == "the user's\n"
+    assert not (folder / name).is_symlink()

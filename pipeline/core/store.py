@@ -186,15 +186,15 @@ def _plain_name(name: str) -> bool:
 
 
 def is_leftover(path: Path) -> bool:
-    """Whether ``path`` is a temporary of this tool: its name, and for a folder the marker inside (a link
-    with such a name counts: removing it never touches what it points to)."""
+    """Whether ``path`` is a temporary of this tool: its name, and for a folder the marker inside or
+    nothing at all (a link with such a name counts: removing it never touches what it points to)."""
     if not path.name.startswith(TMP_PREFIX):
         return False
     if path.is_symlink():
         return True
-    if path.is_dir():
+    if path.is_dir():  # marked, or empty (a run killed between making it and marking it)
         marker = path / TMP_MARKER
-        return marker.is_file() and not marker.is_symlink()
+        return (marker.is_file() and not marker.is_symlink()) or not any(path.iterdir())
     return path.is_file()
 
 

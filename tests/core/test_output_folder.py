@@ -92,6 +92,8 @@ def test_only_marked_temporaries_are_removed(tmp_path: Path) -> None:
     unmarked = out / f"{TMP_PREFIX}looks-like-ours"  # a folder with our name but no marker: not provably ours
     unmarked.mkdir()
     (unmarked / "data").write_text("keep")
+    empty = out / f"{TMP_PREFIX}01_onnx_export-killed"  # killed between making the folder and marking it
+    empty.mkdir()
     linked = out / f"{TMP_PREFIX}link"
     linked.symlink_to(tmp_path)
     kept = [out / ".keep", out / ".tmp-old-style", out / "bench"]
@@ -101,7 +103,7 @@ def test_only_marked_temporaries_are_removed(tmp_path: Path) -> None:
     (out / "bench" / f"{TMP_PREFIX}eager.json-9").write_text("{")
     with claimed(out, "tiny"):
         pass
-    assert not ours_file.exists() and not ours_folder.exists()
+    assert not ours_file.exists() and not ours_folder.exists() and not empty.exists()
     assert not (out / "bench" / f"{TMP_PREFIX}eager.json-9").exists()
     assert (unmarked / "data").read_text() == "keep" and all(p.exists() for p in kept)
     assert not os.path.lexists(linked) and tmp_path.is_dir()  # a link of ours goes; what it pointed to stays

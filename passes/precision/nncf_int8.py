@@ -5,8 +5,11 @@ SmoothQuant first (its alpha is an option), the attention mask's arithmetic left
 accuracy control needs a validation function written by hand; here the step's own parity gate is
 that function: with ``repair: true``, the MatMuls are ranked by their harm each alone, measured in the first
 whole build (passes.repair.localize_ir: one build, where quantizing each alone took one per MatMul),
-then more of the most harmful are kept in float, the fewest that pass found by bisection
-(passes.repair.search), and NNCF is told them as its ignored scope.
+then more of the most harmful are kept out of static int8, the fewest that pass found by bisection
+(passes.repair.search), and NNCF is told them as its ignored scope. A MatMul kept out is first given
+int8 weights with activations quantized per group of each row at run time (passes/_support/ov_weights.py:
+batch-invariant, and nearly as fast as static int8), trying each group size in turn; only when no such
+build passes are the kept MatMuls left in float. The manifest's meta says which formulation each got.
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ from typing import Any, Literal, cast
 
 from pydantic import Field
 
+from passes._support.ov_weights import GROUP_SIZES, compress_int8, compressed_matmuls, runtime_options, set_group_size
 from passes.export.openvino_convert import require_openvino
 from passes.repair.localize_ir import rank_by_own_harm
 from passes.repair.options import RepairingPass, RepairOptions, convert_with_repair
@@ -55,6 +59,13 @@ class NncfInt8Config(RepairOptions):
     ignored: list[str] = Field(
         default_factory=list, description="Operation names NNCF leaves in float, besides what a repair keeps."
     )
+    kept_as: Literal["weight_int8", "float"] = Field(
+        default="weight_int8",
+        description="What a MatMul the repair keeps out of static int8 becomes: int8 weights with activations "
+                    "quantized per group of each row at run time (tried first, each group size in turn), or float.")
+    group_sizes: list[Literal[16, 32, 64, 128, 256]] = Field(
+        default=list(GROUP_SIZES), min_length=1,
+        description="Dynamic quantization group sizes tried for the kept MatMuls, in order (larger is faster).")
 
 
 class NncfInt8Pass(RepairingPass):
@@ -103,24 +114,60 @@ class NncfInt8Pass(RepairingPass):
         samples = [{name: batch[name] for name in names}
                    for batch in ctx.calibration_inputs(ctx.sentence_file(config.calibration), config.samples, 1)]
 
-        def build(target: Path, kept: list[str]) -> None:
-            quantized = quantize(ov.Core().read_model(str(parent.path)), samples, config, [*config.ignored, *kept])
-            ov.save_model(quantized, str(target), compress_to_fp16=False)
-
         free = {name: op for name, op in candidates.items() if name not in config.ignored}
 
         def rank(first: Path, parent_path: Path, probe: Inputs, names: set[str]) -> list[dict[str, Any]]:
             """Each candidate's own harm in the first build, on the probe and on random tokens."""
             return rank_by_own_harm(first, parent_path, [probe, *random_probe(ctx, probe)], names, free)
 
-        repaired, warnings = convert_with_repair(ctx, parent.path, out_dir, "int8", build, free, config,
-                                                 method="ranked", fmt=Format.OPENVINO, rank=rank)
-        stats = {**repaired, **quantized_counts(ov.Core().read_model(str(out_dir / FILE))),
-                 "candidates": len(candidates), "calibration_samples": len(samples)}
+        repaired, warnings, group = {}, [], None
+        for group in [*(config.group_sizes if config.kept_as == "weight_int8" else []), None]:
+            build = Builder(parent.path, samples, config, group)
+            repaired, warnings = convert_with_repair(ctx, parent.path, out_dir, "int8", build, free, config,
+                                                     method="ranked", fmt=Format.OPENVINO, rank=rank)
+            if not warnings or not config.repair:
+                break
+            log.info("nncf_int8: kept MatMuls %s do not pass; trying %s", _formulation(group),
+                     "the next" if group is not None else "float")
+        written = ov.Core().read_model(str(out_dir / FILE))
+        stats = {**repaired, **quantized_counts(written), "candidates": len(candidates),
+                 "calibration_samples": len(samples)}
         log.info("nncf_int8: %d FakeQuantize, %d of %d MatMuls candidates", stats.get("fake_quantize", 0),
                  len(free), len(candidates))
-        meta = {"precision": Precision.INT8, "smooth_quant_alpha": config.smooth_quant_alpha, "preset": config.preset}
-        return PassOutput(file=FILE, meta=meta, stats=stats, warnings=warnings)
+        return PassOutput(file=FILE, meta=_meta(config, written, group), stats=stats, warnings=warnings)
+
+
+class Builder:
+    """One build of the repair: static int8 with ``kept`` MatMuls left out, and those given int8 weights with
+    dynamic activation groups of ``group`` channels (None: left in float)."""
+
+    def __init__(self, parent: Path, samples: list[Inputs], config: NncfInt8Config, group: int | None) -> None:
+        self.parent, self.samples, self.config, self.group = parent, samples, config, group
+
+    def __call__(self, target: Path, kept: list[str]) -> None:
+        import openvino as ov
+
+        model = quantize(ov.Core().read_model(str(self.parent)), self.samples, self.config,
+                         [*self.config.ignored, *kept])
+        if kept and self.group is not None:
+            model = compress_int8(model, kept)
+            set_group_size(model, self.group)
+        ov.save_model(model, str(target), compress_to_fp16=False)
+
+
+def _formulation(group: int | None) -> str:
+    return f"as int8 weights with dynamic activation groups of {group}" if group is not None else "in float"
+
+
+def _meta(config: NncfInt8Config, model: Any, group: int | None) -> dict[str, Any]:
+    """Precision, the options, and which MatMuls got int8 weights with dynamic activations (and the group
+    size, also in the IR's runtime options) rather than static int8 or float."""
+    dynamic = compressed_matmuls(model)
+    meta: dict[str, Any] = {"precision": Precision.INT8, "smooth_quant_alpha": config.smooth_quant_alpha,
+                            "preset": config.preset, "weight_int8_dynamic": dynamic}
+    if dynamic and group is not None:
+        meta["runtime_options"] = runtime_options(model)
+    return meta
 
 
 def random_probe(ctx: PassContext, probe: Inputs) -> list[Inputs]:
@@ -164,11 +211,13 @@ def decline_telemetry() -> None:
 
 
 def quantized_counts(model: Any) -> dict[str, int]:
-    """FakeQuantize operations, and the MatMuls whose activation a FakeQuantize feeds (quantized) or not
-    (left in float; NNCF puts one straight in front of each MatMul it quantizes)."""
+    """FakeQuantize operations, and the MatMuls whose activation a FakeQuantize feeds (static int8; NNCF puts
+    one straight in front of each MatMul it quantizes), those with int8 weights and dynamic activations, and
+    the rest (float)."""
     counts = Counter(op.get_type_name() for op in model.get_ordered_ops())
     matmuls = [op for op in model.get_ordered_ops() if op.get_type_name() == "MatMul"]
     fed = sum(any(port.get_source_output().get_node().get_type_name() == "FakeQuantize" for port in op.inputs())
               for op in matmuls)
+    dynamic = len(compressed_matmuls(model))
     return {"fake_quantize": counts.get("FakeQuantize", 0), "matmuls_quantized": fed,
-            "matmuls_float": len(matmuls) - fed}
+            "matmuls_weight_int8_dynamic": dynamic, "matmuls_float": len(matmuls) - fed - dynamic}

@@ -30,7 +30,7 @@ from pipeline.report.summary import worst
 from pipeline.report.write import write_reports
 from pipeline.runtime.runner import Runner
 from pipeline.ship.bundle import build_bundle
-from pipeline.ship.rule import choose_shipped, may_ship
+from pipeline.ship.rule import batch_dependence, choose_shipped, may_ship
 from pipeline.verify.cases import Case, split_generation
 from pipeline.verify.parity import Parity, blame, check, labels_of, measure_accuracy, run_cases, verify_all
 from pipeline.verify.reference import check_shape_limits, reference, reference_key
@@ -174,6 +174,11 @@ def _run_claimed(prepared: Prepared, build: bool, bench: BenchMode) -> RunResult
                              failed_gate=failed_gate)
         result.bench, result.ratios = measured.results, measured.ratios
     result.shipped, result.ship_note = choose_shipped(prepared, parity, result.bench, result.ratios)
+    if result.shipped is not None:
+        dependence = batch_dependence(parity.get(result.shipped), str(artifacts[result.shipped].precision))
+        if dependence:
+            log.warning("%s", dependence)
+            result.ship_note = "; ".join(filter(None, [result.ship_note, dependence]))
     if result.ship_note:
         log.info("%s", result.ship_note)
     if result.shipped is not None:

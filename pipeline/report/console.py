@@ -48,12 +48,13 @@ def print_summary(result: RunResult) -> None:
     at = f" b{point[0]} s{point[1]}" if point else ""
     table = Table(title=f"{result.prepared.recipe.name}: {len(result.prepared.steps)} steps{weights}")
     for column in ("artifact", "format", "precision", "size", "built", "parity", "max abs err", "min cosine",
-                   f"p50 ms{at}", "best samples/s", f"vs eager{at} [95%]"):
+                   "batch inv.", f"p50 ms{at}", "best samples/s", f"vs eager{at} [95%]"):
         table.add_column(column, justify="left" if column in ("artifact", "format", "parity") else "right")
     for r in summary_rows(result):
         table.add_row(r["step"] + (" (shipped)" if r["shipped"] else ""), r["format"], r["precision"],
                       size_text(r["bytes"]), "cached" if r["cached"] else "built", r["verdict"],
-                      _fmt(r["max_abs"], 2, "e"), _fmt(r["cos_min"], 6), _fmt(r["p50_ms"]),
+                      _fmt(r["max_abs"], 2, "e"), _fmt(r["cos_min"], 6), _fmt(r["batch_cos_min"], 6),
+                      _fmt(r["p50_ms"]),
                       _fmt(r["best_throughput"], 1), r["speedup_cell"])
     console.print(table)
     if result.ship_note:

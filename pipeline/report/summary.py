@@ -109,6 +109,7 @@ def summary_rows(result: RunResult) -> list[dict[str, Any]]:
             "step": step.folder, "name": step.name, "format": art.format.value, "precision": art.precision,
             "bytes": art.stats.get("bytes"), "verdict": verdict(result, step.name),
             "max_abs": worst(metrics, "max_abs", max), "cos_min": worst(metrics, "cos_min", min),
+            "batch_cos_min": worst(parity.batch_invariance, "cos_min", min) if parity else None,
             "p50_ms": p50, "best_throughput": best_throughput(result.bench.get(step.name)),
             "speedup": ratio["ratio"] if ratio else None, "speedup_ci95": ratio["ci95"] if ratio else None,
             "speedup_cell": speedup_cell(ratio),

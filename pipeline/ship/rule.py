@@ -7,6 +7,7 @@ from typing import Any
 
 from pipeline.bench.rounds import separated, speedup_text
 from pipeline.engine.results import Prepared
+from pipeline.recipe.schema import DEFAULT_TOLERANCE
 from pipeline.report.summary import worst
 from pipeline.verify.parity import Parity
 
@@ -38,6 +39,18 @@ def fastest_told_apart(entries: list[dict[str, Any]], parity: dict[str, Parity])
         f"ship.fastest_at b{best['batch']} s{best['seq']}: the fastest, {best['target']} {speedup_text(best)} over "
         f"eager, is not told apart from {others} (95% intervals overlap); shipping {chosen['target']}, the best "
         f"parity of them (min cosine {cos:.6f})")
+
+
+def batch_dependence(parity: Parity | None, precision: str) -> str | None:
+    """What to say when an artifact ships whose rows depend on their batch more than its precision's
+    default bound allows (the recipe relaxed ``min_batch_cosine``); None when it meets the default."""
+    bound = DEFAULT_TOLERANCE[precision].min_batch_cosine
+    cos = min((m.get("cos_min", 1.0) for m in parity.batch_invariance.values()), default=None) if parity else None
+    if cos is None or bound is None or cos >= bound:
+        return None
+    return (f"the shipped artifact's output depends on its batch: a row computed alone and inside a padded batch "
+            f"agrees only to min cosine {cos:.6f}, under the {precision} default {bound} (the recipe relaxes "
+            f"min_batch_cosine); a request's result changes with the other requests that share its batch")
 
 
 def choose_shipped(prepared: Prepared, parity: dict[str, Parity], bench: dict[str, dict[str, Any]],

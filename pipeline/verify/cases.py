@@ -13,12 +13,15 @@ from pipeline.model.inputs import Inputs
 
 class CaseKind(str, Enum):
     """What a case checks: one forward call (shapes, sentences, a decode step on eager's cache), a batch
-    of labeled texts for task accuracy (also a forward call), or a prompt whose greedy tokens are
-    compared with eager ``generate``'s (prompts in, tokens out: not one call's outputs)."""
+    of labeled texts for task accuracy (also a forward call), a sentence alone or the same sentences in a
+    padded batch (forward calls, compared with eager and with each other: batch invariance), or a prompt
+    whose greedy tokens are compared with eager ``generate``'s (prompts in, tokens out)."""
 
     FORWARD = "forward"
     ACCURACY = "accuracy"
     GENERATE = "generate"
+    ALONE = "alone"  # one sentence, batch 1, no padding (a forward call)
+    PADDED = "padded"  # the same sentences in one batch padded far past their length (a forward call)
 
     def __str__(self) -> str:
         return self.value

@@ -16,6 +16,8 @@ from pipeline.model.loading import ModelHandle
 from pipeline.recipe.schema import AccuracySpec, Tolerance
 from pipeline.runtime.runner import ModelFn, Outputs, Runner
 from pipeline.verify.accuracy import label_ids, load_labeled, score
+from pipeline.verify.batching import failures as batch_failures
+from pipeline.verify.batching import invariance
 from pipeline.verify.cases import Case, CaseKind
 from pipeline.verify.greedy import greedy, token_match
 from pipeline.verify.metrics import combine, compare
@@ -40,11 +42,13 @@ class Parity:
     vs_parent: dict[str, dict[str, Any]] = field(default_factory=dict)
     per_case: dict[str, dict[str, dict[str, Any]]] = field(default_factory=dict)
     generation: dict[str, Any] | None = None
+    batch_invariance: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     def to_json(self) -> dict[str, Any]:
         """The ``parity`` entry of report.json."""
         out: dict[str, Any] = {"passed": self.passed, "metrics": self.metrics, "tolerance": self.tolerance,
-                               "failures": self.failures, "vs_parent": self.vs_parent, "cases": self.per_case}
+                               "failures": self.failures, "vs_parent": self.vs_parent, "cases": self.per_case,
+                               "batch_invariance": self.batch_invariance}
         if self.exempt:
             out["exempt"] = True
         if self.generation is not None:
@@ -126,11 +130,12 @@ def check(cases: list[Case], actual: list[Outputs], parent: list[Outputs] | None
     per_case = _per_case(cases, eager, actual, classification)
     metrics = _combined(per_case)
     tolerance = {name: tolerance_of(name) for name in metrics}
-    missed = failures(metrics, tolerance)
+    batch = invariance(cases, actual)
+    missed = failures(metrics, tolerance) + batch_failures(batch, lambda name: tolerance[name].min_batch_cosine)
     vs_parent = _combined(_per_case(cases, parent, actual, classification)) if parent is not None else {}
     return Parity(passed=not missed, metrics=metrics,
                   tolerance={name: tol.model_dump() for name, tol in tolerance.items()},
-                  failures=missed, exempt=exempt, vs_parent=vs_parent, per_case=per_case)
+                  failures=missed, exempt=exempt, vs_parent=vs_parent, per_case=per_case, batch_invariance=batch)
 
 
 def blame(parities: dict[str, Parity], parents: dict[str, str]) -> dict[str, Any] | None:

@@ -25,6 +25,7 @@ from pipeline.model.inputs import Inputs, load_sentences, random_tokens, resize_
 from pipeline.model.loading import ModelHandle
 from pipeline.runtime.runner import ModelFn, Runner
 from pipeline.verify.accuracy import accuracy_batches, load_labeled
+from pipeline.verify.batching import batch_case_inputs, padded_length
 from pipeline.verify.cases import Case, CaseKind
 from pipeline.verify.greedy import eager_generate, prompt_batches, steps
 
@@ -45,6 +46,10 @@ def _cases_inputs(recipe: Any, handle: ModelHandle) -> dict[str, tuple[CaseKind,
         batches = sentence_batches(handle.tokenizer, sentences, names, verify.sentence_batch_size,
                                    verify.sentence_batches, seed=recipe.inputs.seed)
         cases.update({f"sentences_{i}": (CaseKind.FORWARD, batch) for i, batch in enumerate(batches)})
+    if verify.batch_cases.sentences and handle.task != "text-generation":
+        cases.update(batch_case_inputs(handle.tokenizer, load_sentences(recipe.inputs.corpus_path), names,
+                                       verify.batch_cases.sentences, padded_length(recipe, handle.max_positions),
+                                       recipe.inputs.seed))
     vocab = len(handle.tokenizer)
     for i, (batch, seq) in enumerate(verify.shapes):
         cases[f"random_b{batch}_s{seq}"] = (CaseKind.FORWARD,
@@ -94,7 +99,9 @@ def reference_key(recipe: Any, handle: ModelHandle, base_dir: Path) -> str:
     corpus = corpus if corpus.is_absolute() else base_dir / corpus
     parts = {"model": handle.source_key, "inputs": recipe.inputs.model_dump(mode="json"),
              "verify": recipe.verify.model_dump(mode="json", include={"shapes", "sentence_batches",
-                                                                       "sentence_batch_size", "generation"}),
+                                                                       "sentence_batch_size", "generation",
+                                                                       "batch_cases"}),
+             "padded_to": padded_length(recipe, handle.max_positions),
              "corpus": sha256_file(corpus) if handle.tokenizer is not None and corpus.is_file() else None,
              "accuracy": _accuracy_digest(recipe, base_dir),
              "versions": library_versions()}

@@ -12,6 +12,7 @@ import pytest
 pytest.importorskip("openvino", reason="OpenVINO is not installed (the openvino extra)")
 pytest.importorskip("nncf", reason="NNCF is not installed (the openvino extra)")
 
+from passes._support.ov_weights import runtime_options  # noqa: E402
 from passes.export.openvino_convert import OpenVinoConvertConfig, OpenVinoConvertPass  # noqa: E402
 from passes.precision.nncf_int8 import NncfInt8Config, NncfInt8Pass, quantized_counts  # noqa: E402
 from pipeline.core.artifact import Artifact, Format  # noqa: E402
@@ -59,12 +60,30 @@ def test_repair_keeps_matmuls_in_float_until_the_gate_passes(tiny_ctx: PassConte
         return GateResult(floats >= 2, [] if floats >= 2 else [f"{floats} in float"], 0.99 + floats / 1000, 0.0)
 
     ctx = dataclasses.replace(tiny_ctx, gate=gate)
-    result, _ = _run(ctx, tiny_ir, tmp_path / "int8", repair=True)
+    result, _ = _run(ctx, tiny_ir, tmp_path / "int8", repair=True, kept_as="float")
     repair = result.stats["repair"]
     assert repair["passed"] and len(repair["kept_in_float"]) == 2 and not result.warnings
-    assert result.stats["matmuls_float"] == 2
+    assert result.stats["matmuls_float"] == 2 and result.meta["weight_int8_dynamic"] == []
     assert len(repair["localization"]["sensitivity"]) == result.stats["candidates"]
     assert repair["speed"]["p50_ms_repaired"] > 0
+
+
+def test_the_repair_gives_kept_matmuls_int8_weights_with_dynamic_groups_first(
+        tiny_ctx: PassContext, tiny_ir: Artifact, tmp_path: Path) -> None:
+    import openvino as ov
+
+    def gate(path: Path, precision: str) -> GateResult:  # passes once a weighted MatMul is out of static int8
+        dynamic = quantized_counts(ov.Core().read_model(str(path)))["matmuls_weight_int8_dynamic"]
+        return GateResult(dynamic >= 1, [] if dynamic else ["none out"], 0.99 + dynamic / 1000, 0.0)
+
+    result, artifact = _run(dataclasses.replace(tiny_ctx, gate=gate), tiny_ir, tmp_path / "int8", repair=True)
+    kept = [entry["node"] for entry in result.stats["repair"]["kept_in_float"]]
+    assert result.stats["repair"]["passed"] and not result.warnings
+    # a kept MatMul with constant weights gets int8 weights; one of two activations (attention) stays float
+    assert result.stats["matmuls_weight_int8_dynamic"] >= 1 and set(result.meta["weight_int8_dynamic"]) <= set(kept)
+    assert result.stats["matmuls_weight_int8_dynamic"] + result.stats["matmuls_float"] == len(kept)
+    assert result.meta["runtime_options"] == {"DYNAMIC_QUANTIZATION_GROUP_SIZE": "64"}
+    assert runtime_options(ov.Core().read_model(str(artifact.path))) == result.meta["runtime_options"]
 
 
 def test_an_unknown_ignored_name_is_refused(tiny_ctx: PassContext, tiny_ir: Artifact, tmp_path: Path) -> None:

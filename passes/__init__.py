@@ -15,5 +15,7 @@ BUILTIN_PASSES: dict[str, str] = {
     "fp16": "passes.precision.fp16:Fp16Pass",
     "int8_dynamic": "passes.precision.int8_dynamic:Int8DynamicPass",
     "int8_static": "passes.precision.int8_static:Int8StaticPass",
+    "matmul_nbits": "passes.precision.matmul_nbits:MatMulNBitsPass",
     "nncf_int8": "passes.precision.nncf_int8:NncfInt8Pass",
+    "ov_weight_int8": "passes.precision.ov_weight_int8:OvWeightInt8Pass",
 }

@@ -21,7 +21,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Any, Literal, cast
 
-from pydantic import Field
+from pydantic import Field, field_validator
 
 from passes._support.ov_weights import GROUP_SIZES, compress_int8, compressed_matmuls, runtime_options, set_group_size
 from passes.export.openvino_convert import require_openvino
@@ -63,9 +63,16 @@ class NncfInt8Config(RepairOptions):
         default="weight_int8",
         description="What a MatMul the repair keeps out of static int8 becomes: int8 weights with activations "
                     "quantized per group of each row at run time (tried first, each group size in turn), or float.")
-    group_sizes: list[Literal[16, 32, 64, 128, 256]] = Field(
+    group_sizes: list[int] = Field(
         default=list(GROUP_SIZES), min_length=1,
         description="Dynamic quantization group sizes tried for the kept MatMuls, in order (larger is faster).")
+
+    @field_validator("group_sizes")
+    @classmethod
+    def _powers_of_two(cls, sizes: list[int]) -> list[int]:
+        if any(size < 8 or size & (size - 1) for size in sizes):
+            raise ValueError(f"group sizes are powers of two from 8, got {sizes}")
+        return sizes
 
 
 class NncfInt8Pass(RepairingPass):
@@ -120,7 +127,9 @@ class NncfInt8Pass(RepairingPass):
             """Each candidate's own harm in the first build, on the probe and on random tokens."""
             return rank_by_own_harm(first, parent_path, [probe, *random_probe(ctx, probe)], names, free)
 
-        repaired, warnings, group = {}, [], None
+        repaired: dict[str, Any] = {}
+        warnings: list[str] = []
+        group: int | None = None
         for group in [*(config.group_sizes if config.kept_as == "weight_int8" else []), None]:
             build = Builder(parent.path, samples, config, group)
             repaired, warnings = convert_with_repair(ctx, parent.path, out_dir, "int8", build, free, config,

@@ -252,9 +252,18 @@ def bundle_manifest(result: RunResult, name: str, files: dict[str, str], triton:
         "triton": {"model": recipe.name, "path": triton.as_posix()} if triton else None,
         # the compile options the IR was verified and benchmarked with: pass them to compile_model (or as
         # ov_config to optimum-intel's from_pretrained), or the CPU plugin may pick another precision
-        "openvino_config": OPENVINO_CONFIG if artifact.format is Format.OPENVINO else None,
+        "openvino_config": openvino_config(artifact) if artifact.format is Format.OPENVINO else None,
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     })
+
+
+def openvino_config(artifact: Artifact) -> dict[str, Any]:
+    """The compile options an IR was verified with: the runtime options its pass wrote into the IR (a dynamic
+    quantization group size), stated here too, and OPENVINO_CONFIG, which wins where both name an option (an
+    explicit compile config overrides the IR's, as it did in verification)."""
+    options = artifact.meta.get("runtime_options")
+    carried = {str(key): str(value) for key, value in options.items()} if isinstance(options, dict) else {}
+    return {**carried, **OPENVINO_CONFIG}
 
 
 def lineage(result: RunResult, name: str) -> list[dict[str, Any]]:

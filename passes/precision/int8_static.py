@@ -84,6 +84,11 @@ class Int8StaticConfig(RepairOptions):
         default_factory=list, description="Nodes left in float: names or globs ('*layer.*[0-9]/output/dense/MatMul')."
     )
     preprocess: bool = Field(default=True, description="Run onnxruntime's quant_pre_process first.")
+    kept_as: Literal["weight_int8", "float"] = Field(
+        default="weight_int8",
+        description="What a MatMul the repair keeps out of static int8 becomes: MatMulNBits at 8 bits, accuracy "
+                    "level 4 (int8 weights, activations quantized per block of each row at run time), or float. "
+                    "Other kept nodes (Gemm, Gather) stay float either way.")
 
     @model_validator(mode="after")
     def _supported_ops(self) -> Int8StaticConfig:
@@ -207,6 +212,16 @@ def quantized_counts(model: onnx.ModelProto) -> dict[str, int]:
     return dict(sorted(Counter(n.op_type for n in model.graph.node if n.op_type in QUANTIZED_OPS).items()))
 
 
+def weights_to_nbits(path: Path, kept: list[str], external: bool) -> None:
+    """Give the kept MatMuls of a statically quantized model int8 MatMulNBits weights (accuracy level 4),
+    in place; every other node stays as it is."""
+    from passes.precision.matmul_nbits import MatMulNBitsConfig, NBitsQuantize
+
+    model = load_model(path, with_data=False)
+    others = tuple(node.name for node in model.graph.node if node.op_type == "MatMul" and node.name not in set(kept))
+    NBitsQuantize(path, MatMulNBitsConfig(), others, external)(path, [])
+
+
 def matmul_counts(model: onnx.ModelProto) -> dict[str, int]:
     """MatMuls fed only by DequantizeLinear (quantized, in QDQ form) and the others (left in float)."""
     producer = {name: node.op_type for node in model.graph.node for name in node.output}
@@ -275,6 +290,8 @@ class Int8StaticPass(RepairingPass):
 
             def convert(target: Path, kept: list[str]) -> None:
                 quantize(model_path, target, batches, config, exclusion_names(gemms, [*excluded, *kept]), external)
+                if kept and config.kept_as == "weight_int8":
+                    weights_to_nbits(target, kept, external)
 
             ops = set(config.op_types or ("MatMul", "Gather")) | {"Gemm"}
             candidates = {name: op for name, op in weight_nodes(prepared_model, ops).items() if name not in excluded}
@@ -292,5 +309,6 @@ class Int8StaticPass(RepairingPass):
         if not stats["quantized_ops"]:
             warnings.append("nothing was quantized (check op_types and nodes_to_exclude)")
         meta = {"precision": Precision.INT8, "quant_format": config.quant_format,
-                "activation_type": config.activation_type, "weight_type": config.weight_type}
+                "activation_type": config.activation_type, "weight_type": config.weight_type,
+                "weight_int8_dynamic": [node.name for node in model.graph.node if node.op_type == "MatMulNBits"]}
         return PassOutput(file=out.name, meta=meta, stats=stats, warnings=warnings)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import numpy as np
@@ -11,7 +12,7 @@ from pydantic import ValidationError
 from passes.precision.int8_static import Int8StaticConfig, Int8StaticPass, preprocess
 from pipeline.core.artifact import Artifact
 from pipeline.core.errors import RecipeError
-from pipeline.engine.pass_api import PassContext
+from pipeline.engine.pass_api import GateResult, PassContext
 from pipeline.model.inputs import random_tokens
 from pipeline.runtime.runner import run_onnx
 
@@ -68,6 +69,25 @@ def test_fused_model_needs_preprocess(tiny_onnx: Artifact, tiny_fused: Artifact,
 def test_nodes_to_exclude_stay_float(tiny_onnx: Artifact, tiny_ctx: PassContext, tmp_path: Path) -> None:
     output = _quantize(tiny_onnx, tiny_ctx, tmp_path / "q", nodes_to_exclude=["*layer.[0-9]/output/dense/MatMul"])
     assert output.stats["excluded_nodes"] == 2 and output.stats["matmuls_float"] == 2
+    assert _cosine_to(tiny_onnx.path, tmp_path / "q" / output.file) > MIN_COSINE
+
+
+def test_the_repair_gives_kept_matmuls_int8_weights_with_dynamic_activations(
+        tiny_onnx: Artifact, tiny_ctx: PassContext, tmp_path: Path) -> None:
+    import onnx
+
+    def gate(path: Path, precision: str) -> GateResult:  # passes once a MatMul is MatMulNBits
+        nbits = sum(node.op_type == "MatMulNBits" for node in onnx.load(str(path), load_external_data=False).graph.node)
+        return GateResult(nbits >= 1, [] if nbits else ["none"], 0.99 + nbits / 1000, 0.0)
+
+    ctx = dataclasses.replace(tiny_ctx, gate=gate)
+    output = _quantize(tiny_onnx, ctx, tmp_path / "q", repair=True, op_types=["MatMul"])
+    kept = {entry["node"] for entry in output.stats["repair"]["kept_in_float"]}
+    assert output.stats["repair"]["passed"] and output.meta["weight_int8_dynamic"] and not output.warnings
+    model = onnx.load(str(tmp_path / "q" / output.file), load_external_data=False)
+    nbits = [node for node in model.graph.node if node.op_type == "MatMulNBits"]
+    assert [node.name for node in nbits] == output.meta["weight_int8_dynamic"] and len(nbits) <= len(kept)
+    assert {attr.name: attr.i for attr in nbits[0].attribute}["bits"] == 8
     assert _cosine_to(tiny_onnx.path, tmp_path / "q" / output.file) > MIN_COSINE
 
 

@@ -229,6 +229,7 @@ def test_content_changed_with_size_and_time_restored_is_not_replayed(
 
 
 # -- 7. FIFOs where records are read ----------------------------------------------------------------
+@pytest.mark.slow
 @pytest.mark.parametrize("name", [".last-run.json", "report.json", "bench/ratios.json",
                                   "01_onnx_export/manifest.json"])
 def test_a_fifo_in_place_of_a_record_blocks_nothing(work: Path, name: str) -> None:

@@ -18,11 +18,10 @@ import json
 import logging
 import os
 import secrets
-import stat
 from pathlib import Path
 from typing import Any
 
-from pipeline.core.store import TMP_PREFIX, canonical_json, read_json, write_json_atomic
+from pipeline.core.store import TMP_PREFIX, canonical_json, read_json, read_regular, write_json_atomic
 
 log = logging.getLogger(__name__)
 
@@ -40,22 +39,13 @@ def key_path() -> Path:
 
 
 def _read_key(path: Path) -> bytes | None:
-    """The key's bytes, when ``path`` is a regular file of ours (no link, not a device) of the right size."""
+    """The key's bytes, when ``path`` is a regular file (no link, not a device) holding one key in hex."""
+    data = read_regular(path, KEY_BYTES * 2)
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
-    except OSError:
-        return None
-    try:
-        info = os.fstat(fd)
-        if not stat.S_ISREG(info.st_mode) or info.st_size != KEY_BYTES * 2:
-            return None
-        text = os.read(fd, KEY_BYTES * 2 + 1).decode("ascii", "replace")
-    finally:
-        os.close(fd)
-    try:
-        return bytes.fromhex(text)
+        key = bytes.fromhex(data.decode("ascii")) if data is not None else None
     except ValueError:
         return None
+    return key if key is not None and len(key) == KEY_BYTES else None
 
 
 def _make_key(path: Path) -> None:

@@ -201,26 +201,36 @@ def is_leftover(path: Path) -> bool:
 MAX_RECORD_BYTES = 64 << 20  # a JSON record this tool wrote: manifests, results, journals, records
 
 
-def read_json(path: Path) -> dict[str, Any] | None:
-    """A JSON object this tool wrote, or None when the file is missing, unreadable, a link, not a regular
-    file (a FIFO does not block), larger than MAX_RECORD_BYTES, not JSON, or not an object."""
+def read_regular(path: Path, max_bytes: int) -> bytes | None:
+    """The bytes of a regular file of at most ``max_bytes``, or None when it is missing, unreadable, a link,
+    not a regular file (a FIFO does not block the open) or larger."""
     try:
         fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
     except OSError:
         return None
     try:
         info = os.fstat(fd)
-        if not stat.S_ISREG(info.st_mode) or info.st_size > MAX_RECORD_BYTES:
+        if not stat.S_ISREG(info.st_mode) or info.st_size > max_bytes:
             return None
         os.set_blocking(fd, True)
         with os.fdopen(os.dup(fd), "rb") as handle:
-            data = handle.read(MAX_RECORD_BYTES + 1)
-        value = json.loads(data.decode("utf-8"))
-    except (OSError, ValueError, RecursionError):
+            data = handle.read(max_bytes + 1)
+    except OSError:
         return None
     finally:
         os.close(fd)
-    return value if isinstance(value, dict) and len(data) <= MAX_RECORD_BYTES else None
+    return data if len(data) <= max_bytes else None
+
+
+def read_json(path: Path) -> dict[str, Any] | None:
+    """A JSON object this tool wrote, or None when the file is not one (:func:`read_regular` with
+    MAX_RECORD_BYTES), is not JSON, or not an object."""
+    data = read_regular(path, MAX_RECORD_BYTES)
+    try:
+        value = json.loads(data.decode("utf-8")) if data is not None else None
+    except (ValueError, RecursionError):
+        return None
+    return value if isinstance(value, dict) else None
 
 
 def json_safe(value: Any) -> Any:

@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from pipeline.bench.rounds import paired_interval
+from pipeline.verify.metrics import worst as worst_of
 
 Point = tuple[int, int]
 GROUPS = ("this project", "PyTorch", "Optimum", "optimum-intel", "Olive", "onnxruntime", "NNCF")
@@ -33,9 +34,8 @@ class Target:
 
 
 def worst(parity: dict[str, Any] | None, key: str, reducer: Any) -> float | None:
-    """The worst value of one parity metric over every output (None when there is none)."""
-    values = [m[key] for m in ((parity or {}).get("metrics") or {}).values() if key in m]
-    return reducer(values) if values else None
+    """The worst value of one parity metric over every output of a report's parity entry (None when none)."""
+    return worst_of((parity or {}).get("metrics") or {}, key, reducer)
 
 
 def p50_at(bench: dict[str, Any] | None, point: Point) -> float | None:

@@ -151,12 +151,12 @@ def _flags(args: argparse.Namespace) -> dict[str, object]:
 def _replay(args: argparse.Namespace) -> int | None:
     """When nothing the run reads changed since the last run into the same folder, print what that
     run printed and return its exit code (torch is never imported); else None."""
-    from pipeline.core.output_folder import check_output_folder
+    from pipeline.core.output_folder import check_output_folder, output_folder
     from pipeline.engine.replay import recorded, run_digest
     from pipeline.recipe.load import load_recipe
 
     recipe = load_recipe(args.recipe, _overrides(args))
-    out_dir = args.out if args.out is not None else Path("artifacts") / recipe.name
+    out_dir = output_folder(args.out, recipe.name)
     check_output_folder(out_dir, args.out, args.force)  # a folder a run would refuse is refused here too
     record = recorded(out_dir, run_digest(recipe, out_dir, Path.cwd(), _flags(args)))
     if record is None:

@@ -27,13 +27,14 @@ def _under_type_checking(node: ast.AST, parents: dict[ast.AST, ast.AST]) -> bool
     return False
 
 
-def imports_of(path: Path, modules: set[str]) -> set[str]:
-    """The project modules ``path`` imports at run time (anywhere in it, but not for type checking only)."""
+def imports_of(path: Path, modules: set[str], type_only: bool = False) -> set[str]:
+    """The project modules ``path`` imports at run time (anywhere in it), and with ``type_only`` also those
+    it imports for type checking only."""
     tree = ast.parse(path.read_text())
     parents = {child: node for node in ast.walk(tree) for child in ast.iter_child_nodes(node)}
     found: set[str] = set()
     for node in ast.walk(tree):
-        if _under_type_checking(node, parents):
+        if not type_only and _under_type_checking(node, parents):
             continue
         if isinstance(node, ast.Import):
             names = [alias.name for alias in node.names]
@@ -87,6 +88,64 @@ def test_the_import_graph_has_no_cycle() -> None:
     graph = import_graph()
     assert len(graph) > 50  # the walk found the tree
     assert cycles(graph) == []
+
+
+# The stages of pipeline/, top to bottom: a module imports only from its own stage and those below it
+# (type-only imports included); passes/ sits beside engine/, under bench/ and above it.
+STAGES = ("cli", "run", "matrix", "report", "ship", "bench", "verify", "engine", "recipe", "runtime", "model", "core")
+PASSES_MAY_NOT_IMPORT = ("cli", "run", "matrix", "report", "ship", "bench")
+# Imports that still go up: the whole run and its results live in engine/ (they belong to a run layer on
+# top), and the recipe's chain reads the pass registry. This list may only shrink: an entry that no longer
+# occurs fails the test too, so it is taken off when its import is gone.
+KNOWN_UPWARD = {
+    ("pipeline.engine.replay", "pipeline.bench.fingerprint"),
+    ("pipeline.engine.results", "pipeline.verify.parity"),
+    ("pipeline.engine.run", "pipeline.bench.orchestrate"),
+    ("pipeline.engine.run", "pipeline.report.write"),
+    ("pipeline.engine.run", "pipeline.ship.bundle"),
+    ("pipeline.engine.run", "pipeline.ship.rule"),
+    ("pipeline.engine.run", "pipeline.verify.cases"),
+    ("pipeline.engine.run", "pipeline.verify.metrics"),
+    ("pipeline.engine.run", "pipeline.verify.parity"),
+    ("pipeline.engine.run", "pipeline.verify.reference"),
+    ("pipeline.recipe.load", "pipeline.engine.pass_api"),
+    ("pipeline.recipe.load", "pipeline.engine.registry"),
+}
+
+
+def stage_of(module: str) -> str:
+    parts = module.split(".")
+    return "passes" if parts[0] == "passes" else (parts[1] if len(parts) > 2 else "")
+
+
+def upward(graph: dict[str, set[str]]) -> set[tuple[str, str]]:
+    """(module, imported module) pairs where a stage imports one above it."""
+    found = set()
+    for module, imported in graph.items():
+        here = stage_of(module)
+        for target in imported:
+            there = stage_of(target)
+            if here == there or "" in (here, there) or there == "passes":
+                continue
+            above = there in PASSES_MAY_NOT_IMPORT if here == "passes" else \
+                here in STAGES and there in STAGES and STAGES.index(there) < STAGES.index(here)
+            if above:
+                found.add((module, ".".join(target.split(".")[:3])))
+    return found
+
+
+def test_no_stage_imports_a_stage_above_it() -> None:
+    files = {module_name(p): p for package in PACKAGES for p in (ROOT / package).rglob("*.py")}
+    graph = {name: imports_of(path, set(files), type_only=True) for name, path in files.items()}
+    found = upward(graph)
+    assert found - KNOWN_UPWARD == set(), "new imports up the stage order"
+    assert KNOWN_UPWARD - found == set(), "gone: take these off KNOWN_UPWARD"
+
+
+def test_the_stage_check_finds_an_import_up() -> None:
+    graph = {"pipeline.core.store": {"pipeline.report.write"}, "passes.x.y": {"pipeline.bench.spec"},
+             "pipeline.report.write": {"pipeline.core.store"}}
+    assert upward(graph) == {("pipeline.core.store", "pipeline.report.write"), ("passes.x.y", "pipeline.bench.spec")}
 
 
 def test_the_cycle_finder_finds_one() -> None:

@@ -82,6 +82,11 @@ def weight_bytes(model: onnx.ModelProto) -> int:
     return total
 
 
+def op_counts(model: onnx.ModelProto, op_types: tuple[str, ...]) -> dict[str, int]:
+    """How many nodes of each of ``op_types`` the model holds (zeros left out), by op type."""
+    return dict(sorted(Counter(node.op_type for node in model.graph.node if node.op_type in op_types).items()))
+
+
 def files_bytes(path: Path) -> int:
     """Size of a model file plus any ``.data`` file beside it."""
     path = Path(path)

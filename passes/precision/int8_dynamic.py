@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import logging
 import tempfile
-from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, cast
@@ -27,6 +26,7 @@ from passes._support.onnx_io import (
     has_external_data,
     load_model,
     model_file,
+    op_counts,
     save_model,
     weight_bytes,
 )
@@ -39,7 +39,7 @@ from pipeline.engine.pass_api import PassContext, PassOutput
 from pipeline.model.inputs import load_sentences
 
 if TYPE_CHECKING:  # onnx is imported where it runs, so listing passes stays fast
-    import onnx
+    pass
 
 log = logging.getLogger(__name__)
 SMOOTHING_BATCHES, SMOOTHING_BATCH = 8, 16  # 128 calibration sentences measure the input ranges
@@ -86,12 +86,6 @@ class Int8DynamicConfig(RepairOptions):
             raise ValueError(f"op_types: {unknown[0]!r} cannot be quantized dynamically "
                              f"(known: {', '.join(sorted(IntegerOpsRegistry))})")
         return value
-
-
-def quantized_counts(model: onnx.ModelProto) -> dict[str, int]:
-    """How many of each quantized operator the model holds (zeros left out)."""
-    counts = Counter(node.op_type for node in model.graph.node if node.op_type in QUANTIZED_OPS)
-    return dict(sorted(counts.items()))
 
 
 class Int8DynamicPass(RepairingPass):
@@ -202,7 +196,7 @@ def _quantize(model_path: Path, ctx: PassContext, config: Int8DynamicConfig, exc
     repaired, repair_warnings = convert_with_repair(ctx, model_path, out_dir, "int8", convert, candidates, config,
                                                     parallel=True)
     model = load_model(out, with_data=False)
-    stats = {**repaired, "quantized_ops": quantized_counts(model),
+    stats = {**repaired, "quantized_ops": op_counts(model, QUANTIZED_OPS),
              "float_matmuls": sum(node.op_type == "MatMul" for node in model.graph.node),
              "nodes_before": len(source.graph.node), "nodes_after": len(model.graph.node),
              "bytes_after": files_bytes(out)}

@@ -21,7 +21,6 @@ import logging
 import math
 import os
 import tempfile
-from collections import Counter
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -37,6 +36,7 @@ from passes._support.onnx_io import (
     has_external_data,
     load_model,
     model_file,
+    op_counts,
     weight_bytes,
 )
 from passes.repair.options import RepairingPass, RepairOptions, convert_with_repair
@@ -207,11 +207,6 @@ def quantize(model_path: Path, out: Path, batches: list[Inputs], config: Int8Sta
                          f"quantize fewer op types (op_types) or use method minmax") from exc
 
 
-def quantized_counts(model: onnx.ModelProto) -> dict[str, int]:
-    """How many of each quantization operator the model holds (zeros left out)."""
-    return dict(sorted(Counter(n.op_type for n in model.graph.node if n.op_type in QUANTIZED_OPS).items()))
-
-
 def weights_to_nbits(path: Path, kept: list[str], external: bool) -> None:
     """Give the kept MatMuls of a statically quantized model int8 MatMulNBits weights (accuracy level 4),
     in place; every other node stays as it is."""
@@ -299,7 +294,8 @@ class Int8StaticPass(RepairingPass):
                                                             config, method="localize")
             warnings += repair_warnings
         model = load_model(out, with_data=False)
-        stats = {**repaired, "quantized_ops": quantized_counts(model), "preprocess": prepared, **matmul_counts(model),
+        stats = {**repaired, "quantized_ops": op_counts(model, QUANTIZED_OPS), "preprocess": prepared,
+                 **matmul_counts(model),
                  "excluded_nodes": len(excluded), **calibration_stats(batches),
                  "nodes_before": len(source.graph.node), "nodes_after": len(model.graph.node),
                  "bytes_before": files_bytes(parent_path), "bytes_after": files_bytes(out)}

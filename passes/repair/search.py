@@ -24,12 +24,12 @@ from typing import Any
 import numpy as np
 
 from passes.repair.localize import localize, rank_nodes
-from pipeline.bench.timing import Protocol, Timer, latencies, summarize, warm_up
 from pipeline.core.artifact import Format
 from pipeline.engine.pass_api import Gate, GateResult
 from pipeline.model.inputs import Inputs
 from pipeline.runtime.engines import Engine, file_engine
 from pipeline.runtime.runner import as_function
+from pipeline.runtime.timing import Protocol, Timer, latencies, summarize, warm_up
 from pipeline.verify.metrics import compare
 
 log = logging.getLogger(__name__)

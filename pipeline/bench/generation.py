@@ -21,9 +21,9 @@ from typing import Any
 import numpy as np
 
 from pipeline.bench.spec import WorkerSpec
-from pipeline.bench.timing import Protocol, run_until, summarize
 from pipeline.model.cache import CacheLayout
 from pipeline.model.inputs import Inputs, load_sentences
+from pipeline.runtime.timing import Protocol, run_until, summarize
 
 Step = Any  # callable: inputs -> list of output arrays in the order of the output names
 

@@ -29,7 +29,6 @@ from pipeline.bench.fingerprint import fingerprint
 from pipeline.bench.noise import sample
 from pipeline.bench.rounds import BlockFailed, Point, RoundPlan, measure_point, ratio_entry
 from pipeline.bench.spec import BenchRow, WorkerSpec
-from pipeline.bench.timing import summarize
 from pipeline.bench.workers import Launch, Worker, started
 from pipeline.core.artifact import Artifact
 from pipeline.core.limits import available_memory
@@ -39,6 +38,7 @@ from pipeline.core.store import canonical_json, sha256_text
 from pipeline.engine.results import Prepared
 from pipeline.model.cache import cache_layout
 from pipeline.recipe.schema import BenchSpec
+from pipeline.runtime.timing import summarize
 
 log = logging.getLogger(__name__)
 PROTOCOL_KEYS = ("warmup", "warmup_seconds", "min_repeats", "min_seconds", "max_seconds", "throughput_seconds",

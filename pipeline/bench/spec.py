@@ -24,7 +24,7 @@ class WorkerSpec(TypedDict, total=False):
     device: str
     threads: int
     grid: list[list[int]]  # [batch, seq] points
-    protocol: dict[str, Any]  # pipeline.bench.timing.Protocol's fields
+    protocol: dict[str, Any]  # pipeline.runtime.timing.Protocol's fields
     vocab_size: int  # with a tokenizer
     tokenizer_dir: str
     examples: dict[str, dict[str, Any]]  # a factory model's example inputs: {name: {"data", "dtype"}}

@@ -22,10 +22,10 @@ import numpy as np
 from pipeline.bench.fingerprint import fingerprint
 from pipeline.bench.generation import generation_rows
 from pipeline.bench.spec import WorkerSpec
-from pipeline.bench.timing import Protocol, latencies, throughput, warm_up
 from pipeline.core.artifact import Format
 from pipeline.model.cache import INPUTS, CacheLayout
 from pipeline.model.inputs import Inputs, load_sentences, random_tokens, tokenize
+from pipeline.runtime.timing import Protocol, latencies, throughput, warm_up
 
 
 def peak_rss_mb() -> float:

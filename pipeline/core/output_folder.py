@@ -32,6 +32,11 @@ NAME_MAX = 255  # bytes of one file name on every common file system
 RESERVED_PATH = 160  # bytes a run's own paths add below the output folder (step folders, temporaries)
 
 
+def output_folder(out: Path | None, recipe: str) -> Path:
+    """Where a recipe's run writes: ``--out``, else artifacts/<recipe> in the working folder."""
+    return out if out is not None else Path("artifacts") / recipe
+
+
 def check_output_folder(out_dir: Path, given: Path | None, force: bool) -> None:
     """Refuse an output folder the run must not write into, before anything is written.
 

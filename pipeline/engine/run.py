@@ -16,7 +16,7 @@ from pipeline.bench.orchestrate import benchmark
 from pipeline.core.artifact import Artifact, Format, load_cached
 from pipeline.core.disk import disk_full, is_disk_full
 from pipeline.core.errors import PipelineError, RecipeError
-from pipeline.core.output_folder import check_output_folder, claimed
+from pipeline.core.output_folder import check_output_folder, claimed, output_folder
 from pipeline.core.store import canonical_json, read_json, sha256_text
 from pipeline.engine.context import make_context
 from pipeline.engine.manager import PlannedStep, check_steps, plan, rebuild_steps, run_chain
@@ -26,12 +26,12 @@ from pipeline.model.cache import with_cache
 from pipeline.model.inputs import load_sentences
 from pipeline.model.loading import ModelHandle
 from pipeline.recipe.load import Recipe, Step, build_steps, load_recipe
-from pipeline.report.summary import worst
 from pipeline.report.write import write_reports
 from pipeline.runtime.runner import Runner
 from pipeline.ship.bundle import build_bundle
 from pipeline.ship.rule import batch_dependence, choose_shipped, may_ship
 from pipeline.verify.cases import Case, split_generation
+from pipeline.verify.metrics import worst
 from pipeline.verify.parity import Parity, blame, check, labels_of, measure_accuracy, run_cases, verify_all
 from pipeline.verify.reference import check_shape_limits, reference, reference_key
 
@@ -66,7 +66,7 @@ def prepare(recipe_path: Path, overrides: list[str] | None = None, out: Path | N
         labels_of(recipe.verify.accuracy, handle)
     check_steps(steps, ctx)
     _warn_on_weak_grid(recipe, handle)
-    out_dir = out if out is not None else Path("artifacts") / recipe.name
+    out_dir = output_folder(out, recipe.name)
     check_output_folder(out_dir, out, force)
     return Prepared(recipe, steps, ctx, plan(steps, ctx, out_dir), out_dir)
 

@@ -14,7 +14,8 @@ from matplotlib import ticker  # noqa: E402
 
 from pipeline.core.store import write_bytes_atomic  # noqa: E402
 from pipeline.engine.results import RunResult  # noqa: E402
-from pipeline.report.summary import headline_point, machine, summary_rows, worst  # noqa: E402
+from pipeline.report.summary import headline_point, machine, summary_rows  # noqa: E402
+from pipeline.verify.metrics import worst  # noqa: E402
 
 
 def _targets(result: RunResult) -> list[tuple[str, dict[str, Any]]]:

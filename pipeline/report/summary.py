@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from pipeline.engine.results import RunResult
+from pipeline.verify.metrics import worst
 
 
 def size_text(num: float | None) -> str:
@@ -21,12 +22,6 @@ def size_text(num: float | None) -> str:
 def machine(result: RunResult) -> dict[str, Any] | None:
     """The fingerprint of the machine the benchmark ran on (every target's worker reports the same one)."""
     return next((b["fingerprint"] for b in result.bench.values() if "fingerprint" in b), None)
-
-
-def worst(metrics: dict[str, dict[str, Any]], key: str, reducer: Any) -> Any:
-    """The worst value of one metric over every output (None when absent)."""
-    values = [m[key] for m in metrics.values() if key in m]
-    return reducer(values) if values else None
 
 
 def headline_point(result: RunResult) -> tuple[int, int] | None:

@@ -7,18 +7,19 @@ arrays in, arrays out.
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from pipeline.bench.timing import CudaEventTimer, Timer
 from pipeline.core.artifact import Format
 from pipeline.core.errors import DeviceError
 from pipeline.model.inputs import Inputs
 from pipeline.runtime.loaders import load_exported, load_torchscript
 from pipeline.runtime.sessions import PROVIDERS, onnx_session, openvino_model
+from pipeline.runtime.timing import CudaEventTimer, Timer
 
 Call = Callable[[], Any]
 
@@ -34,7 +35,24 @@ def torch_device(device: str) -> Any:
     return torch.device(device)
 
 
-class TorchEngine:
+class StagedEngine(ABC):
+    """What every engine does the same way: a call staged on the device, and the run a server makes."""
+
+    @abstractmethod
+    def stage(self, inputs: Inputs) -> Call:
+        """Place the inputs where the model reads them; return a call that runs it."""
+
+    @abstractmethod
+    def sync(self) -> None:
+        """Wait for queued device work."""
+
+    def run_host(self, inputs: Inputs) -> None:
+        """Stage and run once, synchronized: what a server does per request."""
+        self.stage(inputs)()
+        self.sync()
+
+
+class TorchEngine(StagedEngine):
     """Eager, TorchScript or torch.export module; CUDA events time it on GPU."""
 
     def __init__(self, module: Any, input_names: list[str], device: str, output_names: list[str] | None = None) -> None:
@@ -74,11 +92,6 @@ class TorchEngine:
 
         return call
 
-    def run_host(self, inputs: Inputs) -> None:
-        """Stage and run once, synchronized: what a server does per request."""
-        self.stage(inputs)()
-        self.sync()
-
     def host_outputs(self, inputs: Inputs) -> list[np.ndarray]:
         """Stage, run, and bring every output to the host (one step of a decoding loop)."""
         result = self.stage(inputs)()
@@ -86,7 +99,7 @@ class TorchEngine:
         return [value.detach().cpu().numpy() for value in result]
 
 
-class OrtEngine:
+class OrtEngine(StagedEngine):
     """onnxruntime session; on CUDA, IO binding keeps inputs and outputs on the device."""
 
     def __init__(self, path: Path, device: str, threads: int | None, strict_device: bool = True) -> None:
@@ -122,11 +135,6 @@ class OrtEngine:
         self._binding = binding
         return lambda: self.session.run_with_iobinding(binding)
 
-    def run_host(self, inputs: Inputs) -> None:
-        """Stage and run once, synchronized."""
-        self.stage(inputs)()
-        self.sync()
-
     def host_outputs(self, inputs: Inputs) -> list[np.ndarray]:
         """Stage, run, and bring every output to the host (one step of a decoding loop)."""
         result = self.stage(inputs)()
@@ -136,7 +144,7 @@ class OrtEngine:
         return self._binding.copy_outputs_to_cpu()
 
 
-class OvEngine:
+class OvEngine(StagedEngine):
     """OpenVINO compiled model with one infer request (the CPU plugin runs synchronously)."""
 
     def __init__(self, path: Path, device: str, threads: int | None) -> None:
@@ -158,10 +166,6 @@ class OvEngine:
             raise ValueError(f"{self.path.name}: no value for model input(s) {', '.join(missing)}")
         feed = {name: np.ascontiguousarray(inputs[name]) for name in self.input_names}
         return lambda: self.request.infer(feed)
-
-    def run_host(self, inputs: Inputs) -> None:
-        """Stage and run once."""
-        self.stage(inputs)()
 
     def host_outputs(self, inputs: Inputs) -> list[np.ndarray]:
         """Stage, run, and return every output in the model's order."""

@@ -8,7 +8,7 @@ from typing import Any
 from pipeline.bench.rounds import separated, speedup_text
 from pipeline.engine.results import Prepared
 from pipeline.recipe.schema import DEFAULT_TOLERANCE
-from pipeline.report.summary import worst
+from pipeline.verify.metrics import worst
 from pipeline.verify.parity import Parity
 
 log = logging.getLogger(__name__)

@@ -63,6 +63,12 @@ WORST: dict[str, Callable[[list[Any]], Any]] = {
     "cos_min": min, "cos_mean": min, "sqnr_db": min, "top1_agreement": min}
 
 
+def worst(metrics: dict[str, dict[str, Any]], key: str, reducer: Callable[[list[Any]], Any]) -> Any:
+    """The worst value of one metric over every output (None when absent)."""
+    values = [m[key] for m in metrics.values() if key in m]
+    return reducer(values) if values else None
+
+
 def combine(per_case: list[dict[str, Any]]) -> dict[str, Any]:
     """Worst case over many inputs: the largest errors, the smallest similarities, summed counts."""
     out: dict[str, Any] = {}

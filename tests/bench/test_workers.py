@@ -12,9 +12,9 @@ from typing import Any
 import pytest
 
 from pipeline.bench.rounds import BlockFailed
-from pipeline.bench.timing import Timer
 from pipeline.bench.worker import serve
 from pipeline.bench.workers import Launch, start, started
+from pipeline.runtime.timing import Timer
 
 PROTOCOL = {"warmup": 1, "warmup_seconds": 0.0, "min_repeats": 4, "min_seconds": 0.0, "max_seconds": 1.0,
             "throughput_seconds": 0.0, "cv_threshold": 0.1}

@@ -7,7 +7,7 @@ import time
 import pytest
 
 from pipeline.bench.orchestrate import flag_reruns
-from pipeline.bench.timing import CudaEventTimer, Protocol, Timer, latencies, summarize, throughput, warm_up
+from pipeline.runtime.timing import CudaEventTimer, Protocol, Timer, latencies, summarize, throughput, warm_up
 
 
 def test_warm_up_needs_both_count_and_time() -> None:

@@ -18,7 +18,7 @@ from pydantic import Field
 
 from passes._support.onnx_io import check_at_shapes, count_tracer_warnings, fresh_reference, shape_text
 from pipeline.core.artifact import Artifact, Format, Precision
-from pipeline.core.errors import first_line
+from pipeline.core.errors import described, first_line
 from pipeline.engine.pass_api import Inputs, Pass, PassConfig, PassContext, PassOutput
 from pipeline.runtime.loaders import load_torchscript
 from pipeline.runtime.runner import run_module
@@ -110,7 +110,7 @@ def _script(module: torch.nn.Module) -> torch.jit.ScriptModule:
         return torch.jit.script(module)
     except Exception as exc:  # the scripting frontend raises many unrelated types
         raise RuntimeError(
-            f"scripting is not supported for this model ({type(exc).__name__}: {first_line(exc)}); use mode: trace"
+            f"scripting is not supported for this model ({described(exc)}); use mode: trace"
         ) from exc
 
 

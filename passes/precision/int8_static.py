@@ -41,7 +41,7 @@ from passes._support.onnx_io import (
 )
 from passes.repair.options import RepairingPass, RepairOptions, convert_with_repair
 from pipeline.core.artifact import Artifact, Format, Precision
-from pipeline.core.errors import RecipeError, first_line
+from pipeline.core.errors import RecipeError, described
 from pipeline.core.store import canonical_json, sha256_file, sha256_text
 from pipeline.engine.pass_api import PassContext, PassOutput
 from pipeline.model.inputs import Inputs, load_sentences
@@ -157,7 +157,7 @@ def preprocess(source: Path, scratch: Path, external: bool) -> tuple[Path, str]:
                 quant_pre_process(source, target, save_as_external_data=external, **options)
             return target, label
         except Exception as exc:  # onnxruntime raises bare Exceptions here
-            reasons.append(f"{label}: {type(exc).__name__}: {first_line(exc)}")
+            reasons.append(f"{label}: {described(exc)}")
             log.info("int8_static: quant_pre_process (%s) failed: %s", label, reasons[-1])
     log.warning("int8_static: quant_pre_process skipped (%s)", "; ".join(reasons))
     return source, "skipped"

@@ -67,14 +67,14 @@ def _verdict(result: GateResult, kept: int) -> dict[str, Any]:
             "failures": result.failures[:3]}
 
 
-def open_engine(path: Path, fmt: Format, threads: int | None = None) -> Engine:
+def candidate_engine(path: Path, fmt: Format, threads: int | None = None) -> Engine:
     """A candidate's engine on the CPU (ONNX or OpenVINO: files that name their inputs and outputs)."""
     return file_engine(fmt, path, ([], []), "cpu", threads)
 
 
 def p50_ms(path: Path, inputs: Inputs, fmt: Format = Format.ONNX, threads: int = 2, repeats: int = 30) -> float:
     """Median latency of one model file on ``inputs`` (warmed up; for comparing two candidates)."""
-    call = open_engine(path, fmt, threads).stage(inputs)
+    call = candidate_engine(path, fmt, threads).stage(inputs)
     protocol = Protocol(warmup=5, warmup_seconds=0, min_repeats=repeats, min_seconds=0)
     warm_up(call, Timer(), protocol)
     times = latencies(call, Timer(), protocol)
@@ -83,7 +83,7 @@ def p50_ms(path: Path, inputs: Inputs, fmt: Format = Format.ONNX, threads: int =
 
 def outputs_of(path: Path, inputs: Inputs, fmt: Format) -> dict[str, np.ndarray]:
     """A model file's outputs on ``inputs``, by name, as float32."""
-    engine = open_engine(path, fmt)
+    engine = candidate_engine(path, fmt)
     return as_function(engine, engine.output_names)(inputs)
 
 

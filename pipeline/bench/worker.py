@@ -23,6 +23,7 @@ from pipeline.bench.fingerprint import fingerprint
 from pipeline.bench.generation import generation_rows
 from pipeline.bench.spec import WorkerSpec
 from pipeline.core.artifact import Format
+from pipeline.core.errors import described
 from pipeline.model.cache import INPUTS, CacheLayout
 from pipeline.model.inputs import Inputs, load_sentences, random_tokens, tokenize
 from pipeline.runtime.timing import Protocol, latencies, throughput, warm_up
@@ -62,7 +63,7 @@ def gpu_peak_mb(device: str) -> float | None:
 TORCH_FREE = (Format.ONNX.value, Format.OPENVINO.value)  # formats whose worker runs without torch
 
 
-def open_engine(spec: WorkerSpec) -> Any:
+def target_engine(spec: WorkerSpec) -> Any:
     """The target's engine: the artifact's file (pipeline.runtime.engines.file_engine), or the eager model."""
     from pipeline.model.loading import ModelHandle
     from pipeline.model.spec import ModelSpec
@@ -216,12 +217,8 @@ class Target:
         return out
 
 
-def _reason(exc: BaseException) -> str:
-    return f"{type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc).strip() else ''}".rstrip(": ")
-
-
 def serve(spec: WorkerSpec, requests: IO[str], replies: IO[str],
-          open_engine: Callable[[WorkerSpec], Any] = open_engine,
+          target_engine: Callable[[WorkerSpec], Any] = target_engine,
           extras: Callable[[Any, WorkerSpec], dict[str, Any]] | None = None) -> int:
     """Load the target, say so, then answer requests (one JSON line each) until 'quit' or end of input.
 
@@ -240,9 +237,9 @@ def serve(spec: WorkerSpec, requests: IO[str], replies: IO[str],
         torch.set_num_threads(threads)
     start, cpu_start = time.perf_counter(), time.process_time()
     try:
-        target = Target(spec, open_engine(spec))
+        target = Target(spec, target_engine(spec))
     except Exception as exc:  # the orchestrator reports the target as failed, with this reason
-        reply({"error": _reason(exc)})
+        reply({"error": described(exc)})
         return 1
     reply({"ready": True, "pid": os.getpid(), "load_seconds": time.perf_counter() - start,
            "load_cpu_seconds": time.process_time() - cpu_start, "fingerprint": fingerprint(threads, spec["device"])})
@@ -258,11 +255,11 @@ def serve(spec: WorkerSpec, requests: IO[str], replies: IO[str],
             else:
                 reply({"error": f"unknown request {request['op']!r}"})
         except Exception as exc:  # one failed request is the target's error, not the worker's end
-            reply({"error": _reason(exc)})
+            reply({"error": described(exc)})
     return 0
 
 
-def main(argv: list[str], open_target: Callable[[WorkerSpec], Any] = open_engine,
+def main(argv: list[str], open_target: Callable[[WorkerSpec], Any] = target_engine,
          extras: Callable[[Any, WorkerSpec], dict[str, Any]] | None = None) -> int:
     """Read the spec, then serve requests on stdin with replies on the original stdout; anything a
     library prints goes to stderr, so it can never corrupt a reply."""

@@ -9,6 +9,12 @@ def first_line(exc: BaseException) -> str:
     return text.splitlines()[0] if text else type(exc).__name__
 
 
+def described(exc: BaseException) -> str:
+    """An error in one line: its type's name and the first line of its message ('ValueError: bad shape')."""
+    text = str(exc).strip()
+    return f"{type(exc).__name__}: {text.splitlines()[0]}" if text else type(exc).__name__
+
+
 class PipelineError(Exception):
     """Base of every error the pipeline raises on purpose."""
 

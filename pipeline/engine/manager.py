@@ -16,7 +16,7 @@ from typing import Any
 
 from pipeline.core.artifact import Artifact, Format, load_cached
 from pipeline.core.disk import check_not_cut_short, disk_full, is_disk_full, require_space
-from pipeline.core.errors import PassError, PipelineError, first_line
+from pipeline.core.errors import PassError, PipelineError, described, first_line
 from pipeline.core.progress import stage
 from pipeline.core.seal import write_record
 from pipeline.core.store import (
@@ -88,7 +88,7 @@ def _run_step(planned: PlannedStep, parent: Artifact, ctx: PassContext) -> Artif
             if is_disk_full(exc):
                 raise disk_full(exc, planned.folder.parent, writing=planned.folder) from None
             raise PassError(f"pass {step.pass_cls.name} (step {step.folder}, input {parent.step}) failed: "
-                            f"{type(exc).__name__}: {first_line(exc)}") from exc
+                            f"{described(exc)}") from exc
         main = tmp / output.file
         if not main.is_file():
             raise PassError(f"pass {step.pass_cls.name} (step {step.folder}) wrote no {output.file}")

@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from pipeline.core.artifact import Artifact
-from pipeline.core.errors import PipelineError, first_line
+from pipeline.core.errors import PipelineError, described
 from pipeline.core.progress import stage
 from pipeline.model.cache import cache_layout, comparable
 from pipeline.model.loading import ModelHandle
@@ -56,10 +56,6 @@ class Parity:
         return out
 
 
-def _first_line(exc: BaseException) -> str:
-    return f"{type(exc).__name__}: {first_line(exc)}" if str(exc).strip() else type(exc).__name__
-
-
 def run_cases(fn: ModelFn, cases: list[Case]) -> tuple[list[Outputs], list[str]]:
     """Outputs of a model on every reference case, and one line per case it could not run."""
     outputs, errors = [], []
@@ -68,7 +64,7 @@ def run_cases(fn: ModelFn, cases: list[Case]) -> tuple[list[Outputs], list[str]]
         try:
             outputs.append(fn(case.inputs))
         except Exception as exc:  # an artifact that cannot run on an input fails there, with the reason
-            errors.append(f"case {case.name} ({shape}): does not run: {_first_line(exc)}")
+            errors.append(f"case {case.name} ({shape}): does not run: {described(exc)}")
             outputs.append({})
     return outputs, errors
 
@@ -161,7 +157,7 @@ def check_generation(parity: Parity, fn: ModelFn, prompts: list[Case], handle: M
         tokens = [greedy(fn, case.inputs, layout, new_tokens) for case in prompts]
     except Exception as exc:  # an artifact that cannot decode fails there, with the reason
         parity.passed = False
-        parity.failures.append(f"greedy generation does not run: {_first_line(exc)}")
+        parity.failures.append(f"greedy generation does not run: {described(exc)}")
         return
     parity.generation = {**token_match([case.outputs["tokens"] for case in prompts], tokens),
                          "new_tokens": new_tokens, "min_share": min_share}
@@ -196,7 +192,7 @@ def _verify_step(step: Step, artifact: Artifact, runner: Runner, cases: list[Cas
     except PipelineError:
         raise
     except Exception as exc:  # an artifact that cannot be opened fails its gate, with the reason
-        return cannot_run([f"does not load: {type(exc).__name__}: {exc}"], exempt)
+        return cannot_run([f"does not load: {described(exc)}"], exempt)
     results, errors = run_cases(fn, cases)
     if errors:
         return cannot_run(errors, exempt)

@@ -47,7 +47,7 @@ def test_serve_answers_blocks_goes_on_after_an_error_and_stops_on_quit() -> None
         {"op": "quit"},
         {"op": "block", "batch": 1, "seq": 8, "protocol": PROTOCOL}]) + "\n")
     replies, engine = io.StringIO(), FakeEngine()
-    assert serve(SPEC, requests, replies, open_engine=lambda spec: engine) == 0
+    assert serve(SPEC, requests, replies, target_engine=lambda spec: engine) == 0
     ready, first, failed, unknown, second = [json.loads(line) for line in replies.getvalue().splitlines()]
     assert ready["ready"] and ready["fingerprint"]["threads"] == 1
     assert len(first["latencies_ms"]) == 4 and "throughput_calls" not in first
@@ -61,7 +61,7 @@ def test_a_target_that_does_not_load_says_why() -> None:
     def broken(spec: dict[str, Any]) -> Any:
         raise FileNotFoundError("model.onnx is gone")
 
-    assert serve(SPEC, io.StringIO(""), replies, open_engine=broken) == 1
+    assert serve(SPEC, io.StringIO(""), replies, target_engine=broken) == 1
     assert json.loads(replies.getvalue()) == {"error": "FileNotFoundError: model.onnx is gone"}
 
 

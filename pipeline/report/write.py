@@ -76,7 +76,7 @@ def csv_rows(result: RunResult) -> list[dict[str, Any]]:
         accuracy = (result.accuracy.get(name) or {}).get("accuracy")
         base = {"artifact": info["step"], "format": info["format"], "precision": info["precision"],
                 "size_bytes": info["bytes"], "parity": info["verdict"], "max_abs": info["max_abs"],
-                "cos_min": info["cos_min"], "accuracy": accuracy}
+                "cos_min": info["cos_min"], "batch_cos_min": info.get("batch_cos_min"), "accuracy": accuracy}
         points = (result.bench.get(name) or {}).get("rows", [])
         for point in points or [{}]:
             rows.append({**base, **{key: point.get(key) for key in CSV_BENCH_KEYS}})

@@ -105,7 +105,7 @@ def _run_step(planned: PlannedStep, parent: Artifact, ctx: PassContext) -> Artif
             "key": planned.key, "file": output.file, "sha256": sha256_file(main), "files": files,
             "parent": parent.step, "parent_key": parent.key, "parent_sha256": parent.sha256,
             "config": step.config.cache_config(), "meta": output.meta, "stats": stats,
-            "warnings": output.warnings, "versions": library_versions(), "model": ctx.extra.get("model", {}),
+            "warnings": output.warnings, "versions": library_versions(), "model": ctx.model.describe(),
             "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         }
         write_record(tmp / MANIFEST, manifest)

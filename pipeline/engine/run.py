@@ -8,16 +8,16 @@ runs after the chain so a cached chain still gets checked against the current re
 from __future__ import annotations
 
 import logging
-import os
 from pathlib import Path
-from typing import Any, Literal
+from typing import Literal
 
 from pipeline.bench.orchestrate import benchmark
 from pipeline.core.artifact import Artifact, Format, load_cached
 from pipeline.core.disk import disk_full, is_disk_full
 from pipeline.core.errors import PipelineError, RecipeError
 from pipeline.core.output_folder import check_output_folder, claimed, output_folder
-from pipeline.core.store import canonical_json, read_json, sha256_text
+from pipeline.core.seal import read_record, write_record
+from pipeline.core.store import canonical_json, sha256_text
 from pipeline.engine.context import make_context
 from pipeline.engine.manager import PlannedStep, check_steps, plan, rebuild_steps, run_chain
 from pipeline.engine.pass_api import Gate, GateResult, IOSpec
@@ -138,11 +138,10 @@ def run(prepared: Prepared, build: bool = True, bench: BenchMode = "cached") -> 
 
 def _run_claimed(prepared: Prepared, build: bool, bench: BenchMode) -> RunResult:
     recipe, ctx = prepared.recipe, prepared.ctx
-    passed_before = passed_in_last_report(prepared.out_dir)
+    passed_before = passed_last_time(prepared.out_dir)
     # The reference comes first: a fresh eager model, before any exporter has touched one.
     cases, prompts = split_generation(
         reference(recipe, ctx.model, prepared.out_dir / "reference", ctx.base_dir, recipe.device))
-    ctx.extra["model"] = ctx.model.describe()
     cached: dict[str, bool] = {}
 
     def gate_for(step: Step) -> Gate:
@@ -164,6 +163,8 @@ def _run_claimed(prepared: Prepared, build: bool, bench: BenchMode) -> RunResult
         artifacts.update(rebuild_steps(rebuilt, artifacts, ctx, gate_for))
         cached.update({item.step.name: False for item in rebuilt})
         parity, outputs = verify_all(prepared, artifacts, cases, prompts)
+    remember_passed(prepared.out_dir, {item.step.name: item.key for item in prepared.planned
+                                       if item.step.name in parity and parity[item.step.name].passed})
     result = RunResult(prepared, artifacts, parity, None, cached,
                        blame(parity, {s.name: s.source for s in prepared.steps}),
                        measure_accuracy(prepared, cases, outputs), rebuilt=[item.step.name for item in rebuilt])
@@ -187,19 +188,22 @@ def _run_claimed(prepared: Prepared, build: bool, bench: BenchMode) -> RunResult
     return result
 
 
-def passed_in_last_report(out_dir: Path) -> dict[str, str]:
-    """Cache key of every step the folder's last report.json shows passing its gate, by step name."""
-    path = out_dir / "report.json"
-    report = read_json(path)
-    if report is None:
-        if os.path.lexists(path):
-            log.warning("%s: unreadable, not a regular file or not a report; not used", path)
+PASSED = ".passed.json"  # the run's own record of which step passed its gate with which cache key
+
+
+def passed_last_time(out_dir: Path) -> dict[str, str]:
+    """Cache key of every step that passed its gate in the folder's last run, by step name (the sealed
+    record the run keeps for this; its report is written for people and tools, and never read back)."""
+    record = read_record(out_dir / PASSED, "record of passing steps") or {}
+    passed = record.get("passed")
+    if not isinstance(passed, dict):
         return {}
-    artifacts = report.get("artifacts")
-    rows: list[Any] = artifacts if isinstance(artifacts, list) else []
-    return {str(row["name"]): str(row["key"]) for row in rows
-            if isinstance(row, dict) and row.get("key") and row.get("name")
-            and isinstance(row.get("parity"), dict) and row["parity"].get("passed") is True}
+    return {str(name): key for name, key in passed.items() if isinstance(key, str)}
+
+
+def remember_passed(out_dir: Path, passed: dict[str, str]) -> None:
+    """Keep which steps passed their gate, with their cache keys, for the next run."""
+    write_record(out_dir / PASSED, {"passed": passed})
 
 
 def _suspect_steps(prepared: Prepared, parity: dict[str, Parity], cached: dict[str, bool],

@@ -24,6 +24,7 @@ from pipeline.core.store import TMP_PREFIX
 from pipeline.engine.pass_api import Pass, PassConfig, PassContext, PassOutput
 from pipeline.engine.registry import register
 from pipeline.engine.replay import RECORD
+from pipeline.engine.run import PASSED
 
 
 @register
@@ -60,7 +61,7 @@ def _intact(out: Path) -> None:
     for folder in steps:
         manifest = read_manifest(folder)
         assert manifest is not None and load_cached(folder, manifest["key"]) is not None, folder
-    assert not [p for p in out.iterdir() if p.name.startswith(".") and p.name not in (".lock", MARKER, RECORD)]
+    assert not [p for p in out.iterdir() if p.name.startswith(".") and p.name not in (".lock", MARKER, RECORD, PASSED)]
     assert json.loads((out / "report.json").read_text())["ok"]
 
 

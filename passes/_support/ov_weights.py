@@ -15,9 +15,30 @@ import io
 import logging
 from typing import Any
 
+from pipeline.core.errors import RecipeError
+
 GROUP_OPTION = "DYNAMIC_QUANTIZATION_GROUP_SIZE"
 RUNTIME_OPTIONS = "runtime_options"
 GROUP_SIZES = (64, 32)  # tried in this order: the larger group is faster, the smaller more exact
+
+
+def require_nncf(pass_name: str) -> None:
+    """RecipeError naming the pass when NNCF is not installed."""
+    try:
+        import nncf  # noqa: F401
+    except ImportError:
+        raise RecipeError(f"passes: {pass_name} needs NNCF, which is not installed here "
+                          "(pip install -e '.[openvino]'; make setup installs it on x86-64)") from None
+
+
+def decline_telemetry() -> None:
+    """Stop NNCF's usage telemetry for this process (nothing is written to disk). It sends each event
+    from a forked child: a fork of a process running OpenVINO's and torch's thread pools, which can
+    hang, and which inherits this run's SIGTERM handler, so the telemetry's own terminate() leaves it
+    running, holding the run's output pipes after the run ends."""
+    from openvino_telemetry import Telemetry
+
+    Telemetry().consent = False  # a singleton: the instance NNCF made when it was imported
 
 
 def compress_int8(model: Any, names: list[str] | None = None) -> Any:
@@ -26,6 +47,7 @@ def compress_int8(model: Any, names: list[str] | None = None) -> Any:
     import nncf
 
     nncf.set_log_level(logging.ERROR)
+    decline_telemetry()
     ignored = None
     if names is not None:
         others = [op.get_friendly_name() for op in model.get_ordered_ops()

@@ -23,7 +23,15 @@ from typing import Any, Literal, cast
 
 from pydantic import Field, field_validator
 
-from passes._support.ov_weights import GROUP_SIZES, compress_int8, compressed_matmuls, runtime_options, set_group_size
+from passes._support.ov_weights import (
+    GROUP_SIZES,
+    compress_int8,
+    compressed_matmuls,
+    decline_telemetry,
+    require_nncf,
+    runtime_options,
+    set_group_size,
+)
 from passes.export.openvino_convert import require_openvino
 from passes.repair.localize_ir import rank_by_own_harm
 from passes.repair.options import RepairingPass, RepairOptions, convert_with_repair
@@ -86,11 +94,7 @@ class NncfInt8Pass(RepairingPass):
     def check(self, ctx: PassContext) -> None:
         """OpenVINO and NNCF must be installed, and the calibration file must hold sentences."""
         require_openvino(self.name)
-        try:
-            import nncf  # noqa: F401
-        except ImportError:
-            raise RecipeError("passes: nncf_int8 needs NNCF, which is not installed here "
-                              "(pip install -e '.[openvino]'; make setup installs it on x86-64)") from None
+        require_nncf(self.name)
         config = cast(NncfInt8Config, self.config)
         path = ctx.sentence_file(config.calibration)
         if not path.exists():
@@ -207,16 +211,6 @@ def quantize(model: Any, samples: list[Inputs], config: NncfInt8Config, ignored:
                              fast_bias_correction=config.fast_bias_correction,
                              ignored_scope=nncf.IgnoredScope(names=ignored) if ignored else None,
                              advanced_parameters=advanced)
-
-
-def decline_telemetry() -> None:
-    """Stop NNCF's usage telemetry for this process (nothing is written to disk). It sends each event
-    from a forked child: a fork of a process running OpenVINO's and torch's thread pools, which can
-    hang, and which inherits this run's SIGTERM handler, so the telemetry's own terminate() leaves it
-    running, holding the run's output pipes after the run ends."""
-    from openvino_telemetry import Telemetry
-
-    Telemetry().consent = False  # a singleton: the instance NNCF made when it was imported
 
 
 def quantized_counts(model: Any) -> dict[str, int]:

@@ -23,11 +23,17 @@ from typing import Any, cast
 import numpy as np
 from pydantic import Field, field_validator
 
-from passes._support.ov_weights import GROUP_SIZES, compress_int8, compressed_matmuls, runtime_options, set_group_size
+from passes._support.ov_weights import (
+    GROUP_SIZES,
+    compress_int8,
+    compressed_matmuls,
+    require_nncf,
+    runtime_options,
+    set_group_size,
+)
 from passes.export.openvino_convert import require_openvino
 from passes.repair.options import RepairingPass, RepairOptions, convert_with_repair
 from pipeline.core.artifact import Artifact, Format, Precision
-from pipeline.core.errors import RecipeError
 from pipeline.engine.pass_api import Gate, Inputs, PassContext, PassOutput
 from pipeline.runtime.engines import OvEngine
 
@@ -76,24 +82,17 @@ class OvWeightInt8Pass(RepairingPass):
     def check(self, ctx: PassContext) -> None:
         """OpenVINO and NNCF must be installed."""
         require_openvino(self.name)
-        try:
-            import nncf  # noqa: F401
-        except ImportError:
-            raise RecipeError("passes: ov_weight_int8 needs NNCF, which is not installed here "
-                              "(pip install -e '.[openvino]'; make setup installs it on x86-64)") from None
+        require_nncf(self.name)
 
     def run(self, parent: Artifact, ctx: PassContext, out_dir: Path) -> PassOutput:
         """Write the IR to ``out_dir/model.xml`` (weights in model.bin), its group size in its runtime options."""
         import openvino as ov
-
-        from passes.precision.nncf_int8 import decline_telemetry
 
         config = cast(OvWeightInt8Config, self.config)
         if parent.format is not Format.OPENVINO or parent.path is None or parent.precision is not Precision.FP32:
             raise ValueError(f"ov_weight_int8 reads an fp32 OpenVINO IR, not a {parent.precision} "
                              f"{parent.format.value} artifact")
         source = parent.path
-        decline_telemetry()
         compressed = compress_int8(ov.Core().read_model(str(source)))
         candidates = {name: "MatMul" for name in compressed_matmuls(compressed)}
         if not candidates:

@@ -20,7 +20,7 @@ from benchmarks.peer_table import Target
 from pipeline.bench.orchestrate import available_memory_mb, worker_spec
 from pipeline.bench.workers import Launch
 from pipeline.core.artifact import Artifact, Format
-from pipeline.engine.results import Prepared
+from pipeline.run.prepare import Prepared
 from pipeline.runtime.runner import Outputs, Runner
 from pipeline.verify.cases import Case
 from pipeline.verify.parity import check, run_cases
@@ -42,7 +42,7 @@ class Settings:
     quick: bool = False
     quiet_threshold: float = 0.10  # share of the cores other processes may use before a target waits
     quiet_wait: float = 120.0  # seconds a target waits at most for them
-    point: tuple[int, int] = (1, 128)  # the headline point: measured in bench.headline_rounds
+    point: tuple[int, int] = (1, 128)  # the ship point: measured in bench.ship_point_rounds
 
 
 def parity_json(parity: Any) -> dict[str, Any]:
@@ -82,7 +82,7 @@ def peer_spec(prepared: Prepared, target: Target, settings: Settings) -> dict[st
     fmt = Format.EAGER if target.kind in ("eager", "compile") else Format(target.kind)
     artifact = Artifact(step=target.name, format=fmt, key=target.name,
                         path=Path(target.path) if target.path else None)
-    spec = worker_spec(prepared, target.name, artifact)
+    spec = worker_spec(prepared.recipe, prepared.model, target.name, artifact)
     spec["grid"] = [[b, s] for b in settings.batches for s in settings.seqs]
     if settings.max_batch > 0:
         search = spec.get("best_batch") or {"plateau": 0.05, "memory_limit_mb": 0.6 * available_memory_mb()}

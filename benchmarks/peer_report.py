@@ -55,7 +55,7 @@ def at(point: Point) -> str:
 
 
 def summary(targets: list[Target], point: Point, busy: float = 0.10) -> list[str]:
-    """The headline table, one row per target (a dagger: other processes used more than ``busy`` of the
+    """The main table, one row per target (a dagger: other processes used more than ``busy`` of the
     cores while it was measured)."""
     rows = []
     for r in table_rows(targets, point):
@@ -203,7 +203,7 @@ def markdown(targets: list[Target], meta: dict[str, Any]) -> str:
              *leaders(targets, point),
              *summary(targets, point, meta.get("busy_threshold", 0.10)), "",
              f"Every target was measured in the same interleaved rounds at each point ({meta.get('rounds', '?')} "
-             f"rounds; {meta.get('headline_rounds', meta.get('rounds', '?'))} at {at(point)}; the order rotated each "
+             f"rounds; {meta.get('ship_point_rounds', meta.get('rounds', '?'))} at {at(point)}; the order rotated each "
              "round, a pause before each turn); a ratio is taken within a round and "
              "summarized as the median over rounds with a 95% bootstrap interval in brackets. Speed-up over eager: "
              f"eager's latency over the target's at {at(point)}. *Shipped against it*: the target's latency over "

@@ -22,7 +22,8 @@ from benchmarks.peer_measure import QUICK, Settings, judge_compiled, launch, par
 from benchmarks.peer_table import Target
 from benchmarks.quiet import contention, wait_for_quiet
 from pipeline.bench.orchestrate import measure_session, round_plans
-from pipeline.engine.results import RunResult
+from pipeline.report.outcome import RunResult
+from pipeline.run.prepare import Prepared
 from pipeline.runtime.runner import Runner
 from pipeline.ship.rule import choose_shipped
 from pipeline.verify.reference import reference
@@ -40,7 +41,7 @@ def project_targets(result: RunResult, skip: set[str]) -> list[Target]:
         targets.append(Target("torch.compile", "PyTorch", "compile", how="torch.compile(eager model), inductor"))
     if "project" in skip:
         return targets
-    for step in result.prepared.steps:
+    for step in result.steps:
         art = result.artifacts[step.name]
         config = {k: v for k, v in step.config.model_dump(by_alias=True, exclude_none=True, exclude_defaults=True)
                   .items() if k != "from"}
@@ -53,11 +54,10 @@ def project_targets(result: RunResult, skip: set[str]) -> list[Target]:
     return targets
 
 
-def peer_targets(result: RunResult, work: Path, isa: str, skip: set[str], timeout: float
+def peer_targets(prepared: Prepared, result: RunResult, work: Path, isa: str, skip: set[str], timeout: float
                  ) -> tuple[list[Target], dict[str, dict[str, str]], str | None]:
     """Optimum's, optimum-intel's, Olive's, onnxruntime's and NNCF's peers: (targets, the versions of each peer
     environment by report key, Optimum's quantization preset used)."""
-    prepared = result.prepared
     targets: list[Target] = []
     versions: dict[str, dict[str, str]] = {}
     used = None
@@ -94,13 +94,12 @@ def peer_targets(result: RunResult, work: Path, isa: str, skip: set[str], timeou
             targets += [ort_optimized(plain.path, work / "ort_optimize_model"),
                         ort_quantized(plain.path, work / "ort_quantize_dynamic")]
     if "nncf" not in skip:
-        targets.append(nncf_peer(result, work / "nncf_quantize"))
+        targets.append(nncf_peer(prepared, result, work / "nncf_quantize"))
     return targets, versions, used
 
 
-def nncf_peer(result: RunResult, out: Path) -> Target:
+def nncf_peer(prepared: Prepared, result: RunResult, out: Path) -> Target:
     """NNCF's int8 with its defaults on the recipe's fp32 OpenVINO IR, calibrated on the recipe's corpus."""
-    prepared = result.prepared
     ir = next((result.artifacts[s.name] for s in prepared.steps if s.pass_cls.name == "openvino_convert"), None)
     if ir is None or ir.path is None:
         return Target("nncf-quantize", "NNCF", "openvino", precision="int8",
@@ -111,10 +110,9 @@ def nncf_peer(result: RunResult, out: Path) -> Target:
     return nncf_quantized(ir.path, out, samples)
 
 
-def measure(result: RunResult, targets: list[Target], settings: Settings, timeout: float) -> list[dict[str, Any]]:
+def measure(prepared: Prepared, targets: list[Target], settings: Settings, timeout: float) -> list[dict[str, Any]]:
     """Parity here for every target without a verdict, then one interleaved benchmark session of every
     target that loads, each in its own process; returns the session's ratios over eager."""
-    prepared = result.prepared
     recipe = prepared.recipe
     cases = reference(recipe, prepared.ctx.model, prepared.out_dir / "reference", prepared.ctx.base_dir, recipe.device)
     runner = Runner(prepared.ctx.model, recipe.device, threads=recipe.bench.threads)
@@ -125,7 +123,7 @@ def measure(result: RunResult, targets: list[Target], settings: Settings, timeou
     gc.collect()  # close this process's sessions: their spinning threads must not share the cores with a worker
     time.sleep(2)
     runnable = [t for t in targets if t.error is None]
-    quick = {**QUICK, "rounds": 3, "headline_rounds": 3}
+    quick = {**QUICK, "rounds": 3, "ship_point_rounds": 3}
     bench = recipe.bench.model_copy(update=quick) if settings.quick else recipe.bench
     plans = round_plans(bench, recipe.device, settings.point,
                         [(b, s) for b in settings.batches for s in settings.seqs])
@@ -169,11 +167,11 @@ def mark_shipped(result: RunResult, targets: list[Target], ratios: list[dict[str
     lack (the recipe run then ships its last passing step) still gets the rule's answer here.
     """
     by_folder = {t.name: t for t in targets}
-    bench = {s.name: by_folder[s.folder].bench or {} for s in result.prepared.steps if s.folder in by_folder}
-    names = {s.folder: s.name for s in result.prepared.steps}
+    bench = {s.name: by_folder[s.folder].bench or {} for s in result.steps if s.folder in by_folder}
+    names = {s.folder: s.name for s in result.steps}
     by_step = [{**e, "target": names[e["target"]]} for e in ratios if e["target"] in names]
-    chosen, why = choose_shipped(result.prepared, result.parity, bench, by_step)
-    folder = next((s.folder for s in result.prepared.steps if s.name == chosen), None)
+    chosen, why = choose_shipped(result.recipe.ship, [s.name for s in result.steps], result.parity, bench, by_step)
+    folder = next((s.folder for s in result.steps if s.name == chosen), None)
     for t in targets:
         t.shipped = t.name == folder
     notes = [why] if why else []

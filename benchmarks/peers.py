@@ -46,8 +46,9 @@ from benchmarks.peer_run import (  # noqa: E402
 from benchmarks.peer_table import Point  # noqa: E402
 from pipeline.bench.fingerprint import fingerprint  # noqa: E402
 from pipeline.core.versions import library_versions  # noqa: E402
-from pipeline.engine.results import RunResult  # noqa: E402
-from pipeline.engine.run import prepare, run  # noqa: E402
+from pipeline.report.outcome import RunResult  # noqa: E402
+from pipeline.run.optimize import run  # noqa: E402
+from pipeline.run.prepare import prepare  # noqa: E402
 
 log = logging.getLogger("benchmarks.peers")
 PARTS = ("eager", "compile", "project", "optimum", "intel", "olive", "ort", "nncf")
@@ -67,7 +68,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--best-seq", type=int, default=128, help="sequence length of the best-batch search")
     parser.add_argument("--max-batch", type=int, default=32, help="largest batch of the search (0: no search)")
     parser.add_argument("--point", type=_ints, default=None,
-                        help="batch,seq of the headline p50 (default: the recipe's ship.fastest_at, else 1,128)")
+                        help="batch,seq of the quoted p50 (default: the recipe's ship.fastest_at, else 1,128)")
     parser.add_argument("--real-data", action="store_true", help="also run the corpus through tokenize and run")
     parser.add_argument("--isa", default="auto", choices=("auto", "avx2", "avx512", "avx512_vnni"),
                         help="Optimum AutoQuantizationConfig preset (auto: from /proc/cpuinfo)")
@@ -103,11 +104,11 @@ def phase(name: str, timings: dict[str, float]) -> Iterator[None]:
 
 def settings_meta(settings: Settings, point: Point, result: RunResult, timeout: float) -> dict[str, Any]:
     """What the report says about the grid and protocol."""
-    bench = result.prepared.recipe.bench
+    bench = result.recipe.bench
     protocol = {k: getattr(bench, k) for k in ("warmup", "warmup_seconds", "min_repeats", "min_seconds",
                                                 "max_seconds", "throughput_seconds", "cv_threshold", "rounds",
                                                 "pause_seconds", "max_steal", "max_others_cpu")}
-    return {"grid": f"batches {list(settings.batches)} x sequences {list(settings.seqs)}; headline point b{point[0]} "
+    return {"grid": f"batches {list(settings.batches)} x sequences {list(settings.seqs)}; ship point b{point[0]} "
                     f"s{point[1]}",
             "best-batch search": (f"sequence {settings.best_seq}, batch doubling from 1 to {settings.max_batch}"
                                   if settings.max_batch else "off"),
@@ -130,8 +131,8 @@ def git_state() -> str:
 
 
 def make_settings(args: argparse.Namespace, result: RunResult) -> tuple[Settings, Point]:
-    """The grid (the headline point always in it) and the headline point."""
-    recipe = result.prepared.recipe
+    """The grid (the ship point always in it) and the ship point."""
+    recipe = result.recipe
     fastest = tuple(recipe.ship.fastest_at) if recipe.ship.fastest_at else None
     point: Point = tuple(args.point) if args.point else fastest or (1, 128)  # type: ignore[assignment]
     settings = Settings(tuple(sorted({*args.batches, point[0]})), tuple(sorted({*args.seqs, point[1]})),
@@ -157,18 +158,19 @@ def main(argv: list[str] | None = None) -> int:
     timings: dict[str, float] = {}
     with phase("recipe (cached artifacts reused, cached benchmarks only)", timings):
         # bench="reuse": nothing is measured here, and a bundle shipped from cached benchmarks stays as it is.
-        result = run(prepare(recipe_path), bench="reuse")
-    recipe = result.prepared.recipe
+        prepared = prepare(recipe_path)
+        result = run(prepared, bench="reuse")
+    recipe = result.recipe
     settings, point = make_settings(args, result)
     timeout = args.timeout or recipe.bench.timeout_seconds
     targets = project_targets(result, args.skip)
     with phase("build peers", timings):
         work = (args.work or Path("artifacts") / "peers" / recipe.name).resolve()
-        peers, env_versions, isa = peer_targets(result, work, args.isa, args.skip, timeout)
+        peers, env_versions, isa = peer_targets(prepared, result, work, args.isa, args.skip, timeout)
         targets += peers
         add_stats(targets)
     with phase("parity and benchmarks (interleaved rounds)", timings):
-        ratios = measure(result, targets, settings, timeout)
+        ratios = measure(prepared, targets, settings, timeout)
     eager = next((t for t in targets if t.name == "eager" and t.bench), None)
     drift = drift_lines(eager)
     shipped, notes = mark_shipped(result, targets, ratios)
@@ -184,7 +186,7 @@ def main(argv: list[str] | None = None) -> int:
             "fingerprint": fp or fingerprint(recipe.bench.threads, recipe.device),
             "versions": library_versions(), **env_versions, "git": git_state(),
             "notes": notes, "drift": drift, "ratios": ratios, "rounds": recipe.bench.rounds,
-            "headline_rounds": recipe.bench.headline_rounds,
+            "ship_point_rounds": recipe.bench.ship_point_rounds,
             "settings": settings_meta(settings, point, result, timeout),
             "timings": timings, "plot": f"{md_path.stem}.png", "busy_threshold": settings.quiet_threshold,
             "command": shlex.join(["python", "benchmarks/peers.py", *(sys.argv[1:] if argv is None else argv)])}

@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING
 from pipeline.core.errors import BadInputError, PipelineError, Terminated
 
 if TYPE_CHECKING:
-    from pipeline.engine.results import RunResult
+    from pipeline.report.outcome import RunResult
 
 log = logging.getLogger("pipeline")
 
@@ -117,7 +117,7 @@ def _finish(result: RunResult) -> int:
     if result.shipped is None:
         console.print_gate_failure(result)
         return 1
-    log.info("shipped %s to %s; report: %s", result.shipped, result.bundle, result.prepared.out_dir / "report.md")
+    log.info("shipped %s to %s; report: %s", result.shipped, result.bundle, result.out_dir / "report.md")
     return 0
 
 
@@ -126,13 +126,14 @@ def _cmd_optimize(args: argparse.Namespace) -> int:
         replayed = _replay(args)
         if replayed is not None:
             return replayed
-    from pipeline.engine.replay import remember
-    from pipeline.engine.run import prepare, run
     from pipeline.report import console
+    from pipeline.run.optimize import run
+    from pipeline.run.prepare import prepare
+    from pipeline.run.replay import remember
 
     prepared = prepare(args.recipe, _overrides(args), args.out, args.force)
     if args.dry_run:
-        console.print_plan(prepared)
+        console.print_plan(prepared.recipe.name, prepared.out_dir, prepared.planned)
         return 0
     console.recorded(clear=True)  # the record holds this run's output alone
     if prepared.ctx.model.spec.weights == "random":
@@ -152,8 +153,8 @@ def _replay(args: argparse.Namespace) -> int | None:
     """When nothing the run reads changed since the last run into the same folder, print what that
     run printed and return its exit code (torch is never imported); else None."""
     from pipeline.core.output_folder import check_output_folder, output_folder
-    from pipeline.engine.replay import recorded, run_digest
     from pipeline.recipe.load import load_recipe
+    from pipeline.run.replay import recorded, run_digest
 
     recipe = load_recipe(args.recipe, _overrides(args))
     out_dir = output_folder(args.out, recipe.name)
@@ -168,13 +169,15 @@ def _replay(args: argparse.Namespace) -> int | None:
 
 
 def _cmd_verify(args: argparse.Namespace) -> int:
-    from pipeline.engine.run import prepare, run
+    from pipeline.run.optimize import run
+    from pipeline.run.prepare import prepare
 
     return _finish(run(prepare(args.recipe, _overrides(args), args.out, args.force), build=False, bench="reuse"))
 
 
 def _cmd_bench(args: argparse.Namespace) -> int:
-    from pipeline.engine.run import prepare, run
+    from pipeline.run.optimize import run
+    from pipeline.run.prepare import prepare
 
     return _finish(run(prepare(args.recipe, _overrides(args), args.out, args.force), build=False, bench="force"))
 
@@ -191,7 +194,8 @@ def _cmd_ship(args: argparse.Namespace) -> int:
         return 1 if problems else 0
     if args.recipe is None:
         raise BadInputError("ship: give a recipe, or --check DIR")
-    from pipeline.engine.run import prepare, run
+    from pipeline.run.optimize import run
+    from pipeline.run.prepare import prepare
 
     return _finish(run(prepare(args.recipe, args.overrides, args.out, args.force), build=False, bench="reuse"))
 
@@ -219,7 +223,7 @@ def _cmd_list(_: argparse.Namespace) -> int:
 
 
 def _cmd_schema(_: argparse.Namespace) -> int:
-    from pipeline.recipe.load import json_schema
+    from pipeline.engine.chain import json_schema
 
     print(json.dumps(json_schema(), indent=2))
     return 0

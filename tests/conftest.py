@@ -7,18 +7,24 @@ import hashlib
 import json
 import os
 import stat
+import sys
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
-import pytest
-import yaml
+# The project's folder first on the path: pytest puts tests/ there (for this file), where tests/passes, a folder
+# without __init__.py, would otherwise be imported as the package `passes` whenever pytest is not started as
+# `python -m pytest` from the project's folder (the `pytest` command, or another working directory).
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from pipeline.core.artifact import Artifact, Format
-from pipeline.engine.context import make_context
-from pipeline.engine.pass_api import IOSpec, PassContext
-from pipeline.model.loading import ModelHandle
-from pipeline.model.spec import ModelSpec
+import pytest  # noqa: E402
+import yaml  # noqa: E402
+
+from pipeline.core.artifact import Artifact, Format  # noqa: E402
+from pipeline.engine.context import make_context  # noqa: E402
+from pipeline.engine.pass_api import IOSpec, PassContext  # noqa: E402
+from pipeline.model.loading import ModelHandle  # noqa: E402
+from pipeline.model.spec import ModelSpec  # noqa: E402
 
 # records are sealed with a key of the test session's own, never the user's (children inherit it)
 os.environ.setdefault("MODEL_PIPELINE_SEAL_KEY", os.path.join(tempfile.mkdtemp(prefix="seal-key-"), "seal.key"))

@@ -10,8 +10,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from pipeline.engine.replay import RECORD
 from pipeline.model.inputs import random_tokens
+from pipeline.run.replay import RECORD
 from pipeline.runtime.sessions import onnx_session
 
 pytestmark = pytest.mark.slow

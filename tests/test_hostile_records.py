@@ -25,8 +25,8 @@ from pipeline.core.seal import read_record, sealed, write_record
 from pipeline.core.store import SWAP_PREFIX, TMP_PREFIX
 from pipeline.core.versions import library_versions
 
-BENCH = {"batches": [1], "seqs": [8], "rounds": 2, "headline_rounds": 2, "min_seconds": 0.05, "min_repeats": 3,
-         "warmup_seconds": 0.01, "best_batch": None, "real_data": None, "headline_generations": 1}
+BENCH = {"batches": [1], "seqs": [8], "rounds": 2, "ship_point_rounds": 2, "min_seconds": 0.05, "min_repeats": 3,
+         "warmup_seconds": 0.01, "best_batch": None, "real_data": None, "ship_point_generations": 1}
 OUT = Path("o")
 
 

@@ -23,8 +23,8 @@ from pipeline.core.output_folder import MARKER
 from pipeline.core.store import TMP_PREFIX
 from pipeline.engine.pass_api import Pass, PassConfig, PassContext, PassOutput
 from pipeline.engine.registry import register
-from pipeline.engine.replay import RECORD
-from pipeline.engine.run import PASSED
+from pipeline.run.passed import PASSED
+from pipeline.run.replay import RECORD
 
 
 @register
@@ -181,15 +181,151 @@ def test_permission_denied_is_one_line(recipe: Path, monkeypatch: pytest.MonkeyP
     assert len(err) == 1 and "denied: Permission denied" in err[0]
 
 
-def test_no_pickle_is_loaded_from_an_artifact() -> None:
-    """Every load of a torch artifact goes through pipeline/runtime/loaders.py (weights-only, checked first);
-    nothing else unpickles."""
-    sources = [*Path(__file__).parents[1].glob("pipeline/**/*.py"), *Path(__file__).parents[1].glob("passes/**/*.py")]
-    for call in ("pickle.load(", "pickle.loads(", "Unpickler(", "allow_pickle=True", "weights_only=False)",
-                 "torch.load(", "yaml.load(", "torch.export.load(", "torch.jit.load("):
-        users = [p for p in sources if call in p.read_text()]
-        assert users == [] or (call in ("torch.export.load(", "torch.jit.load(")
-                               and {p.name for p in users} == {"loaders.py"}), (call, users)
+class _LoadMonitor:
+    """While installed: every torch.load, torch.jit.load and torch.export.load, with whether it ran inside
+    the loader's weights-only scope (pipeline/runtime/loaders.py); every global a full (unrestricted)
+    unpickler resolves, and every pickle.load(s) and np.load(allow_pickle=True) call; and every global
+    torch's weights-only unpickler reads."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        import pickle
+
+        import numpy as np
+        import torch
+        import torch._weights_only_unpickler as restricted
+
+        from pipeline.runtime import loaders
+
+        self.loads: list[tuple[str, bool]] = []
+        self.resolved: list[tuple[str, str]] = []  # by a full unpickler: what weights-only must prevent
+        self.read: list[tuple[str, str]] = []  # by the weights-only unpickler (refused unless allowed)
+        self.unpickled: list[str] = []
+        monitor = self
+
+        def forced() -> bool:
+            return os.environ.get(loaders.FORCE) == "1" and loaders.UNFORCE not in os.environ
+
+        def spy(owner: object, name: str, label: str) -> None:
+            real = getattr(owner, name)
+
+            def call(*args: object, **kwargs: object) -> object:
+                self.loads.append((label, forced()))
+                return real(*args, **kwargs)
+
+            monkeypatch.setattr(owner, name, call)
+
+        spy(torch, "load", "torch.load")
+        spy(torch.jit, "load", "torch.jit.load")
+        spy(torch.export, "load", "torch.export.load")
+
+        class Unpickler(pickle.Unpickler):  # torch's full load subclasses pickle.Unpickler when it is called
+            def find_class(self, module: str, name: str) -> object:
+                monitor.resolved.append((module, name))
+                return super().find_class(module, name)
+
+        monkeypatch.setattr(pickle, "Unpickler", Unpickler)
+
+        def unpickling(owner: object, name: str, label: str, when: Callable[[dict], bool]) -> None:
+            real = getattr(owner, name)
+
+            def call(*args: object, **kwargs: object) -> object:
+                if when(kwargs):
+                    self.unpickled.append(label)
+                return real(*args, **kwargs)
+
+            monkeypatch.setattr(owner, name, call)
+
+        unpickling(pickle, "load", "pickle.load", lambda _kwargs: True)
+        unpickling(pickle, "loads", "pickle.loads", lambda _kwargs: True)
+        unpickling(np, "load", "np.load(allow_pickle=True)", lambda kwargs: bool(kwargs.get("allow_pickle")))
+        real_read = restricted._read_global_instruction
+
+        def read_global(readline: Callable[[], bytes]) -> tuple[str, str]:
+            found = real_read(readline)
+            self.read.append(found)
+            return found
+
+        monkeypatch.setattr(restricted, "_read_global_instruction", read_global)
+
+
+# what torch's weights-only unpickler may rebuild from a clean artifact: tensors, storages and containers
+_ALLOWED_GLOBALS = {("collections", "OrderedDict"), ("builtins", "set"), ("__builtin__", "set")}
+
+
+def test_every_torch_load_of_a_run_and_of_its_verify_is_weights_only(
+        write_tiny_recipe: Callable[..., Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The torchscript and torch_export passes reload what they wrote, verification opens both artifacts, and
+    the verify command opens them again: every torch load made runs inside the loader's weights-only scope,
+    and no pickle is read by a full unpickler."""
+    import io
+
+    import torch
+
+    recipe = write_tiny_recipe("torch_files", ["torchscript", {"torch_export": {"from": "eager"}}],
+                               verify={"shapes": [[1, 9]], "sentence_batches": 1})
+    monitor = _LoadMonitor(monkeypatch)
+    assert main(["optimize", str(recipe), "--no-bench"]) == 0
+    after_optimize = list(monitor.loads)
+    assert main(["verify", str(recipe)]) == 0
+    # live: both artifacts were loaded in each command (TorchScript by torch.jit, the .pt2's pickled sample
+    # inputs by torch.load inside torch.export.load), and every load ran weights-only
+    for loads in (after_optimize, monitor.loads[len(after_optimize):]):
+        assert {"torch.jit.load", "torch.export.load", "torch.load"} <= {label for label, _ in loads}, loads
+    assert [label for label, forced in monitor.loads if not forced] == []
+    assert monitor.resolved == [] and monitor.unpickled == []
+    assert monitor.read and all(module.split(".")[0] == "torch" or (module, name) in _ALLOWED_GLOBALS
+                                for module, name in monitor.read), monitor.read
+
+    # and the monitor tells: loads outside the loader are caught, a full unpickle names what it resolved
+    torchscript = next((tmp_path / "artifacts" / "torch_files").glob("*_torchscript/model.pt"))
+    torch.jit.load(str(torchscript))
+    buffer = io.BytesIO()
+    torch.save({"w": torch.zeros(2)}, buffer)
+    buffer.seek(0)
+    torch.load(buffer, weights_only=False)
+    assert [label for label, forced in monitor.loads if not forced] == ["torch.jit.load", "torch.load"]
+    assert ("torch._utils", "_rebuild_tensor_v2") in monitor.resolved
+
+
+class _System:
+    """Unpickled without restriction, it runs a shell command through os.system."""
+
+    def __init__(self, marker: Path) -> None:
+        self.command = f"touch {marker}"
+
+    def __reduce__(self) -> tuple[Callable[[str], int], tuple[str]]:
+        return os.system, (self.command,)
+
+
+def test_a_pt2_whose_pickle_names_os_system_is_refused_when_a_runner_opens_it(
+        tiny_handle, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Opened the way verification opens an artifact; the global is read, refused, and never resolved."""
+    import io
+
+    import torch
+
+    from pipeline.core.errors import ArtifactError
+    from pipeline.runtime.runner import Runner
+    from tests.passes.export.tampering import member_name, rewrite
+
+    class Tiny(torch.nn.Module):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return x * 2
+
+    path = tmp_path / "model.pt2"
+    torch.export.save(torch.export.export(Tiny(), (torch.zeros(2, 3),)), str(path))
+    marker = tmp_path / "pwned"
+    payload = io.BytesIO()
+    torch.save(_System(marker), payload)
+    rewrite(path, {member_name(path, "data/sample_inputs/model.pt"): payload.getvalue()})
+    monitor = _LoadMonitor(monkeypatch)
+    artifact = Artifact(step="01_torch_export", format=Format.TORCH_EXPORT, key="k", path=path)
+    with pytest.raises(ArtifactError, match=r"model\.pt2: holds something other than .*calls (posix|os)\.system"):
+        Runner(tiny_handle).open(artifact)
+    assert not marker.exists()
+    assert ("posix", "system") in monitor.read or ("os", "system") in monitor.read
+    assert monitor.resolved == [] and monitor.unpickled == []
+    assert [forced for _, forced in monitor.loads] and all(forced for _, forced in monitor.loads)
 
 
 def _free_space(monkeypatch: pytest.MonkeyPatch, free: Callable[[Path], int]) -> None:

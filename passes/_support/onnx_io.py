@@ -169,10 +169,8 @@ def shapes_to_check(io: IOSpec, max_positions: int | None) -> list[tuple[int, in
 
 
 def max_positions(ctx: PassContext) -> int | None:
-    """The model's longest sequence (None when it has no limit); loads the model once per context."""
-    if "max_positions" not in ctx.extra:
-        ctx.extra["max_positions"] = ctx.model.load().max_positions
-    return ctx.extra["max_positions"]
+    """The model's longest sequence (None when it has no limit)."""
+    return ctx.model.loaded_max_positions
 
 
 def inputs_to_check(ctx: PassContext) -> list[Inputs]:
@@ -184,8 +182,7 @@ def fresh_reference(ctx: PassContext) -> tuple[Any, list[Inputs], list[dict[str,
     """A freshly loaded model, the check inputs, and its outputs on them: taken before anything
     exports or compiles, since an export can disturb the module it traces."""
     reference = ctx.model.load()
-    ctx.extra.setdefault("max_positions", reference.max_positions)
-    inputs = inputs_to_check(ctx)
+    inputs = [ctx.sample_inputs(batch, seq) for batch, seq in shapes_to_check(ctx.io, reference.max_positions)]
     return reference, inputs, [run_module(reference.module, x, ctx.io.input_names, ctx.io.output_names) for x in inputs]
 
 

@@ -28,15 +28,16 @@ import numpy as np
 from pipeline.bench.fingerprint import fingerprint
 from pipeline.bench.noise import sample
 from pipeline.bench.rounds import BlockFailed, Point, RoundPlan, measure_point, ratio_entry
-from pipeline.bench.spec import BenchRow, WorkerSpec
+from pipeline.bench.spec import BenchResult, BenchRow, Ratio, WorkerSpec
 from pipeline.bench.workers import Launch, Worker, started
 from pipeline.core.artifact import Artifact
 from pipeline.core.limits import available_memory
 from pipeline.core.progress import stage
 from pipeline.core.seal import read_record, write_record
 from pipeline.core.store import canonical_json, sha256_text
-from pipeline.engine.results import Prepared
 from pipeline.model.cache import cache_layout
+from pipeline.model.loading import ModelHandle
+from pipeline.recipe.load import Recipe
 from pipeline.recipe.schema import BenchSpec
 from pipeline.runtime.timing import summarize
 
@@ -51,8 +52,8 @@ ROUND_WARMUP_SECONDS = 0.02  # a round's warm-up: enough calls to wake the threa
 class Benchmarks:
     """One benchmark session: each target's result (rows, extras, error), and the ratios over eager."""
 
-    results: dict[str, dict[str, Any]] = field(default_factory=dict)
-    ratios: list[dict[str, Any]] = field(default_factory=list)
+    results: dict[str, BenchResult] = field(default_factory=dict)
+    ratios: list[Ratio] = field(default_factory=list)
 
 
 def available_memory_mb() -> float:
@@ -61,25 +62,24 @@ def available_memory_mb() -> float:
     return free / 2**20 if free is not None else 4096.0
 
 
-def grid_points(bench: BenchSpec, headline: Point | None = None) -> list[Point]:
+def grid_points(bench: BenchSpec, ship_point: Point | None = None) -> list[Point]:
     """The points measured. ``bench.grid: full``: every batch size with every sequence length, in that
     order. By default: the smallest batch (1, a single request's latency) at every sequence length,
-    and the ship point ``headline``."""
+    and the ship point."""
     if bench.grid == "full":
         return [(batch, seq) for batch in bench.batches for seq in bench.seqs]
     points = [(min(bench.batches), seq) for seq in bench.seqs]
-    return points if headline is None or headline in points else [*points, headline]
+    return points if ship_point is None or ship_point in points else [*points, ship_point]
 
 
-def worker_spec(prepared: Prepared, target: str, artifact: Artifact) -> WorkerSpec:
+def worker_spec(recipe: Recipe, handle: ModelHandle, target: str, artifact: Artifact) -> WorkerSpec:
     """Everything a worker process needs to benchmark one target."""
-    recipe, handle = prepared.recipe, prepared.ctx.model
     bench = recipe.bench
     spec: WorkerSpec = {
         "target": target, "format": artifact.format.value, "path": str(artifact.path) if artifact.path else None,
         "model": recipe.model.model_dump(), "task": recipe.task, "base_dir": str(handle.base_dir),
         "input_names": handle.input_names, "output_names": handle.output_names, "device": recipe.device,
-        "threads": bench.threads, "grid": [list(point) for point in grid_points(bench, headline(prepared))],
+        "threads": bench.threads, "grid": [list(point) for point in grid_points(bench, ship_point(recipe))],
         "protocol": {key: getattr(bench, key) for key in PROTOCOL_KEYS},
     }
     if handle.tokenizer is not None:
@@ -101,7 +101,7 @@ def worker_spec(prepared: Prepared, target: str, artifact: Artifact) -> WorkerSp
     return spec
 
 
-def generation_spec(recipe: Any, handle: Any) -> WorkerSpec:
+def generation_spec(recipe: Recipe, handle: ModelHandle) -> WorkerSpec:
     """What a decoder's worker needs besides the grid: the cache layout, and the generation benchmark."""
     out: WorkerSpec = {"cache": dataclasses.asdict(cache_layout(handle.hf_config))}
     if recipe.bench.generation is not None:
@@ -110,16 +110,16 @@ def generation_spec(recipe: Any, handle: Any) -> WorkerSpec:
     return out
 
 
-def bench_key(prepared: Prepared, artifact: Artifact, one_point: bool = False) -> str:
+def bench_key(recipe: Recipe, artifact: Artifact, one_point: bool = False) -> str:
     """Cache key of a target's benchmark: the artifact, the protocol and grid (or the one point of a
     step that failed its gate), and the machine."""
-    machine = fingerprint(prepared.recipe.bench.threads, prepared.recipe.device)
-    return sha256_text(canonical_json({"artifact": artifact.key, "bench": prepared.recipe.bench.model_dump(),
-                                       "machine": machine, "device": prepared.recipe.device,
+    machine = fingerprint(recipe.bench.threads, recipe.device)
+    return sha256_text(canonical_json({"artifact": artifact.key, "bench": recipe.bench.model_dump(),
+                                       "machine": machine, "device": recipe.device,
                                        "one_point": one_point}))
 
 
-def flag_reruns(result: dict[str, Any], previous: dict[str, Any] | None, tolerance: float) -> None:
+def flag_reruns(result: BenchResult, previous: BenchResult | None, tolerance: float) -> None:
     """Mark points whose p50 moved more than ``tolerance`` from the previous measurement of the same
     target (same cache key: artifact, protocol, machine) as unstable; a changed artifact is no rerun."""
     if not previous or previous.get("key") != result.get("key"):
@@ -134,7 +134,7 @@ def flag_reruns(result: dict[str, Any], previous: dict[str, Any] | None, toleran
                 row["unstable"] = True
                 row.setdefault("unstable_reasons", []).append(f"p50 moved {change:+.0%} from the previous run")
     for row in result.get("rows", []):
-        if row.get("cv", 0) > result.get("cv_threshold", 1e9):
+        if row.get("cv", 0.0) > result.get("cv_threshold", 1e9):
             row.setdefault("unstable_reasons", []).append(f"cv {row['cv']:.2f}")
 
 
@@ -174,11 +174,11 @@ def grid_row(blocks: list[dict[str, Any]], batch: int, seq: int, cv_threshold: f
     return row
 
 
-def round_plans(bench: BenchSpec, device: str, headline: Point | None,
+def round_plans(bench: BenchSpec, device: str, ship_point: Point | None,
                 grid: Sequence[Point] | None = None) -> dict[Point, RoundPlan]:
     """Each point's plan (of ``grid``, default the recipe's): ``bench.rounds``, and at the ship point,
-    where a verdict is drawn from the intervals, ``bench.headline_rounds`` over
-    ``bench.headline_generations`` generations of worker processes. Measured here: 8 rounds gave int8
+    where a verdict is drawn from the intervals, ``bench.ship_point_rounds`` over
+    ``bench.ship_point_generations`` generations of worker processes. Measured here: 8 rounds gave int8
     over eager [2.46, 3.25] on a shared 2-core machine, 24 rounds of shorter blocks [2.90, 3.42] at about
     1.7 times the cost; but three runs of 24 rounds in one generation each had medians 2.93, 2.44 and
     2.70, and two of the three intervals missed another run's median: the spread between processes
@@ -186,9 +186,9 @@ def round_plans(bench: BenchSpec, device: str, headline: Point | None,
     over three generations of 8 rounds, three runs gave 2.87, 2.89 and 2.92, each interval holding the
     other two medians."""
     plans = {}
-    for point in grid or grid_points(bench, headline):
-        if point == headline:
-            plans[point] = round_plan(bench, device, bench.headline_rounds, bench.headline_generations)
+    for point in grid or grid_points(bench, ship_point):
+        if point == ship_point:
+            plans[point] = round_plan(bench, device, bench.ship_point_rounds, bench.ship_point_generations)
         else:
             plans[point] = round_plan(bench, device, bench.rounds)
     return plans
@@ -199,12 +199,14 @@ def measure_session(launches: list[Launch], plans: dict[Point, RoundPlan], timeo
     ``plans``; a point of several generations starts every worker again between them), then each
     target's extras (best batch, memory, real data, generation) one target at a time."""
     failed: dict[str, str] = {}
-    results: dict[str, dict[str, Any]] = {launch.name: {"target": launch.name, "rows": []} for launch in launches}
-    ratios: list[dict[str, Any]] = []
+    results: dict[str, BenchResult] = {launch.name: {"target": launch.name, "rows": []} for launch in launches}
+    ratios: list[Ratio] = []
     with started(launches, timeout, failed) as workers, stage("bench", len(plans) + len(workers)) as advance:
         for worker in workers:
-            results[worker.name].update({key: worker.ready.get(key) for key in
-                                         ("load_seconds", "load_cpu_seconds", "fingerprint")})
+            result = results[worker.name]
+            result["load_seconds"] = worker.ready.get("load_seconds")
+            result["load_cpu_seconds"] = worker.ready.get("load_cpu_seconds")
+            result["fingerprint"] = worker.ready.get("fingerprint")
 
         def measuring(point: Point) -> list[Worker]:
             return [worker for worker in workers if worker.name not in failed and worker.measures(point)]
@@ -235,7 +237,7 @@ def measure_session(launches: list[Launch], plans: dict[Point, RoundPlan], timeo
                 continue
             advance(f"{worker.name}: {extras_text(worker.launch.spec)} (own process)")
             try:
-                results[worker.name].update(worker.request("extras"))
+                results[worker.name].update(cast(BenchResult, worker.request("extras")))
             except BlockFailed as exc:
                 failed[worker.name] = str(exc)
     for name, why in failed.items():
@@ -250,13 +252,13 @@ def extras_text(spec: WorkerSpec) -> str:
     return ", ".join(parts)
 
 
-def headline(prepared: Prepared) -> Point | None:
+def ship_point(recipe: Recipe) -> Point | None:
     """The point the ship rule decides at (``ship.fastest_at``), if the recipe names one."""
-    point = prepared.recipe.ship.fastest_at
+    point = recipe.ship.fastest_at
     return (point[0], point[1]) if point is not None else None
 
 
-def _whole_session(previous: dict[str, dict[str, Any] | None], saved: dict[str, Any] | None,
+def _whole_session(previous: dict[str, BenchResult | None], saved: dict[str, Any] | None,
                    keys: dict[str, str]) -> bool:
     """Whether the cached results are one session of exactly these targets, none of them failed."""
     if not saved or not saved.get("session"):
@@ -265,46 +267,48 @@ def _whole_session(previous: dict[str, dict[str, Any] | None], saved: dict[str, 
                and result.get("session") == saved["session"] for name, result in previous.items())
 
 
-def failed_step_points(prepared: Prepared) -> frozenset[Point]:
+def failed_step_points(recipe: Recipe) -> frozenset[Point]:
     """The one point a step that failed its gate is measured at: the ship point when the grid holds it,
     else the grid's first point."""
-    point = headline(prepared)
-    grid = grid_points(prepared.recipe.bench, point)
+    point = ship_point(recipe)
+    grid = grid_points(recipe.bench, point)
     return frozenset({point if point in grid else grid[0]})
 
 
-def benchmark(prepared: Prepared, artifacts: dict[str, Artifact], force: bool = False,
-              measure: bool = True, failed_gate: frozenset[str] = frozenset()) -> Benchmarks:
+def benchmark(recipe: Recipe, handle: ModelHandle, artifacts: dict[str, Artifact], folder: Path,
+              force: bool = False, measure: bool = True, failed_gate: frozenset[str] = frozenset()) -> Benchmarks:
     """The benchmark session of 'eager' and every step: re-used from cache when whole unless ``force``;
     without ``measure``, only a whole cached session is returned (else an empty one). A step in
     ``failed_gate`` cannot ship, so unless ``bench.failed_steps`` is ``grid`` it is measured at one
-    point only, to show what its failure would have bought, and without the extras."""
-    folder = prepared.out_dir / "bench"
-    bench = prepared.recipe.bench
-    targets = [BASELINE, *[step.name for step in prepared.steps]]
-    one_point = failed_gate if bench.failed_steps == "headline" else frozenset()
-    keys = {target: bench_key(prepared, artifacts[target], target in one_point) for target in targets}
-    previous = {target: read_record(folder / f"{target}.json", "benchmark result") for target in targets}
+    point only, to show what its failure would have bought, and without the extras.
+
+    ``artifacts``: eager's and every step's, in the order of the chain; results are kept in ``folder``."""
+    bench = recipe.bench
+    targets = [BASELINE, *[name for name in artifacts if name != BASELINE]]
+    one_point = failed_gate if bench.failed_steps == "ship_point" else frozenset()
+    keys = {target: bench_key(recipe, artifacts[target], target in one_point) for target in targets}
+    previous = {target: cast(BenchResult | None, read_record(folder / f"{target}.json", "benchmark result"))
+                for target in targets}
     saved = read_record(folder / "ratios.json", "benchmark record")
     if not force and _whole_session(previous, saved, keys):
         assert saved is not None
         return Benchmarks({t: r for t, r in previous.items() if r is not None}, saved["ratios"])
     if not measure:
         return Benchmarks()
-    points = failed_step_points(prepared)
-    launches = [Launch(target, worker_spec(prepared, target, artifacts[target]),
+    points = failed_step_points(recipe)
+    launches = [Launch(target, worker_spec(recipe, handle, target, artifacts[target]),
                        points=points if target in one_point else None, extras=target not in one_point)
                 for target in targets]
-    plans = round_plans(bench, prepared.recipe.device, headline(prepared))
+    plans = round_plans(bench, recipe.device, ship_point(recipe))
     outcome = measure_session(launches, plans, bench.timeout_seconds)
     session = uuid.uuid4().hex
     folder.mkdir(parents=True, exist_ok=True)
     for target in targets:
         result = outcome.results[target]
-        result.update(key=keys[target], session=session, cv_threshold=bench.cv_threshold)
+        result["key"], result["session"], result["cv_threshold"] = keys[target], session, bench.cv_threshold
         flag_reruns(result, previous[target], bench.rerun_tolerance)
         if result.get("error"):
             log.warning("bench %s failed: %s", target, result["error"])
-        write_record(folder / f"{target}.json", result)
+        write_record(folder / f"{target}.json", dict(result))
     write_record(folder / "ratios.json", {"session": session, "baseline": BASELINE, "ratios": outcome.ratios})
     return outcome

@@ -21,6 +21,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from pipeline.bench.noise import CpuSample, Disturbance, disturbance
+from pipeline.bench.spec import Ratio
 
 Point = tuple[int, int]
 BOOTSTRAP_RESAMPLES = 2000
@@ -207,7 +208,7 @@ def paired_interval(baseline_ms: Sequence[float], target_ms: Sequence[float], la
     return interval([b / t for b, t in zip(baseline_ms, target_ms, strict=True)], label, tolerance)
 
 
-def ratio_entry(point_rounds: PointRounds, target: str, baseline: str, tolerance: float) -> dict[str, Any] | None:
+def ratio_entry(point_rounds: PointRounds, target: str, baseline: str, tolerance: float) -> Ratio | None:
     """The report's ratio of ``target`` over ``baseline`` at this point, with the rounds' noise, flagged
     when its interval is wider than ±``tolerance`` or every round was disturbed; None when no round
     measured both."""
@@ -219,7 +220,7 @@ def ratio_entry(point_rounds: PointRounds, target: str, baseline: str, tolerance
     generations = [r.generation for r in paired(counted, target, baseline)]
     summary = interval(ratios, f"{target}/{baseline}/{batch}/{seq}", tolerance, generations)
     reasons = summary.pop("reasons")
-    entry: dict[str, Any] = {"target": target, "baseline": baseline, "batch": batch, "seq": seq, **summary,
+    entry: Ratio = {"target": target, "baseline": baseline, "batch": batch, "seq": seq, **summary,  # type: ignore[typeddict-item]
                              "dropped": point_rounds.dropped(),
                              "steal_max": max(r.noise.steal for r in point_rounds.rounds),
                              "others_cpu_max": max(r.noise.others for r in point_rounds.rounds)}
@@ -235,12 +236,12 @@ def ratio_entry(point_rounds: PointRounds, target: str, baseline: str, tolerance
     return entry
 
 
-def separated(best: dict[str, Any], other: dict[str, Any]) -> bool:
+def separated(best: Ratio, other: Ratio) -> bool:
     """Whether ``best``'s interval lies wholly above ``other``'s (the two are told apart)."""
     return best["ci95"][0] > other["ci95"][1]
 
 
-def speedup_text(entry: dict[str, Any]) -> str:
+def speedup_text(entry: Ratio) -> str:
     """'1.92x [1.85, 2.01]': a ratio with its interval."""
     low, high = entry["ci95"]
     return f"{entry['ratio']:.2f}x [{low:.2f}, {high:.2f}]"

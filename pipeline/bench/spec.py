@@ -1,5 +1,5 @@
-"""What the benchmark stages hand each other, typed: the spec a worker process is started with, one
-result row per grid point, and which of a row's fields each reader keeps.
+"""What the benchmark hands on, typed: the spec a worker process is started with, one result row per grid
+point, a target's whole result, a ratio over eager, and which of a row's fields each reader keeps.
 
 They cross a process boundary as JSON, so they are TypedDicts (plain dicts at run time, checked by
 the type checker), not classes.
@@ -59,6 +59,44 @@ class BenchRow(TypedDict, total=False):
     round_p50_ms: list[float]
     peak_rss_mb: float
     peak_gpu_mb: float | None
+
+
+class BenchResult(TypedDict, total=False):
+    """One target's result in a benchmark session (``bench/<target>.json``, report.json's ``bench``)."""
+
+    target: str
+    rows: list[BenchRow]
+    error: str  # why the target could not be measured (then its rows may be missing)
+    key: str  # the cache key: artifact, protocol, grid, machine
+    session: str  # the session it was measured in; ratios pair only results of one session
+    cv_threshold: float
+    load_seconds: float | None
+    load_cpu_seconds: float | None
+    fingerprint: dict[str, Any] | None
+    best_batch: dict[str, Any]  # the extras: the best-batch search, memory, generation, the real-data run
+    peak_rss_mb: float
+    peak_gpu_mb: float | None
+    real_data: dict[str, Any]
+    generation: list[dict[str, Any]]
+
+
+class Ratio(TypedDict, total=False):
+    """A target's speed-up over the baseline at one point: the median of its per-round ratios, a 95%
+    interval, and the noise of the rounds behind it (report.json's ``ratios``)."""
+
+    target: str
+    baseline: str
+    batch: int
+    seq: int
+    ratio: float
+    ci95: list[float]  # [low, high]
+    rounds: int
+    generations: int
+    unstable: bool
+    reasons: list[str]
+    dropped: int
+    steal_max: float
+    others_cpu_max: float
 
 
 # report.json's ROW (DESIGN.md's contract), as the bundle's manifest carries it

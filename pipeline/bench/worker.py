@@ -26,6 +26,7 @@ from pipeline.core.artifact import Format
 from pipeline.core.errors import described
 from pipeline.model.cache import INPUTS, CacheLayout
 from pipeline.model.inputs import Inputs, load_sentences, random_tokens, tokenize
+from pipeline.runtime.threads import set_torch_threads
 from pipeline.runtime.timing import Protocol, latencies, throughput, warm_up
 
 
@@ -232,9 +233,7 @@ def serve(spec: WorkerSpec, requests: IO[str], replies: IO[str],
     sys.path[:0] = [p for p in spec.get("sys_path", []) if p not in sys.path]
     threads = spec["threads"]
     if spec["format"] not in TORCH_FREE:  # such a target never imports torch, so its memory is its own
-        import torch
-
-        torch.set_num_threads(threads)
+        set_torch_threads(threads)
     start, cpu_start = time.perf_counter(), time.process_time()
     try:
         target = Target(spec, target_engine(spec))

@@ -7,6 +7,7 @@ that step and the steps after it, and nothing else.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 from collections.abc import Callable
@@ -28,9 +29,9 @@ from pipeline.core.store import (
     staging_folder,
 )
 from pipeline.core.versions import library_versions
+from pipeline.engine.chain import Step
 from pipeline.engine.pass_api import Gate, PassContext
 from pipeline.engine.postconditions import check_output
-from pipeline.recipe.load import Step
 
 log = logging.getLogger(__name__)
 
@@ -145,9 +146,6 @@ def rebuild_steps(items: list[PlannedStep], artifacts: dict[str, Artifact], ctx:
 
 def _gated_run(item: PlannedStep, parent: Artifact, ctx: PassContext,
                gate_for: Callable[[Step], Gate] | None) -> Artifact:
-    """Run one step with its parity gate in the context (for passes that check candidates against eager)."""
-    ctx.gate = gate_for(item.step) if gate_for is not None else None
-    try:
-        return _run_step(item, parent, ctx)
-    finally:
-        ctx.gate = None
+    """Run one step in a context of its own, which carries the step's parity gate (for passes that check
+    candidates against eager)."""
+    return _run_step(item, parent, dataclasses.replace(ctx, gate=gate_for(item.step) if gate_for else None))

@@ -75,8 +75,8 @@ Gate = Callable[[Path, str], GateResult]
 class PassContext:
     """What a pass may use besides its parent artifact.
 
-    ``gate`` (set while a step runs, when the reference exists) checks a candidate ONNX file of a
-    given precision against eager with this step's tolerance; a pass that repairs itself uses it.
+    ``gate`` (in the context a step runs with, when the reference exists) checks a candidate ONNX file
+    of a given precision against eager with this step's tolerance; a pass that repairs itself uses it.
     ``gate_digest`` identifies the reference and tolerances, for cache keys of such passes.
     """
 
@@ -86,7 +86,6 @@ class PassContext:
     calibration_inputs: Callable[[Path, int, int], list[Inputs]]
     base_dir: Path
     device: str = "cpu"
-    extra: dict[str, Any] = field(default_factory=dict)
     gate: Gate | None = None
     gate_digest: str | None = None
 

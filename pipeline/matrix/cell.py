@@ -115,7 +115,7 @@ def run_phase(cell: dict[str, Any], phase: Phase, out: Path, root: Path, node: s
     return PhaseResult(cell["name"], phase, exit_code, message, node, os.getpid(), started, time.time(), summary)
 
 
-def _headline_ratio(report: dict[str, Any], step: str | None) -> dict[str, Any] | None:
+def _ship_point_ratio(report: dict[str, Any], step: str | None) -> dict[str, Any] | None:
     """The shipped step's ratio over eager at the ship point (the entry with the most rounds)."""
     entries = [r for r in report.get("ratios") or [] if r.get("target") == step]
     return max(entries, key=lambda r: (r.get("rounds", 0), -r["batch"], r["seq"])) if entries else None
@@ -143,7 +143,7 @@ def summarize_report(path: Path) -> dict[str, Any]:
     return {
         "recipe": report.get("recipe"), "shipped_step": step, "format": (row or {}).get("format"),
         "precision": (row or {}).get("precision"), "parity_passed": ((row or {}).get("parity") or {}).get("passed"),
-        "cos_min": min(cosines) if cosines else None, "ratio": _headline_ratio(report, step),
+        "cos_min": min(cosines) if cosines else None, "ratio": _ship_point_ratio(report, step),
         "artifact_bytes": ((row or {}).get("stats") or {}).get("bytes"),
         "bundle_bytes": _size_bytes(path.parent / bundle) if bundle else None,
         "random_weights": report.get("random_weights"), "model": (report.get("model") or {}).get("source"),

@@ -20,13 +20,14 @@ from pipeline.core.errors import PipelineError
 from pipeline.core.output_folder import MATRIX_FOLDERS, check_output_folder, claimed
 from pipeline.core.seal import write_record
 from pipeline.core.store import json_safe
+from pipeline.engine.chain import build_steps
 from pipeline.matrix.cell import PhaseResult, plain
 from pipeline.matrix.paths import check_cell_paths
 from pipeline.matrix.progress import Lines
 from pipeline.matrix.report import write_matrix_report
 from pipeline.matrix.spec import Cell, MatrixSpec, cells, load_matrix
 from pipeline.matrix.state import RECORD, cell_key, load_saved, reusable
-from pipeline.recipe.load import build_steps, load_recipe
+from pipeline.recipe.load import load_recipe
 
 log = logging.getLogger(__name__)
 

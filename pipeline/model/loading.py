@@ -204,6 +204,14 @@ class ModelHandle:
             return None
         return getattr(self.hf_config, "max_position_embeddings", None)
 
+    @functools.cached_property
+    def loaded_max_positions(self) -> int | None:
+        """The maximum sequence length of the model as loaded: a factory model's own config says it too (it
+        is loaded once, for this)."""
+        if self.location[0] != "factory":
+            return self.max_positions
+        return self.load().max_positions
+
     def describe(self) -> dict[str, Any]:
         """A JSON-safe summary of the model for manifests and reports (no weights are loaded)."""
         kind, where = self.location

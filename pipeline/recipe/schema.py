@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import AliasChoices, BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from pipeline.model.inputs import DEFAULT_CORPUS
 
@@ -200,13 +200,17 @@ class BenchSpec(Strict):
     rounds: int = Field(default=8, ge=2, le=1000,
                         description="Interleaved rounds per grid point: each round measures every target once, in "
                                     "an order rotated each round; ratios over eager are taken within a round.")
-    headline_rounds: int = Field(default=24, ge=2, le=1000,
-                                 description="Interleaved rounds at the ship point (ship.fastest_at), where the ship "
-                                             "rule compares intervals: more rounds of shorter blocks narrow them.")
-    headline_generations: int = Field(default=3, ge=1, le=100,
-                                      description="Generations of worker processes the ship point's rounds are "
-                                                  "spread over (every worker is started again between them), so "
-                                                  "its interval holds the variation between processes too.")
+    # the names before 'ship point' was the one name for it are still read
+    ship_point_rounds: int = Field(validation_alias=AliasChoices("ship_point_rounds", "headline_rounds"),
+                                   default=24, ge=2, le=1000,
+                                   description="Interleaved rounds at the ship point (ship.fastest_at), where the "
+                                               "ship rule compares intervals: more rounds of shorter blocks narrow "
+                                               "them.")
+    ship_point_generations: int = Field(validation_alias=AliasChoices("ship_point_generations", "headline_generations"),
+                                        default=3, ge=1, le=100,
+                                        description="Generations of worker processes the ship point's rounds are "
+                                                    "spread over (every worker is started again between them), so "
+                                                    "its interval holds the variation between processes too.")
     pause_seconds: float = Field(default=0.02, ge=0, le=60, description="Pause before each target's turn in a "
                                                                        "round, so spinning thread pools park.")
     max_steal: float = Field(default=0.05, ge=0, le=1, description="CPU steal (share of all CPU time) above which "
@@ -219,10 +223,10 @@ class BenchSpec(Strict):
                                                                    "when that is more).")
     interval_tolerance: float = Field(default=0.10, gt=0, description="A ratio whose 95% interval is wider than "
                                                                       "this share of it either side is flagged.")
-    failed_steps: Literal["headline", "grid"] = Field(
-        default="headline", description="Where a step that failed its gate is benchmarked: at the ship point "
-                                         "only (ship.fastest_at, else the grid's first point; no extras), or over "
-                                         "the whole grid like the others.")
+    failed_steps: Literal["ship_point", "grid"] = Field(
+        default="ship_point", description="Where a step that failed its gate is benchmarked: at the ship point "
+                                           "only (ship.fastest_at, else the grid's first point; no extras), or over "
+                                           "the whole grid like the others.")
     best_batch: BestBatchSpec | None = Field(default_factory=BestBatchSpec,
                                              description="Best batch size search (null: skip).")
     real_data: RealDataSpec | None = Field(
@@ -232,6 +236,11 @@ class BenchSpec(Strict):
         description="Time to first token, per-token latency and tokens/s at each (batch, prompt length) of the "
                     "grid (text-generation; null: skip).")
     timeout_seconds: float = Field(default=1800, gt=0, description="Time limit of one target's benchmark.")
+
+    @field_validator("failed_steps", mode="before")
+    @classmethod
+    def _older_name(cls, value: Any) -> Any:
+        return "ship_point" if value == "headline" else value
 
     @model_validator(mode="after")
     def _grid(self) -> BenchSpec:

@@ -3,20 +3,22 @@
 from __future__ import annotations
 
 import sys
+from pathlib import Path
 
 from rich.console import Console
 from rich.table import Table
 
-from pipeline.engine.results import Prepared, RunResult
+from pipeline.engine.manager import PlannedStep
+from pipeline.report.outcome import RunResult
 from pipeline.report.summary import (
     generation_matches,
     generation_table,
-    headline_point,
     machine,
     ratio_at,
     ratio_notes,
     size_text,
     speedup_cell,
+    summary_point,
     summary_rows,
 )
 
@@ -28,12 +30,12 @@ def recorded(clear: bool = False) -> str:
     return console.export_text(clear=clear)
 
 
-def print_plan(prepared: Prepared) -> None:
-    """The chain as it would run: each step, what it reads, and whether it is cached."""
-    table = Table(title=f"plan for {prepared.recipe.name} -> {prepared.out_dir}")
+def print_plan(recipe_name: str, out_dir: Path, planned: list[PlannedStep]) -> None:
+    """The chain as it would run into ``out_dir``: each step, what it reads, and whether it is cached."""
+    table = Table(title=f"plan for {recipe_name} -> {out_dir}")
     for column in ("step", "pass", "reads", "produces", "state", "key"):
         table.add_column(column)
-    for item in prepared.planned:
+    for item in planned:
         step = item.step
         table.add_row(step.folder, step.pass_cls.name, step.source, step.pass_cls.produces.value,
                       "cached" if item.cached else "will run", item.key[:12])
@@ -42,11 +44,11 @@ def print_plan(prepared: Prepared) -> None:
 
 def print_summary(result: RunResult) -> None:
     """The summary table: artifact, format, precision, size, parity, error vs eager, p50, throughput, speed-up."""
-    spec = result.prepared.ctx.model.spec
+    spec = result.model.spec
     weights = f" (RANDOM weights, seed {spec.seed})" if spec.weights == "random" else ""
-    point = headline_point(result)
+    point = summary_point(result)
     at = f" b{point[0]} s{point[1]}" if point else ""
-    table = Table(title=f"{result.prepared.recipe.name}: {len(result.prepared.steps)} steps{weights}")
+    table = Table(title=f"{result.recipe.name}: {len(result.steps)} steps{weights}")
     for column in ("artifact", "format", "precision", "size", "built", "parity", "max abs err", "min cosine",
                    "batch inv.", f"p50 ms{at}", "best samples/s", f"vs eager{at} [95%]"):
         table.add_column(column, justify="left" if column in ("artifact", "format", "parity") else "right")
@@ -79,7 +81,7 @@ def print_generation(result: RunResult) -> None:
     rows = generation_table(result)
     if not rows:
         return
-    table = Table(title=f"{result.prepared.recipe.name}: greedy generation, {rows[0]['new_tokens']} new tokens")
+    table = Table(title=f"{result.recipe.name}: greedy generation, {rows[0]['new_tokens']} new tokens")
     for column in ("target", "batch", "prompt tokens", "TTFT p50 ms", "TTFT p90 ms", "per-token p50 ms",
                    "per-token p90 ms", "tokens/s", "vs eager", "tokens equal"):
         table.add_column(column, justify="left" if column == "target" else "right")
@@ -93,7 +95,7 @@ def print_generation(result: RunResult) -> None:
 def print_gate_failure(result: RunResult) -> None:
     """Why nothing shipped: every miss of every artifact the recipe may ship."""
     console.print("[bold red]parity gate failed: nothing shipped[/]")
-    for step in result.prepared.steps:
+    for step in result.steps:
         parity = result.parity.get(step.name)
         if parity is not None and not parity.passed:
             for line in parity.failures:
@@ -108,7 +110,7 @@ def print_bench(result: RunResult) -> None:
     """Latency percentiles, spread and measured throughput of every target at every grid point."""
     bench = result.bench
     env = machine(result) or {}
-    table = Table(title=f"{result.prepared.recipe.name}: latency (ms) and throughput, "
+    table = Table(title=f"{result.recipe.name}: latency (ms) and throughput, "
                         f"{env.get('threads')} threads on {env.get('cpu')}")
     for column in ("target", "batch", "seq", "p50", "p90", "p99", "cv", "samples/s", "tokens/s", "vs eager [95%]",
                    "peak RSS MB", ""):

@@ -2,16 +2,16 @@
 
 from __future__ import annotations
 
-from pipeline.engine.results import RunResult
+from pipeline.report.outcome import RunResult
 from pipeline.report.summary import (
     generation_matches,
     generation_table,
-    headline_point,
     machine,
     ratio_at,
     ratio_notes,
     size_text,
     speedup_cell,
+    summary_point,
     summary_rows,
 )
 
@@ -26,7 +26,7 @@ def _table(header: list[str], rows: list[list[str]]) -> list[str]:
 
 
 def _summary(result: RunResult) -> list[str]:
-    point = headline_point(result)
+    point = summary_point(result)
     at = f"b{point[0]} s{point[1]}" if point else "-"
     rows = []
     for r in summary_rows(result):
@@ -42,7 +42,7 @@ def _summary(result: RunResult) -> list[str]:
 
 def _parity(result: RunResult) -> list[str]:
     lines = ["## Parity against eager PyTorch", ""]
-    for step in result.prepared.steps:
+    for step in result.steps:
         parity = result.parity.get(step.name)
         if parity is None:
             continue
@@ -138,7 +138,7 @@ def _generation(result: RunResult) -> list[str]:
 
 def markdown(result: RunResult) -> str:
     """The whole report.md."""
-    recipe, model = result.prepared.recipe, result.prepared.ctx.model
+    recipe, model = result.recipe, result.model
     random = model.spec.weights == "random"
     lines = [f"# {recipe.name}", "", recipe.description, "",
              f"Model: `{model.spec.source or model.spec.factory}` ({recipe.task})"

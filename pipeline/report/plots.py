@@ -12,13 +12,14 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402  (the backend is chosen first)
 from matplotlib import ticker  # noqa: E402
 
+from pipeline.bench.spec import BenchResult  # noqa: E402
 from pipeline.core.store import write_bytes_atomic  # noqa: E402
-from pipeline.engine.results import RunResult  # noqa: E402
-from pipeline.report.summary import headline_point, machine, summary_rows  # noqa: E402
+from pipeline.report.outcome import RunResult  # noqa: E402
+from pipeline.report.summary import machine, summary_point, summary_rows  # noqa: E402
 from pipeline.verify.metrics import worst  # noqa: E402
 
 
-def _targets(result: RunResult) -> list[tuple[str, dict[str, Any]]]:
+def _targets(result: RunResult) -> list[tuple[str, BenchResult]]:
     return [(name, res) for name, res in result.bench.items() if res.get("rows")]
 
 
@@ -33,7 +34,7 @@ def _save(fig: Any, path: Path) -> None:
 def _title(result: RunResult, what: str) -> str:
     env = machine(result) or {}
     where = f"{env.get('threads')} threads, {env.get('device')}" if env else ""
-    return f"{result.prepared.recipe.name}: {what}" + (f" ({where})" if where else "")
+    return f"{result.recipe.name}: {what}" + (f" ({where})" if where else "")
 
 
 def _log_axes(ax: Any, xs: list[int]) -> None:
@@ -50,12 +51,13 @@ def _panels(result: RunResult, path: Path, panel: tuple[str, str], x: tuple[str,
             lines: list[tuple[str, str, float]], ylabel: str, title: str) -> None:
     """One panel per value of ``panel`` (key, name), ``x`` (key, axis label) across, a line per target
     for each (row key, style, alpha) in ``lines`` in the target's colour."""
-    rows_all = [r for _, res in _targets(result) for r in res["rows"]]
+    rows_all: list[dict[str, Any]] = [{**r, "target": name} for name, res in _targets(result) for r in res["rows"]]
     values, xs = sorted({r[panel[0]] for r in rows_all}), sorted({r[x[0]] for r in rows_all})
     fig, axes = plt.subplots(1, len(values), figsize=(5 * len(values), 4.2), squeeze=False)
     for ax, value in zip(axes[0], values, strict=True):
-        for i, (name, res) in enumerate(_targets(result)):
-            rows = sorted((r for r in res["rows"] if r[panel[0]] == value), key=lambda r: r[x[0]])
+        for i, (name, _) in enumerate(_targets(result)):
+            rows = sorted((r for r in rows_all if r["target"] == name and r[panel[0]] == value),
+                          key=lambda r: r[x[0]])
             for j, (key, style, alpha) in enumerate(lines):
                 ax.plot([r[x[0]] for r in rows], [r[key] for r in rows], style, color=f"C{i % 10}", alpha=alpha,
                         label=name if j == 0 else None)
@@ -80,12 +82,12 @@ def throughput_vs_seq(result: RunResult, path: Path) -> None:
 
 
 def speedup(result: RunResult, path: Path) -> None:
-    """Speed-up over eager per artifact: p50 at the headline point, and best throughput."""
+    """Speed-up over eager per artifact: p50 at the point the summary quotes, and best throughput."""
     rows = [r for r in summary_rows(result) if r["speedup"] or r["best_throughput"]]
     eager = result.bench.get("eager", {})
     eager_best = max([r["throughput"] for r in eager.get("rows", [])]
                      + ([eager["best_batch"]["throughput"]] if eager.get("best_batch") else []), default=None)
-    point = headline_point(result)
+    point = summary_point(result)
     fig, ax = plt.subplots(figsize=(9, 0.5 * len(rows) + 1.8))
     ys = range(len(rows))
     latency = [r["speedup"] or 0 for r in rows]
@@ -107,7 +109,7 @@ def speedup(result: RunResult, path: Path) -> None:
 def parity_error(result: RunResult, path: Path) -> None:
     """Worst max-abs error and 1 - min cosine per artifact against eager, log scale, with the verdict."""
     rows = []
-    for step in result.prepared.steps:
+    for step in result.steps:
         parity = result.parity.get(step.name)
         if parity and parity.metrics:
             rows.append((step.folder, "pass" if parity.passed else "FAIL", worst(parity.metrics, "max_abs", max),
@@ -121,7 +123,7 @@ def parity_error(result: RunResult, path: Path) -> None:
     ax.set_xscale("log")
     ax.set_yticks(list(ys), [f"{name} ({v})" for name, v, _, _ in rows])
     ax.set(xlabel="error against eager PyTorch (log scale, lower is better; exact zeros drawn at 1e-12)",
-           title=f"{result.prepared.recipe.name}: parity error per artifact (green pass, red fail)")
+           title=f"{result.recipe.name}: parity error per artifact (green pass, red fail)")
     ax.legend(fontsize=8)
     _save(fig, path)
 

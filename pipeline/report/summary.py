@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from pipeline.engine.results import RunResult
+from pipeline.bench.spec import BenchResult, Ratio
+from pipeline.report.outcome import RunResult
 from pipeline.verify.metrics import worst
 
 
@@ -24,27 +25,27 @@ def machine(result: RunResult) -> dict[str, Any] | None:
     return next((b["fingerprint"] for b in result.bench.values() if "fingerprint" in b), None)
 
 
-def headline_point(result: RunResult) -> tuple[int, int] | None:
+def summary_point(result: RunResult) -> tuple[int, int] | None:
     """The (batch, seq) the summary quotes: the ship point, else batch 1 at the longest benched sequence."""
-    bench = result.prepared.recipe.bench
-    if result.prepared.recipe.ship.fastest_at is not None:
-        return tuple(result.prepared.recipe.ship.fastest_at)  # type: ignore[return-value]
+    bench = result.recipe.bench
+    if result.recipe.ship.fastest_at is not None:
+        return tuple(result.recipe.ship.fastest_at)  # type: ignore[return-value]
     return (min(bench.batches), max(bench.seqs)) if result.bench else None
 
 
-def _p50(bench: dict[str, Any] | None, point: tuple[int, int] | None) -> float | None:
+def _p50(bench: BenchResult | None, point: tuple[int, int] | None) -> float | None:
     for row in (bench or {}).get("rows", []):
         if point and (row["batch"], row["seq"]) == point:
             return row["p50_ms"]
     return None
 
 
-def ratio_at(result: RunResult, name: str, point: tuple[int, int] | None) -> dict[str, Any] | None:
+def ratio_at(result: RunResult, name: str, point: tuple[int, int] | None) -> Ratio | None:
     """The interleaved ratio of ``name`` over eager at ``point`` (None when not measured)."""
     return next((e for e in result.ratios if e["target"] == name and (e["batch"], e["seq"]) == point), None)
 
 
-def speedup_cell(entry: dict[str, Any] | None) -> str:
+def speedup_cell(entry: Ratio | None) -> str:
     """'1.92x [1.85, 2.01]' for a table cell, with a '?' when the interval is flagged; '-' when absent."""
     if entry is None:
         return "-"
@@ -71,7 +72,7 @@ def ratio_notes(result: RunResult) -> list[str]:
     return lines
 
 
-def best_throughput(bench: dict[str, Any] | None) -> float | None:
+def best_throughput(bench: BenchResult | None) -> float | None:
     """Highest samples/s seen: the best-batch search or any grid point."""
     if not bench:
         return None
@@ -92,9 +93,9 @@ def verdict(result: RunResult, name: str) -> str:
 def summary_rows(result: RunResult) -> list[dict[str, Any]]:
     """The summary table: artifact, format, precision, size, verdict, error, p50, throughput, and the
     interleaved speed-up over eager with its 95% interval."""
-    point = headline_point(result)
+    point = summary_point(result)
     rows = []
-    for step in result.prepared.steps:
+    for step in result.steps:
         art = result.artifacts[step.name]
         parity = result.parity.get(step.name)
         metrics = parity.metrics if parity else {}
@@ -115,7 +116,7 @@ def summary_rows(result: RunResult) -> list[dict[str, Any]]:
 
 def generation_matches(result: RunResult) -> list[tuple[str, dict[str, Any]]]:
     """(step folder, greedy tokens against eager's) of every step checked by generation."""
-    matches = [(step.folder, result.parity[step.name].generation) for step in result.prepared.steps
+    matches = [(step.folder, result.parity[step.name].generation) for step in result.steps
                if step.name in result.parity]
     return [(folder, generation) for folder, generation in matches if generation]
 

@@ -9,20 +9,20 @@ import time
 from pathlib import Path
 from typing import Any
 
-from pipeline.bench.spec import REPORT_ROW_KEYS
+from pipeline.bench.spec import REPORT_ROW_KEYS, BenchResult
 from pipeline.core.store import json_safe, write_json_atomic, write_text_atomic
 from pipeline.core.versions import library_versions
-from pipeline.engine.results import RunResult
 from pipeline.report.markdown import markdown
+from pipeline.report.outcome import RunResult
 from pipeline.report.plots import write_plots
 from pipeline.report.summary import machine, summary_rows
 
 
-def _bench_fields(bench: dict[str, Any] | None) -> dict[str, Any]:
+def _bench_fields(bench: BenchResult | None) -> dict[str, Any]:
     """The bench rows (DESIGN.md's ROW, plus extras) and the best-batch and real-data results of one target."""
     if not bench:
         return {"bench": []}
-    rows = [{key: row[key] for key in REPORT_ROW_KEYS if key in row} for row in bench.get("rows", [])]
+    rows = [{key: row[key] for key in REPORT_ROW_KEYS if key in row} for row in map(dict, bench.get("rows", []))]
     out: dict[str, Any] = {"bench": rows, "best_batch": bench.get("best_batch"), "real_data": bench.get("real_data"),
                            "peak_rss_mb": bench.get("peak_rss_mb"), "peak_gpu_mb": bench.get("peak_gpu_mb")}
     if bench.get("generation") is not None:
@@ -34,11 +34,10 @@ def _bench_fields(bench: dict[str, Any] | None) -> dict[str, Any]:
 
 def build_report(result: RunResult, out_dir: Path) -> dict[str, Any]:
     """The report dict; paths relative to ``out_dir``."""
-    prepared = result.prepared
-    recipe = prepared.recipe
+    recipe = result.recipe
     rows = []
-    folders = {s.name: s.folder for s in prepared.steps}  # parent as the step value tools can join on
-    for step in prepared.steps:
+    folders = {s.name: s.folder for s in result.steps}  # parent as the step value tools can join on
+    for step in result.steps:
         art = result.artifacts[step.name]
         parity = result.parity.get(step.name)
         rows.append({
@@ -50,7 +49,7 @@ def build_report(result: RunResult, out_dir: Path) -> dict[str, Any]:
             "parity": parity.to_json() if parity else None, **_bench_fields(result.bench.get(step.name)),
             "accuracy": result.accuracy.get(step.name),
         })
-    model = prepared.ctx.model.describe()
+    model = result.model.describe()
     return json_safe({
         "recipe": recipe.name, "ok": result.shipped is not None, "device": recipe.device,
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "model": model,
@@ -70,7 +69,7 @@ def csv_rows(result: RunResult) -> list[dict[str, Any]]:
     """results.csv: one row per artifact and benchmarked shape (one row without shape when not benched)."""
     rows = []
     summary = {row["name"]: row for row in summary_rows(result)}
-    for name in ["eager", *[s.name for s in result.prepared.steps]]:
+    for name in ["eager", *[s.name for s in result.steps]]:
         info = summary.get(name, {"step": "eager", "format": "eager", "precision": "fp32", "bytes": None,
                                   "verdict": "reference", "max_abs": 0.0, "cos_min": 1.0})
         accuracy = (result.accuracy.get(name) or {}).get("accuracy")
@@ -98,7 +97,7 @@ def write_csv(path: Path, rows: list[dict[str, Any]]) -> None:
 
 def write_reports(result: RunResult) -> Path:
     """Write report.json, results.csv, report.md and plots/ into the run's folder; returns report.json."""
-    out_dir = result.prepared.out_dir
+    out_dir = result.out_dir
     path = out_dir / "report.json"
     write_json_atomic(path, build_report(result, out_dir))
     write_csv(out_dir / "results.csv", csv_rows(result))

@@ -60,16 +60,13 @@ def run_module(module: Any, inputs: Inputs, input_names: list[str], output_names
 
 
 class Runner:
-    """Opens artifacts as callables from input arrays to output arrays."""
+    """Opens artifacts as callables from input arrays to output arrays; ``threads`` is what each onnxruntime
+    or OpenVINO session gets (torch's count belongs to the process: pipeline.runtime.threads)."""
 
     def __init__(self, handle: ModelHandle, device: str = "cpu", threads: int | None = None) -> None:
         self.handle = handle
         self.device = device
         self.threads = threads
-        if threads:
-            import torch
-
-            torch.set_num_threads(threads)
 
     def open_eager(self) -> ModelFn:
         """A callable running a freshly loaded eager model."""

@@ -19,21 +19,20 @@ import shutil
 import stat
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
-from pipeline.bench.spec import CONTRACT_ROW_KEYS
+from pipeline.bench.spec import CONTRACT_ROW_KEYS, BenchResult, Ratio
 from pipeline.core.artifact import Artifact, Format, read_manifest, verify_folder
 from pipeline.core.disk import check_not_cut_short, disk_full, is_disk_full, require_space
 from pipeline.core.errors import ArtifactError, ParityError, PipelineError
 from pipeline.core.store import MANIFEST, json_safe, read_json, sha256_file, staging_folder, write_json_atomic
 from pipeline.core.versions import library_versions
+from pipeline.engine.chain import Step
 from pipeline.model.loading import ModelHandle, _auto_class
+from pipeline.recipe.load import Recipe
 from pipeline.runtime.sessions import OPENVINO_CONFIG
 from pipeline.ship.triton import DEFAULT_MAX_BATCH, write_repository
-
-if TYPE_CHECKING:  # optimize may come to import this module; the types are only for annotations
-    from pipeline.engine.results import RunResult
-    from pipeline.verify.parity import Parity
+from pipeline.verify.parity import Parity
 
 log = logging.getLogger(__name__)
 
@@ -49,7 +48,31 @@ BENCH_KEYS = ("best_batch", "real_data", "peak_rss_mb", "peak_gpu_mb", "fingerpr
 REGULAR_ONLY = "(a bundle holds regular files only)"
 
 
-def build_bundle(result: RunResult, max_batch_size: int = DEFAULT_MAX_BATCH) -> Path:
+class ShippedRun(Protocol):
+    """What a bundle is built from: the run's recipe, chain, model and folder, its artifacts, the step that
+    ships, and the verdicts and measurements the manifest carries (pipeline.report.outcome.RunResult is one)."""
+
+    @property
+    def recipe(self) -> Recipe: ...
+    @property
+    def steps(self) -> list[Step]: ...
+    @property
+    def model(self) -> ModelHandle: ...
+    @property
+    def out_dir(self) -> Path: ...
+    @property
+    def artifacts(self) -> dict[str, Artifact]: ...
+    @property
+    def shipped(self) -> str | None: ...
+    @property
+    def parity(self) -> dict[str, Parity]: ...
+    @property
+    def bench(self) -> dict[str, BenchResult]: ...
+    @property
+    def ratios(self) -> list[Ratio]: ...
+
+
+def build_bundle(result: ShippedRun, max_batch_size: int = DEFAULT_MAX_BATCH) -> Path:
     """Write the bundle of ``result.shipped`` to ``<out_dir>/ship``, atomically; returns that folder."""
     name = result.shipped
     if name is None:
@@ -57,30 +80,28 @@ def build_bundle(result: RunResult, max_batch_size: int = DEFAULT_MAX_BATCH) -> 
     artifact = result.artifacts[name]
     if artifact.path is None or artifact.format not in SHIPPABLE:
         raise ArtifactError(f"step {name}: a {artifact.format.value} artifact cannot be shipped")
-    prepared = result.prepared
-    final = prepared.out_dir / SHIP_DIR
-    require_space(prepared.out_dir, int(artifact.stats.get("bytes", 0)), "ship")
+    final = result.out_dir / SHIP_DIR
+    require_space(result.out_dir, int(artifact.stats.get("bytes", 0)), "ship")
     try:
         return _write_bundle(result, artifact, final, max_batch_size)
     except Exception as exc:
         if is_disk_full(exc) and not isinstance(exc, PipelineError):
-            raise disk_full(exc, prepared.out_dir, writing=final) from None
+            raise disk_full(exc, result.out_dir, writing=final) from None
         raise
 
 
-def _write_bundle(result: RunResult, artifact: Artifact, final: Path, max_batch_size: int) -> Path:
+def _write_bundle(result: ShippedRun, artifact: Artifact, final: Path, max_batch_size: int) -> Path:
     """Build the bundle in a staging folder and swap it in as ``final``."""
     assert artifact.path is not None and result.shipped is not None
-    prepared = result.prepared
-    handle = prepared.ctx.model
+    handle = result.model
     with staging_folder(final) as tmp:
         copied = copy_artifact(artifact, tmp, BUNDLE_NAMES.get(artifact.format, {}))
         write_config(handle, tmp)
         write_tokenizer(handle, tmp)
         triton = None
         if artifact.format is Format.ONNX:
-            triton = write_repository(tmp / bundled_name(artifact), tmp / TRITON_DIR, prepared.recipe.name,
-                                      prepared.recipe.device, max_batch_size)
+            triton = write_repository(tmp / bundled_name(artifact), tmp / TRITON_DIR, result.recipe.name,
+                                      result.recipe.device, max_batch_size)
         files = bundle_files(tmp)
         changed = sorted(rel for rel, digest in copied.items() if files.get(rel) != digest)
         if changed:
@@ -235,13 +256,12 @@ def write_tokenizer(handle: ModelHandle, dest: Path) -> None:
 
 
 # -- manifest ---------------------------------------------------------------------------------
-def bundle_manifest(result: RunResult, name: str, files: dict[str, str], triton: Path | None) -> dict[str, Any]:
+def bundle_manifest(result: ShippedRun, name: str, files: dict[str, str], triton: Path | None) -> dict[str, Any]:
     """manifest.json of the bundle: what it holds, where it came from, and how it was checked."""
-    prepared = result.prepared
-    recipe, handle = prepared.recipe, prepared.ctx.model
+    recipe, handle = result.recipe, result.model
     artifact = result.artifacts[name]
     assert artifact.path is not None
-    step = next(s for s in prepared.steps if s.name == name)
+    step = next(s for s in result.steps if s.name == name)
     return json_safe({
         "bundle": BUNDLE_VERSION, "recipe": recipe.name, "step": step.folder, "name": name,
         "format": artifact.format.value, "precision": artifact.precision, "model_file": bundled_name(artifact),
@@ -266,9 +286,9 @@ def openvino_config(artifact: Artifact) -> dict[str, Any]:
     return {**carried, **OPENVINO_CONFIG}
 
 
-def lineage(result: RunResult, name: str) -> list[dict[str, Any]]:
+def lineage(result: ShippedRun, name: str) -> list[dict[str, Any]]:
     """The path from the source model to step ``name``: the source, then each step in order."""
-    steps = {s.name: s for s in result.prepared.steps}
+    steps = {s.name: s for s in result.steps}
     chain = []
     current = name
     while current != "eager":
@@ -277,7 +297,7 @@ def lineage(result: RunResult, name: str) -> list[dict[str, Any]]:
         chain.append({"step": step.folder, "name": step.name, "pass": step.pass_cls.name,
                       "config": step.config.cache_config(), "sha256": artifact.sha256, "key": artifact.key})
         current = step.source
-    return [{"source": result.prepared.ctx.model.describe()}, *reversed(chain)]
+    return [{"source": result.model.describe()}, *reversed(chain)]
 
 
 def parity_summary(parity: Parity | None) -> dict[str, Any] | None:
@@ -290,16 +310,15 @@ def parity_summary(parity: Parity | None) -> dict[str, Any] | None:
     return summary
 
 
-def bench_summary(result: RunResult, name: str) -> dict[str, Any] | None:
+def bench_summary(result: ShippedRun, name: str) -> dict[str, Any] | None:
     """The step's benchmark, when the run measured it: DESIGN.md's rows, its interleaved ratios over
     eager, best batch, real data, machine."""
-    bench = getattr(result, "bench", None) or {}
-    measured = bench.get(name) if isinstance(bench, dict) else None
-    if not isinstance(measured, dict):
+    measured: dict[str, Any] | None = result.bench.get(name)  # type: ignore[assignment]
+    if not isinstance(measured, dict):  # not measured (or a record that is not one)
         return None
     summary = {key: measured[key] for key in BENCH_KEYS if measured.get(key) is not None}
     summary["rows"] = [{key: row[key] for key in CONTRACT_ROW_KEYS if key in row} for row in measured.get("rows", [])]
-    summary["ratios"] = [entry for entry in getattr(result, "ratios", []) if entry.get("target") == name]
+    summary["ratios"] = [entry for entry in result.ratios if entry.get("target") == name]
     if isinstance(summary.get("best_batch"), dict):
         summary["best_batch"] = {k: v for k, v in summary["best_batch"].items() if k != "curve"}
     return summary

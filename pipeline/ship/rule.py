@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 import logging
-from typing import Any
 
 from pipeline.bench.rounds import separated, speedup_text
-from pipeline.engine.results import Prepared
-from pipeline.recipe.schema import DEFAULT_TOLERANCE
+from pipeline.bench.spec import BenchResult, Ratio
+from pipeline.recipe.schema import DEFAULT_TOLERANCE, ShipSpec
 from pipeline.verify.metrics import worst
 from pipeline.verify.parity import Parity
 
@@ -25,7 +24,7 @@ def parity_rank(parity: Parity) -> tuple[float, float]:
     return worst(parity.metrics, "cos_min", min) or 0.0, -(worst(parity.metrics, "max_abs", max) or 0.0)
 
 
-def fastest_told_apart(entries: list[dict[str, Any]], parity: dict[str, Parity]) -> tuple[str, str | None]:
+def fastest_told_apart(entries: list[Ratio], parity: dict[str, Parity]) -> tuple[str, str | None]:
     """The step with the highest ratio over eager when its interval lies above every other's; else, of
     those it cannot be told apart from, the one with the best parity: (step, why, when not plain)."""
     ranked = sorted(entries, key=lambda e: e["ratio"], reverse=True)
@@ -53,20 +52,19 @@ def batch_dependence(parity: Parity | None, precision: str) -> str | None:
             f"min_batch_cosine); a request's result changes with the other requests that share its batch")
 
 
-def choose_shipped(prepared: Prepared, parity: dict[str, Parity], bench: dict[str, dict[str, Any]],
-                   ratios: list[dict[str, Any]]) -> tuple[str | None, str | None]:
-    """The step to ship among those that may, and a note when the choice needs one; (None, ...) when
-    none may ship.
+def choose_shipped(spec: ShipSpec, steps: list[str], parity: dict[str, Parity], bench: dict[str, BenchResult],
+                   ratios: list[Ratio]) -> tuple[str | None, str | None]:
+    """The step to ship among ``steps`` (in chain order) that may, by the recipe's ship rule ``spec``, and
+    a note when the choice needs one; (None, ...) when none may ship.
 
     ``ship.step`` names it. ``ship.fastest_at: [batch, seq]`` takes the highest interleaved ratio over
     eager there when its interval separates it from the next, else the best parity among the steps it
     cannot be told apart from (by p50 alone when eager has no ratio there). Otherwise: the last step
     of the chain that may ship.
     """
-    spec = prepared.recipe.ship
     if spec.step:
         return (spec.step if may_ship(parity, spec.step) else None), None
-    allowed = [s.name for s in prepared.steps if may_ship(parity, s.name)]
+    allowed = [name for name in steps if may_ship(parity, name)]
     if spec.fastest_at is not None and allowed:
         point = tuple(spec.fastest_at)
         entries = [e for e in ratios if (e["batch"], e["seq"]) == point and e["target"] in allowed]

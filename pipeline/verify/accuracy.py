@@ -5,7 +5,7 @@ from __future__ import annotations
 import csv
 import json
 from pathlib import Path
-from typing import Any
+from typing import Any, TypedDict
 
 import numpy as np
 
@@ -55,10 +55,18 @@ def accuracy_batches(tokenizer: Any, texts: list[str], input_names: list[str], b
     return [tokenize(tokenizer, texts[i:i + batch], input_names) for i in range(0, len(texts), batch)]
 
 
-def score(predicted: list[np.ndarray], labels: np.ndarray, eager: list[np.ndarray] | None = None) -> dict[str, Any]:
+class AccuracyScore(TypedDict, total=False):
+    """Task accuracy of one model on the labeled file, and (for an artifact) agreement with eager's predictions."""
+
+    examples: int
+    accuracy: float
+    agreement: float
+
+
+def score(predicted: list[np.ndarray], labels: np.ndarray, eager: list[np.ndarray] | None = None) -> AccuracyScore:
     """Accuracy of predicted logits batches against labels, and agreement with eager's predictions."""
     pred = np.concatenate([p.argmax(axis=-1) for p in predicted])
-    out: dict[str, Any] = {"examples": int(labels.size), "accuracy": float((pred == labels).mean())}
+    out: AccuracyScore = {"examples": int(labels.size), "accuracy": float((pred == labels).mean())}
     if eager is not None:
         out["agreement"] = float((pred == np.concatenate([e.argmax(axis=-1) for e in eager])).mean())
     return out

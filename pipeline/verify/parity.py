@@ -6,7 +6,7 @@ import logging
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypedDict
 
 from pipeline.core.artifact import Artifact
 from pipeline.core.errors import PipelineError, described
@@ -15,7 +15,7 @@ from pipeline.model.cache import cache_layout, comparable
 from pipeline.model.loading import ModelHandle
 from pipeline.recipe.schema import AccuracySpec, Tolerance
 from pipeline.runtime.runner import ModelFn, Outputs, Runner
-from pipeline.verify.accuracy import label_ids, load_labeled, score
+from pipeline.verify.accuracy import AccuracyScore, label_ids, load_labeled, score
 from pipeline.verify.batching import failures as batch_failures
 from pipeline.verify.batching import invariance
 from pipeline.verify.cases import Case, CaseKind
@@ -23,8 +23,8 @@ from pipeline.verify.greedy import greedy, token_match
 from pipeline.verify.metrics import combine, compare
 
 if TYPE_CHECKING:
-    from pipeline.engine.results import Prepared
-    from pipeline.recipe.load import Recipe, Step
+    from pipeline.engine.chain import Step
+    from pipeline.recipe.load import Recipe
 
 log = logging.getLogger(__name__)
 MASK = "attention_mask"
@@ -134,7 +134,16 @@ def check(cases: list[Case], actual: list[Outputs], parent: list[Outputs] | None
                   failures=missed, exempt=exempt, vs_parent=vs_parent, per_case=per_case, batch_invariance=batch)
 
 
-def blame(parities: dict[str, Parity], parents: dict[str, str]) -> dict[str, Any] | None:
+class Blame(TypedDict):
+    """The step that added the most error over its parent, on which output, and how much."""
+
+    step: str
+    parent: str | None
+    output: str
+    max_abs_added: float
+
+
+def blame(parities: dict[str, Parity], parents: dict[str, str]) -> Blame | None:
     """The step that added the most error over its parent (largest max_abs against its parent)."""
     worst: tuple[float, str, str] | None = None
     for step, parity in parities.items():
@@ -168,16 +177,15 @@ def check_generation(parity: Parity, fn: ModelFn, prompts: list[Case], handle: M
                                f"equal to eager's (share {share:.4f} < {min_share:.4f})")
 
 
-def verify_all(prepared: Prepared, artifacts: dict[str, Artifact], cases: list[Any], prompts: list[Case] | None = None
-               ) -> tuple[dict[str, Parity], dict[str, list[Any]]]:
+def verify_all(recipe: Recipe, steps: list[Step], handle: ModelHandle, artifacts: dict[str, Artifact],
+               cases: list[Any], prompts: list[Case] | None = None) -> tuple[dict[str, Parity], dict[str, list[Any]]]:
     """Parity of every step's artifact against eager and against its parent, with greedy generation on
     ``prompts`` (text-generation); and every output computed."""
-    recipe = prepared.recipe
-    runner = Runner(prepared.ctx.model, recipe.device, threads=recipe.bench.threads)
+    runner = Runner(handle, recipe.device, threads=recipe.bench.threads)
     outputs: dict[str, list[Any]] = {"eager": [case.outputs for case in cases]}
     verdicts = {}
-    with stage("verify", len(prepared.steps)) as advance:
-        for step in prepared.steps:
+    with stage("verify", len(steps)) as advance:
+        for step in steps:
             advance(f"{step.folder} on {len(cases)} cases")
             verdicts[step.name] = _verify_step(step, artifacts[step.name], runner, cases, outputs, recipe, prompts)
     return verdicts, outputs
@@ -214,14 +222,15 @@ def labels_of(spec: AccuracySpec, handle: ModelHandle) -> Any:
     return label_ids(raw, getattr(config, "label2id", None), int(getattr(config, "num_labels", 2)))
 
 
-def measure_accuracy(prepared: Prepared, cases: list[Any], outputs: dict[str, list[Any]]) -> dict[str, Any]:
-    """Task accuracy of eager and of every artifact that ran, on the recipe's labeled file."""
-    spec = prepared.recipe.verify.accuracy
+def measure_accuracy(spec: AccuracySpec | None, handle: ModelHandle, cases: list[Any],
+                     outputs: dict[str, list[Any]]) -> dict[str, AccuracyScore]:
+    """Task accuracy of eager and of every artifact that ran, on the labeled file of ``spec`` (the
+    recipe's ``verify.accuracy``), judged on the model's first output."""
     if spec is None:
         return {}
-    labels = labels_of(spec, prepared.ctx.model)
+    labels = labels_of(spec, handle)
     picked = [i for i, case in enumerate(cases) if case.kind is CaseKind.ACCURACY]
-    output = prepared.recipe.output_names[0]
+    output = handle.output_names[0]
     eager = [outputs["eager"][i][output] for i in picked]
     scores = {"eager": score(eager, labels)}
     for name, results in outputs.items():

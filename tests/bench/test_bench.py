@@ -133,24 +133,24 @@ def test_pad_batch_matches_the_tokenizer_padding_to_the_longest(tiny_ctx) -> Non
         assert np.array_equal(ours[name], theirs[name]), name
 
 
-def test_the_ship_point_gets_the_headline_rounds_and_the_protocol_is_shared_out_over_them() -> None:
-    spec = BenchSpec(batches=[1, 8], seqs=[16, 128], rounds=8, headline_rounds=24, min_repeats=48, min_seconds=2.4,
+def test_the_ship_point_gets_the_ship_point_rounds_and_the_protocol_is_shared_out_over_them() -> None:
+    spec = BenchSpec(batches=[1, 8], seqs=[16, 128], rounds=8, ship_point_rounds=24, min_repeats=48, min_seconds=2.4,
                      grid="full")
-    plans = round_plans(spec, "cpu", headline=(1, 128))
+    plans = round_plans(spec, "cpu", ship_point=(1, 128))
     assert list(plans) == [(1, 16), (1, 128), (8, 16), (8, 128)]
     assert {point: plan.rounds for point, plan in plans.items()} == {(1, 16): 8, (1, 128): 24, (8, 16): 8, (8, 128): 8}
     assert plans[(1, 128)].block["min_repeats"] == 2 and plans[(1, 16)].block["min_repeats"] == 6
     assert plans[(1, 128)].block["min_seconds"] == pytest.approx(0.1)
     assert plans[(1, 128)].max_redo == 8 and plans[(1, 16)].max_redo == spec.redo_rounds == 3
-    assert all(plan.rounds == 8 for plan in round_plans(spec, "cpu", headline=None).values())
+    assert all(plan.rounds == 8 for plan in round_plans(spec, "cpu", ship_point=None).values())
 
 
 def test_the_default_grid_is_batch_one_at_every_length_and_the_ship_point_and_full_is_one_flag_away() -> None:
     spec = BenchSpec(batches=[1, 8, 32], seqs=[16, 128])
-    assert grid_points(spec, headline=(8, 128)) == [(1, 16), (1, 128), (8, 128)]
-    assert grid_points(spec, headline=(1, 128)) == [(1, 16), (1, 128)]
+    assert grid_points(spec, ship_point=(8, 128)) == [(1, 16), (1, 128), (8, 128)]
+    assert grid_points(spec, ship_point=(1, 128)) == [(1, 16), (1, 128)]
     full = spec.model_copy(update={"grid": "full"})
-    assert grid_points(full, headline=(8, 128)) == [(b, s) for b in (1, 8, 32) for s in (16, 128)]
+    assert grid_points(full, ship_point=(8, 128)) == [(b, s) for b in (1, 8, 32) for s in (16, 128)]
     for command in ("optimize", "bench"):
         assert _overrides(_parser().parse_args([command, "r.yaml", "--full-grid"])) == ["bench.grid=full"]
         assert _overrides(_parser().parse_args([command, "r.yaml"])) == []

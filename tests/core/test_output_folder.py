@@ -21,7 +21,7 @@ from pipeline.core.artifact import read_manifest
 from pipeline.core.output_folder import MARKER, claimed
 from pipeline.core.seal import write_record
 from pipeline.core.store import SWAP_PREFIX, TMP_MARKER, TMP_PREFIX, sha256_file
-from pipeline.engine.replay import RECORD
+from pipeline.run.replay import RECORD
 from pipeline.ship.bundle import check_bundle
 
 CHAIN = ["onnx_export", "onnx_simplify"]

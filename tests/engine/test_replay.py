@@ -13,13 +13,13 @@ from typing import Any
 
 import pytest
 
-import pipeline.engine.run as engine_run
+import pipeline.run.optimize as run_optimize
 from pipeline.cli import main
 
 QUICK = ["--set", "bench.batches=[1]", "--set", "bench.seqs=[8]", "--set", "bench.rounds=2",
-         "--set", "bench.headline_rounds=2", "--set", "bench.min_seconds=0.05", "--set", "bench.min_repeats=3",
+         "--set", "bench.ship_point_rounds=2", "--set", "bench.min_seconds=0.05", "--set", "bench.min_repeats=3",
          "--set", "bench.warmup_seconds=0.01", "--set", "bench.best_batch=null", "--set", "bench.real_data=null",
-         "--set", "bench.headline_generations=1"]
+         "--set", "bench.ship_point_generations=1"]
 
 
 @pytest.fixture
@@ -32,15 +32,15 @@ def built(write_tiny_recipe: Callable[..., Path], capsys: pytest.CaptureFixture)
 
 
 def count_runs(monkeypatch: pytest.MonkeyPatch) -> list[Any]:
-    """Record every call of the whole run (engine.run.run) and let it go on."""
+    """Record every call of the whole run (pipeline.run.optimize.run) and let it go on."""
     calls: list[Any] = []
-    real = engine_run.run
+    real = run_optimize.run
 
     def spy(*args: Any, **kwargs: Any) -> Any:
         calls.append(args)
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(engine_run, "run", spy)
+    monkeypatch.setattr(run_optimize, "run", spy)
     return calls
 
 

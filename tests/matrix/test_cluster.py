@@ -20,7 +20,7 @@ pytest.importorskip("ray", reason="ray is not installed (the matrix extra: pip i
 pytestmark = pytest.mark.slow
 
 ROOT = Path(__file__).resolve().parents[2]
-QUICK_BENCH = {"batches": [1], "seqs": [8], "rounds": 3, "headline_rounds": 4, "min_seconds": 0.3, "min_repeats": 5,
+QUICK_BENCH = {"batches": [1], "seqs": [8], "rounds": 3, "ship_point_rounds": 4, "min_seconds": 0.3, "min_repeats": 5,
                "warmup_seconds": 0.01, "throughput_seconds": 0.05, "pause_seconds": 0.01, "best_batch": None,
                "real_data": None}
 

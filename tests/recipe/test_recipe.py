@@ -8,14 +8,8 @@ from pathlib import Path
 import pytest
 
 from pipeline.core.errors import RecipeError
-from pipeline.recipe.load import (
-    apply_override,
-    build_steps,
-    json_schema,
-    load_recipe,
-    parse_recipe,
-    recipe_files,
-)
+from pipeline.engine.chain import build_steps, json_schema
+from pipeline.recipe.load import apply_override, load_recipe, parse_recipe, recipe_files
 
 BASE = {"model": {"source": "packaged:all-MiniLM-L6-v2"}, "task": "feature-extraction"}
 

@@ -13,9 +13,9 @@ from pipeline.cli import main
 
 ROW_KEYS = {"batch", "seq", "p50_ms", "p90_ms", "p99_ms", "mean_ms", "cv", "throughput", "peak_rss_mb"}
 QUICK = ["--set", "bench.batches=[1]", "--set", "bench.seqs=[8]", "--set", "bench.rounds=2",
-         "--set", "bench.headline_rounds=2", "--set", "bench.min_seconds=0.05", "--set", "bench.min_repeats=3",
+         "--set", "bench.ship_point_rounds=2", "--set", "bench.min_seconds=0.05", "--set", "bench.min_repeats=3",
          "--set", "bench.warmup_seconds=0.01", "--set", "bench.best_batch=null", "--set", "bench.real_data=null",
-         "--set", "bench.headline_generations=1"]
+         "--set", "bench.ship_point_generations=1"]
 
 
 @pytest.fixture(scope="module")

@@ -14,7 +14,7 @@ from test_ship import run_recipe
 
 from pipeline.cli import main
 from pipeline.core.errors import ArtifactError
-from pipeline.engine.results import RunResult
+from pipeline.report.outcome import RunResult
 from pipeline.ship import bundle as ship
 from pipeline.ship.bundle import build_bundle, bundle_files
 
@@ -129,7 +129,7 @@ def test_building_a_bundle_never_ships_a_link(onnx_run: RunResult, tmp_path: Pat
         (dest / "tokenizer.json").symlink_to(tmp_path / "tokenizer.json")
 
     monkeypatch.setattr(ship, "write_tokenizer", tokenizer_as_a_link)
-    result = dataclasses.replace(onnx_run, prepared=dataclasses.replace(onnx_run.prepared, out_dir=tmp_path / "out"))
+    result = dataclasses.replace(onnx_run, out_dir=tmp_path / "out")
     with pytest.raises(ArtifactError, match=r"tokenizer\.json: a symbolic link"):
         build_bundle(result)
     assert not (tmp_path / "out" / "ship").exists()

@@ -18,8 +18,9 @@ import numpy as np
 import pytest
 import yaml
 
-from pipeline.engine.run import prepare, run
 from pipeline.model.inputs import load_sentences, tokenize
+from pipeline.run.optimize import run
+from pipeline.run.prepare import prepare
 from pipeline.ship.bundle import build_bundle
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -57,10 +58,10 @@ def build(tmp_path: Path, task: str, tiny_bert_config: Path) -> tuple[Path, Path
     result = run(prepare(recipe), bench="skip")
     bundle = build_bundle(result)
     npz = tmp_path / "cases.npz"
-    with np.load(result.prepared.out_dir / "reference" / "reference.npz") as data:
+    with np.load(result.out_dir / "reference" / "reference.npz") as data:
         arrays = {key: data[key] for key in data.files}
     texts = load_sentences()[:6]
-    text_ids = tokenize(result.prepared.ctx.model.tokenizer, texts, TASKS[task])
+    text_ids = tokenize(result.model.tokenizer, texts, TASKS[task])
     np.savez(npz, texts=np.array(texts), **arrays, **{f"text/{k}": v for k, v in text_ids.items()})
     return bundle, npz
 
@@ -99,7 +100,7 @@ def test_optimum_intel_loads_an_openvino_bundle_and_matches_eager(tmp_path: Path
     result = run(prepare(recipe), bench="skip")
     bundle = build_bundle(result)
     npz = tmp_path / "cases.npz"
-    with np.load(result.prepared.out_dir / "reference" / "reference.npz") as data:
+    with np.load(result.out_dir / "reference" / "reference.npz") as data:
         np.savez(npz, **{key: data[key] for key in data.files})
     env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV", "PYTHONHOME")}
     env.update(HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", PYTHONNOUSERSITE="1")

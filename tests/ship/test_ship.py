@@ -20,8 +20,9 @@ import yaml
 
 from pipeline.core.errors import ArtifactError, ParityError
 from pipeline.core.store import TMP_PREFIX
-from pipeline.engine.results import RunResult
-from pipeline.engine.run import prepare, run
+from pipeline.report.outcome import RunResult
+from pipeline.run.optimize import run
+from pipeline.run.prepare import prepare
 from pipeline.ship import bundle as ship
 from pipeline.ship.bundle import build_bundle, check_bundle
 from pipeline.ship.triton import TensorSpec, config_pbtxt, graph_io
@@ -78,7 +79,7 @@ def kept_max_abs(got: np.ndarray, want: np.ndarray, mask: np.ndarray) -> float:
 
 # -- contents and manifest --------------------------------------------------------------------
 def test_onnx_bundle_holds_model_config_tokenizer_and_manifest(onnx_run: RunResult, onnx_bundle: Path) -> None:
-    assert onnx_bundle == onnx_run.prepared.out_dir / "ship"
+    assert onnx_bundle == onnx_run.out_dir / "ship"
     manifest = manifest_of(onnx_bundle)
     on_disk = {p.relative_to(onnx_bundle).as_posix() for p in onnx_bundle.rglob("*") if p.is_file()}
     assert set(manifest["files"]) == on_disk - {"manifest.json"}
@@ -97,7 +98,7 @@ def test_onnx_bundle_holds_model_config_tokenizer_and_manifest(onnx_run: RunResu
     assert parity["metrics"]["last_hidden_state"]["max_abs"] < 1e-4
     assert parity["tolerance"]["last_hidden_state"]["max_abs"] == 1e-4
     # Paths are relative: nothing in the manifest names the output folder.
-    assert str(onnx_run.prepared.out_dir) not in (onnx_bundle / "manifest.json").read_text()
+    assert str(onnx_run.out_dir) not in (onnx_bundle / "manifest.json").read_text()
 
 
 def test_lineage_runs_from_the_source_model_to_the_shipped_step(onnx_run: RunResult, onnx_bundle: Path) -> None:
@@ -117,7 +118,7 @@ def test_manifest_summarises_the_benchmark(onnx_run: RunResult, tmp_path: Path) 
            "throughput": 650.0, "peak_rss_mb": 300.0, "samples_ms": [1.5] * 50}
     measured = {"rows": [row], "best_batch": {"batch": 8, "throughput": 900.0, "curve": [{"batch": 1}] * 9},
                 "real_data": {"sentences": 64}, "fingerprint": {"cpu": "x"}, "load_seconds": 0.3}
-    result = dataclasses.replace(onnx_run, prepared=dataclasses.replace(onnx_run.prepared, out_dir=tmp_path),
+    result = dataclasses.replace(onnx_run, out_dir=tmp_path,
                                  bench={onnx_run.shipped: measured},
                                  ratios=[{"target": onnx_run.shipped, "ratio": 2.0, "ci95": [1.9, 2.1]},
                                          {"target": "other", "ratio": 3.0, "ci95": [2.9, 3.1]}])
@@ -135,7 +136,7 @@ def test_config_and_tokenizer_load_back(onnx_run: RunResult, onnx_bundle: Path) 
     config = AutoConfig.from_pretrained(str(onnx_bundle))
     assert (config.model_type, config.architectures, config.hidden_size) == ("bert", ["BertModel"], 32)
     tokenizer = AutoTokenizer.from_pretrained(str(onnx_bundle))
-    original = onnx_run.prepared.ctx.model.tokenizer
+    original = onnx_run.model.tokenizer
     text = ["A bundle ships what passed.", "Short."]
     assert tokenizer(text, padding=True)["input_ids"] == original(text, padding=True)["input_ids"]
 
@@ -281,7 +282,7 @@ def test_onnx_bundle_runs_in_onnxruntime_like_eager(onnx_run: RunResult, onnx_bu
     import onnxruntime as ort
 
     session = ort.InferenceSession(str(onnx_bundle / "model.onnx"), providers=["CPUExecutionProvider"])
-    cases = reference_cases(onnx_run.prepared.out_dir)
+    cases = reference_cases(onnx_run.out_dir)
     assert len(cases) == 4 + 16 + 1  # shapes and sentences; 16 sentences alone and in one padded batch
     for inputs, outputs in cases.values():
         (got,) = session.run(["last_hidden_state"], inputs)
@@ -299,7 +300,7 @@ def test_external_data_bundle(tmp_path: Path, tiny_bert_config: Path, monkeypatc
     assert {"model.onnx", "model.onnx.data", "triton/tiny/1/model.onnx/model.onnx",
             "triton/tiny/1/model.onnx/model.onnx.data"} <= files
     assert check_bundle(bundle) == []
-    inputs, outputs = next(iter(reference_cases(result.prepared.out_dir).values()))
+    inputs, outputs = next(iter(reference_cases(result.out_dir).values()))
     for path in (bundle / "model.onnx", bundle / "triton/tiny/1/model.onnx/model.onnx"):
         (got,) = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, inputs)
         assert kept_max_abs(got, outputs["last_hidden_state"], inputs["attention_mask"]) < 1e-4
@@ -330,7 +331,7 @@ def test_torchscript_bundle_loads_in_a_fresh_process(tmp_path: Path, tiny_bert_c
     assert {"model.pt", "config.json", "tokenizer_config.json"} <= set(manifest["files"])
     assert not (bundle / "triton").exists() and check_bundle(bundle) == []
 
-    inputs, outputs = reference_cases(result.prepared.out_dir)["random_b3_s77"]
+    inputs, outputs = reference_cases(result.out_dir)["random_b3_s77"]
     case = tmp_path / "case.npz"
     np.savez(case, **{f"inputs/{k}": v for k, v in inputs.items()}, **{f"outputs/{k}": v for k, v in outputs.items()})
     proc = subprocess.run([sys.executable, "-c", TORCHSCRIPT_LOADER, str(bundle / "model.pt"), str(case)],
@@ -350,7 +351,7 @@ def test_openvino_bundle_uses_optimum_intel_names_and_loads_with_openvino(tmp_pa
     assert not (bundle / "model.xml").exists() and check_bundle(bundle) == []
     assert manifest["openvino_config"]["INFERENCE_PRECISION_HINT"] == "f32"
 
-    inputs, outputs = reference_cases(result.prepared.out_dir)["random_b3_s77"]
+    inputs, outputs = reference_cases(result.out_dir)["random_b3_s77"]
     model = ov.Core().read_model(str(bundle / "openvino_model.xml"))
     compiled = ov.Core().compile_model(model, "CPU", manifest["openvino_config"])
     got = compiled.create_infer_request().infer({port.get_any_name(): inputs[port.get_any_name()]
@@ -363,7 +364,7 @@ def test_openvino_bundle_uses_optimum_intel_names_and_loads_with_openvino(tmp_pa
 def test_a_failed_rebuild_leaves_the_previous_bundle_whole(onnx_run: RunResult, tmp_path: Path,
                                                           monkeypatch: pytest.MonkeyPatch, where: str) -> None:
     out = tmp_path / "out"
-    result = dataclasses.replace(onnx_run, prepared=dataclasses.replace(onnx_run.prepared, out_dir=out))
+    result = dataclasses.replace(onnx_run, out_dir=out)
     bundle = build_bundle(result)
     before = (bundle / "manifest.json").read_bytes()
 
@@ -381,9 +382,8 @@ def test_a_failed_rebuild_leaves_the_previous_bundle_whole(onnx_run: RunResult, 
 
 def test_nothing_to_ship_and_a_tampered_step_are_refused(onnx_run: RunResult, tmp_path: Path) -> None:
     out = tmp_path / "out"
-    prepared = dataclasses.replace(onnx_run.prepared, out_dir=out)
     with pytest.raises(ParityError, match="nothing to ship"):
-        build_bundle(dataclasses.replace(onnx_run, prepared=prepared, shipped=None))
+        build_bundle(dataclasses.replace(onnx_run, out_dir=out, shipped=None))
 
     name = onnx_run.shipped
     assert name is not None
@@ -394,5 +394,5 @@ def test_nothing_to_ship_and_a_tampered_step_are_refused(onnx_run: RunResult, tm
     (step / "model.onnx").write_bytes((step / "model.onnx").read_bytes()[:-1])
     tampered = {**onnx_run.artifacts, name: dataclasses.replace(artifact, path=step / "model.onnx")}
     with pytest.raises(ArtifactError, match="model.onnx"):
-        build_bundle(dataclasses.replace(onnx_run, prepared=prepared, artifacts=tampered))
+        build_bundle(dataclasses.replace(onnx_run, out_dir=out, artifacts=tampered))
     assert not (out / "ship").exists()

@@ -3,49 +3,50 @@ separates it from the next; otherwise the better parity of those it is not told 
 
 from __future__ import annotations
 
-from types import SimpleNamespace
-from typing import Any
-
+from pipeline.bench.spec import BenchResult, Ratio
+from pipeline.recipe.schema import ShipSpec
 from pipeline.ship.rule import choose_shipped
+from pipeline.verify.parity import Parity
+
+STEPS = ["fused", "fp16", "int8", "broken"]
 
 
-def _prepared(fastest_at: tuple[int, int] | None = (1, 128)) -> Any:
-    steps = [SimpleNamespace(name=n) for n in ("fused", "fp16", "int8", "broken")]
-    return SimpleNamespace(recipe=SimpleNamespace(ship=SimpleNamespace(step=None, fastest_at=fastest_at)), steps=steps)
+def _rule(fastest_at: tuple[int, int] | None = (1, 128), step: str | None = None) -> ShipSpec:
+    return ShipSpec(step=step, fastest_at=fastest_at)
 
 
-def _parity(cos_min: float, passed: bool = True) -> Any:
-    return SimpleNamespace(passed=passed, exempt=False, metrics={"out": {"cos_min": cos_min, "max_abs": 1 - cos_min}})
+def _parity(cos_min: float, passed: bool = True) -> Parity:
+    return Parity(passed=passed, metrics={"out": {"cos_min": cos_min, "max_abs": 1 - cos_min}}, tolerance={})
 
 
 PARITY = {"fused": _parity(1.0), "fp16": _parity(0.9999), "int8": _parity(0.991), "broken": _parity(0.5, False)}
 
 
-def _ratio(target: str, ratio: float, low: float, high: float) -> dict[str, Any]:
+def _ratio(target: str, ratio: float, low: float, high: float) -> Ratio:
     return {"target": target, "baseline": "eager", "batch": 1, "seq": 128, "ratio": ratio, "ci95": [low, high]}
 
 
 def test_the_fastest_ships_when_its_interval_is_above_every_other() -> None:
     ratios = [_ratio("fused", 1.4, 1.35, 1.45), _ratio("int8", 2.1, 2.0, 2.2), _ratio("broken", 5.0, 4.9, 5.1)]
-    assert choose_shipped(_prepared(), PARITY, {}, ratios) == ("int8", None)
+    assert choose_shipped(_rule(), STEPS, PARITY, {}, ratios) == ("int8", None)
 
 
 def test_when_intervals_overlap_the_better_parity_ships_and_the_note_says_why() -> None:
     ratios = [_ratio("fused", 1.4, 1.35, 1.45), _ratio("fp16", 1.9, 1.7, 2.05), _ratio("int8", 2.0, 1.85, 2.2)]
-    chosen, note = choose_shipped(_prepared(), PARITY, {}, ratios)
+    chosen, note = choose_shipped(_rule(), STEPS, PARITY, {}, ratios)
     assert chosen == "fp16"
     assert note is not None and "int8 2.00x [1.85, 2.20]" in note and "fp16 1.90x [1.70, 2.05]" in note
     assert "shipping fp16, the best parity of them" in note and "fused" not in note
 
 
 def test_without_ratios_the_p50_decides_and_says_so() -> None:
-    bench = {name: {"rows": [{"batch": 1, "seq": 128, "p50_ms": ms}]} for name, ms in (("fused", 9.0), ("int8", 5.0))}
-    chosen, note = choose_shipped(_prepared(), PARITY, bench, [])
+    bench: dict[str, BenchResult] = {name: {"rows": [{"batch": 1, "seq": 128, "p50_ms": ms}]}
+                                     for name, ms in (("fused", 9.0), ("int8", 5.0))}
+    chosen, note = choose_shipped(_rule(), STEPS, PARITY, bench, [])
     assert chosen == "int8" and note is not None and "p50 alone" in note
 
 
 def test_a_named_step_or_the_last_passing_one_ships_without_a_note() -> None:
-    assert choose_shipped(_prepared(None), PARITY, {}, []) == ("int8", None)
-    named = _prepared(None)
-    named.recipe.ship.step = "broken"
-    assert choose_shipped(named, PARITY, {}, []) == (None, None)
+    assert choose_shipped(_rule(None), STEPS, PARITY, {}, []) == ("int8", None)
+    assert choose_shipped(_rule(None, step="fp16"), STEPS, PARITY, {}, []) == ("fp16", None)
+    assert choose_shipped(_rule(None, step="broken"), STEPS, PARITY, {}, []) == (None, None)

@@ -101,7 +101,7 @@ def tiny_ctx(tiny_handle: ModelHandle, tiny_io: IOSpec, tmp_path: Path) -> PassC
 @pytest.fixture
 def eager_artifact(tiny_handle: ModelHandle) -> Artifact:
     """The eager source artifact of the tiny BERT."""
-    return Artifact(step="eager", format=Format.EAGER, key=tiny_handle.source_key)
+    return Artifact(step_folder="eager", format=Format.EAGER, key=tiny_handle.source_key)
 
 
 @pytest.fixture
@@ -117,7 +117,7 @@ def tiny_onnx(tiny_ctx: PassContext, tmp_path: Path) -> Artifact:
     torch.onnx.export(module, tuple(torch.from_numpy(example[n]) for n in io.input_names), str(path),
                       input_names=io.input_names, output_names=io.output_names, dynamic_axes=io.dynamic_axes,
                       opset_version=17, dynamo=False)
-    return Artifact(step="01_onnx_export", format=Format.ONNX, key="tiny-onnx", path=path, parent="eager",
+    return Artifact(step_folder="01_onnx_export", format=Format.ONNX, key="tiny-onnx", path=path, parent="eager",
                     produced_by="onnx_export", meta={"precision": "fp32"})
 
 
@@ -129,8 +129,8 @@ def tiny_fused(tiny_onnx: Artifact, tiny_ctx: PassContext, tmp_path: Path) -> Ar
     folder = tmp_path / "tiny_fused"
     folder.mkdir()
     optimized = OrtOptimizePass(OrtOptimizeConfig()).run(tiny_onnx, tiny_ctx, folder)
-    return Artifact(step="02_ort_optimize", format=Format.ONNX, key="fused", path=folder / optimized.file,
-                    parent=tiny_onnx.step, produced_by="ort_optimize", meta=optimized.meta)
+    return Artifact(step_folder="02_ort_optimize", format=Format.ONNX, key="fused", path=folder / optimized.file,
+                    parent=tiny_onnx.step_folder, produced_by="ort_optimize", meta=optimized.meta)
 
 
 def snapshot(root: Path) -> dict[str, str]:

@@ -319,7 +319,7 @@ def test_a_pt2_whose_pickle_names_os_system_is_refused_when_a_runner_opens_it(
     torch.save(_System(marker), payload)
     rewrite(path, {member_name(path, "data/sample_inputs/model.pt"): payload.getvalue()})
     monitor = _LoadMonitor(monkeypatch)
-    artifact = Artifact(step="01_torch_export", format=Format.TORCH_EXPORT, key="k", path=path)
+    artifact = Artifact(step_folder="01_torch_export", format=Format.TORCH_EXPORT, key="k", path=path)
     with pytest.raises(ArtifactError, match=r"model\.pt2: holds something other than .*calls (posix|os)\.system"):
         Runner(tiny_handle).open(artifact)
     assert not marker.exists()

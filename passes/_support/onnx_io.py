@@ -34,9 +34,9 @@ EXTERNAL_THRESHOLD = 1_800_000_000  # above this many weight bytes, weights go t
 def model_file(parent: Artifact, pass_name: str, fp32: bool = False) -> Path:
     """The parent artifact's model file; ValueError when it has none, or (``fp32``) when it is not fp32."""
     if parent.path is None:
-        raise ValueError(f"{parent.step} has no model file")
+        raise ValueError(f"{parent.step_folder} has no model file")
     if fp32 and parent.precision is not Precision.FP32:
-        raise ValueError(f"{pass_name} takes fp32 models; {parent.step} is {parent.precision}")
+        raise ValueError(f"{pass_name} takes fp32 models; {parent.step_folder} is {parent.precision}")
     return parent.path
 
 

@@ -25,7 +25,9 @@ def standard_opset(model: onnx.ModelProto) -> int:
 
 
 def _consumed(model: onnx.ModelProto) -> set[str]:
-    return {name for node in model.graph.node for name in node.input} | {o.name for o in model.graph.output}
+    """Every tensor name the graph reads (an omitted optional input, '', is none)."""
+    read = {name for node in model.graph.node for name in node.input} | {o.name for o in model.graph.output}
+    return read - {""}
 
 
 def split_skip_layer_norms(model: onnx.ModelProto) -> int:
@@ -41,7 +43,7 @@ def split_skip_layer_norms(model: onnx.ModelProto) -> int:
     used = _consumed(model)
     nodes: list[onnx.NodeProto] = []
     done = 0
-    for node in model.graph.node:
+    for index, node in enumerate(model.graph.node):
         outputs = list(node.output) + [""] * (4 - len(node.output))
         if node.op_type != "SkipLayerNormalization" or node.domain != "com.microsoft" or \
                 any(name and name in used for name in outputs[1:3]):
@@ -49,11 +51,12 @@ def split_skip_layer_norms(model: onnx.ModelProto) -> int:
             continue
         inputs = list(node.input) + [""] * (5 - len(node.input))
         epsilon = next((a.f for a in node.attribute if a.name == "epsilon"), DEFAULT_EPSILON)
-        total = outputs[3] if outputs[3] in used else f"{node.name}/residual_sum"
+        name = node.name or f"SkipLayerNormalization_{index}"  # unnamed nodes still give distinct tensors
+        total = outputs[3] if outputs[3] in used else f"{name}/residual_sum"
         addends = [inputs[0], inputs[1]] + ([inputs[4]] if inputs[4] else [])
-        nodes.append(helper.make_node("Sum", addends, [total], name=f"{node.name}/Sum"))
+        nodes.append(helper.make_node("Sum", addends, [total], name=f"{name}/Sum"))
         nodes.append(helper.make_node("LayerNormalization", [total, inputs[2]] + ([inputs[3]] if inputs[3] else []),
-                                      [outputs[0]], name=f"{node.name}/LayerNormalization", axis=-1,
+                                      [outputs[0]], name=f"{name}/LayerNormalization", axis=-1,
                                       epsilon=epsilon))
         done += 1
     del model.graph.node[:]

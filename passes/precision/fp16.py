@@ -24,6 +24,7 @@ from passes._support.onnx_io import (
     weight_bytes,
 )
 from passes.repair.options import RepairingPass, RepairOptions, convert_with_repair
+from passes.repair.strategies import LocalizedGrowth
 from pipeline.core.artifact import Artifact, Format, Precision
 from pipeline.engine.pass_api import PassContext, PassOutput
 
@@ -166,7 +167,7 @@ class Fp16Pass(RepairingPass):
         blockable = {node.name: node.op_type for node in source.graph.node
                      if node.op_type not in ("Cast", "Constant", "Shape") and node.name not in config.node_block_list}
         repaired, warnings = convert_with_repair(ctx, parent_path, out_dir, "fp16", build, blockable, config,
-                                                 method="localize")
+                                                 LocalizedGrowth())
         out = out_dir / "model.onnx"
         model = load_model(out, with_data=False)
         stats = {**repaired, **precision_counts(model), "nodes_before": len(source.graph.node),

@@ -32,6 +32,7 @@ from passes._support.onnx_io import (
 )
 from passes.precision import smoothing
 from passes.repair.options import RepairingPass, RepairOptions, convert_with_repair
+from passes.repair.strategies import ForwardSelection
 from pipeline.core.artifact import Artifact, Format, Precision
 from pipeline.core.errors import RecipeError
 from pipeline.core.store import sha256_file
@@ -194,7 +195,7 @@ def _quantize(model_path: Path, ctx: PassContext, config: Int8DynamicConfig, exc
     external = has_external_data(source) or weight_bytes(source) >= EXTERNAL_THRESHOLD
     convert = DynamicQuantize(model_path, config, tuple(excluded), gemm_names(source), external)
     repaired, repair_warnings = convert_with_repair(ctx, model_path, out_dir, "int8", convert, candidates, config,
-                                                    parallel=True)
+                                                    ForwardSelection(), parallel=True)
     model = load_model(out, with_data=False)
     stats = {**repaired, "quantized_ops": op_counts(model, QUANTIZED_OPS),
              "float_matmuls": sum(node.op_type == "MatMul" for node in model.graph.node),

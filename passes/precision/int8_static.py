@@ -40,6 +40,7 @@ from passes._support.onnx_io import (
     weight_bytes,
 )
 from passes.repair.options import RepairingPass, RepairOptions, convert_with_repair
+from passes.repair.strategies import LocalizedGrowth
 from pipeline.core.artifact import Artifact, Format, Precision
 from pipeline.core.errors import RecipeError, described
 from pipeline.core.store import canonical_json, sha256_file, sha256_text
@@ -291,7 +292,7 @@ class Int8StaticPass(RepairingPass):
             ops = set(config.op_types or ("MatMul", "Gather")) | {"Gemm"}
             candidates = {name: op for name, op in weight_nodes(prepared_model, ops).items() if name not in excluded}
             repaired, repair_warnings = convert_with_repair(ctx, model_path, out_dir, "int8", convert, candidates,
-                                                            config, method="localize")
+                                                            config, LocalizedGrowth())
             warnings += repair_warnings
         model = load_model(out, with_data=False)
         stats = {**repaired, "quantized_ops": op_counts(model, QUANTIZED_OPS), "preprocess": prepared,

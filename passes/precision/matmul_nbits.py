@@ -40,6 +40,7 @@ from passes._support.onnx_io import (
     weight_bytes,
 )
 from passes.repair.options import RepairingPass, RepairOptions, convert_with_repair
+from passes.repair.strategies import ForwardSelection
 from pipeline.core.artifact import Artifact, Format, Precision
 from pipeline.engine.pass_api import PassContext, PassOutput
 
@@ -138,13 +139,13 @@ class MatMulNBitsPass(RepairingPass):
         source = load_model(parent_path, with_data=False)
         found = weight_nodes_of(source, "MatMul")
         if not found:
-            raise ValueError(no_candidates_message(source, parent.step))
+            raise ValueError(no_candidates_message(source, parent.step_folder))
         excluded = select_nodes(source, config.nodes_to_exclude, "nodes_to_exclude")
         candidates = {name: op for name, op in found.items() if name not in excluded}
         external = has_external_data(source) or weight_bytes(source) >= EXTERNAL_THRESHOLD
         convert = NBitsQuantize(parent_path, config, tuple(excluded), external)
         repaired, warnings = convert_with_repair(ctx, parent_path, out_dir, "int8", convert, candidates, config,
-                                                 parallel=True)
+                                                 ForwardSelection(), parallel=True)
         out = out_dir / "model.onnx"
         stats = _stats(source, load_model(out, with_data=False), found, len(excluded))
         stats.update(repaired, bytes_before=files_bytes(parent_path), bytes_after=files_bytes(out))

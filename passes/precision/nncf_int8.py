@@ -6,7 +6,7 @@ accuracy control needs a validation function written by hand; here the step's ow
 that function: with ``repair: true``, the MatMuls are ranked by their harm each alone, measured in the first
 whole build (passes.repair.localize_ir: one build, where quantizing each alone took one per MatMul),
 then more of the most harmful are kept out of static int8, the fewest that pass found by bisection
-(passes.repair.search), and NNCF is told them as its ignored scope. A MatMul kept out is first given
+(passes.repair.strategies), and NNCF is told them as its ignored scope. A MatMul kept out is first given
 int8 weights with activations quantized per group of each row at run time (passes/_support/ov_weights.py:
 batch-invariant, and nearly as fast as static int8), trying each group size in turn; only when no such
 build passes are the kept MatMuls left in float. The manifest's meta says which formulation each got.
@@ -35,6 +35,7 @@ from passes._support.ov_weights import (
 from passes.export.openvino_convert import require_openvino
 from passes.repair.localize_ir import rank_by_own_harm
 from passes.repair.options import RepairingPass, RepairOptions, convert_with_repair
+from passes.repair.strategies import RankedGrowth
 from pipeline.core.artifact import Artifact, Format, Precision
 from pipeline.core.errors import RecipeError
 from pipeline.core.store import canonical_json, sha256_file, sha256_text
@@ -137,7 +138,7 @@ class NncfInt8Pass(RepairingPass):
         for group in [*(config.group_sizes if config.kept_as == "weight_int8" else []), None]:
             build = Builder(parent.path, samples, config, group)
             repaired, warnings = convert_with_repair(ctx, parent.path, out_dir, "int8", build, free, config,
-                                                     method="ranked", fmt=Format.OPENVINO, rank=rank)
+                                                     RankedGrowth(rank), fmt=Format.OPENVINO)
             if not warnings or not config.repair:
                 break
             log.info("nncf_int8: kept MatMuls %s do not pass; trying %s", _formulation(group),

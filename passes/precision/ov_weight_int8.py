@@ -33,6 +33,7 @@ from passes._support.ov_weights import (
 )
 from passes.export.openvino_convert import require_openvino
 from passes.repair.options import RepairingPass, RepairOptions, convert_with_repair
+from passes.repair.strategies import ForwardSelection
 from pipeline.core.artifact import Artifact, Format, Precision
 from pipeline.engine.pass_api import Gate, Inputs, PassContext, PassOutput
 from pipeline.runtime.engines import OvEngine
@@ -114,7 +115,7 @@ class OvWeightInt8Pass(RepairingPass):
                     save(compress_int8(ov.Core().read_model(str(source)), names), group, target)
 
                 repaired, warnings = convert_with_repair(ctx, source, out_dir, PRECISION, build, candidates, config,
-                                                         fmt=Format.OPENVINO)
+                                                         ForwardSelection(), fmt=Format.OPENVINO)
         written = ov.Core().read_model(str(out_dir / FILE))
         stats = {**repaired, **matmul_counts(written, len(candidates)), "group_size": group, "choice": choice}
         log.info("ov_weight_int8: %d of %d MatMuls with int8 weights, group size %d (%s)",

@@ -1,3 +1,3 @@
-"""Repair against the gate: the options every reduced-precision pass shares, the search for nodes to keep in
-float, and the localisation of harm.
+"""Repair against the gate: the options every reduced-precision pass shares, the budget and the search for
+nodes to keep in float, the strategies that choose them, their builds, and the localisation of harm.
 """

@@ -11,8 +11,9 @@ from typing import Any
 from pydantic import Field
 
 from passes._support.onnx_io import files_bytes
+from passes.repair.budget import RepairBudget
 from passes.repair.builds import Builds, Convert, build_processes
-from passes.repair.search import Rank, repair
+from passes.repair.search import Conversion, GateCheck, RepairStrategy, repair
 from pipeline.core.artifact import Format
 from pipeline.engine.pass_api import Pass, PassConfig, PassContext
 from pipeline.model.inputs import DEFAULT_CORPUS
@@ -56,13 +57,13 @@ def _copy_model(source: Path, out_dir: Path) -> None:
 
 
 def convert_with_repair(ctx: PassContext, parent: Path, out_dir: Path, precision: str, convert: Convert,
-                        candidates: dict[str, str], options: RepairOptions, method: str = "sensitivity",
-                        fmt: Format = Format.ONNX, rank: Rank | None = None, parallel: bool = False
-                        ) -> tuple[dict[str, Any], list[str]]:
+                        candidates: dict[str, str], options: RepairOptions, strategy: RepairStrategy,
+                        fmt: Format = Format.ONNX, parallel: bool = False) -> tuple[dict[str, Any], list[str]]:
     """Write ``out_dir/model.onnx`` (``model.xml`` for OpenVINO); with ``options.repair``, the first
-    build that passes the gate. With ``parallel`` (``convert`` is a module-level function or class
-    instance, and runs on one core), the builds of the ranking and of each forward-selection round
-    run in worker processes, one per core (passes.repair.builds).
+    build that passes the gate, the nodes kept in float (``candidates``: name -> op type) chosen by
+    ``strategy`` (passes.repair.strategies) within the options' budget. With ``parallel`` (``convert``
+    is a module-level function or class instance, and runs on one core), the builds of a ranking and
+    of each forward-selection round run in worker processes, one per core (passes.repair.builds).
 
     Returns (stats, warnings): the repair report when it ran, and a warning when it could not pass.
     """
@@ -74,14 +75,13 @@ def convert_with_repair(ctx: PassContext, parent: Path, out_dir: Path, precision
         convert(target, [])
         return {}, ["repair asked for, but no reference is at hand (the pass ran outside a recipe run)"]
     seq = min(128, getattr(ctx.model, "max_positions", None) or 128)
-    probe = ctx.calibration_inputs(DEFAULT_CORPUS, 1, 16)[0]
+    check = GateCheck(ctx.gate, precision, probe=ctx.calibration_inputs(DEFAULT_CORPUS, 1, 16)[0],
+                      timing_inputs=ctx.sample_inputs(1, seq))
+    budget = RepairBudget.from_options(options, len(candidates))
     processes = build_processes(files_bytes(parent)) if parallel else 1
     with tempfile.TemporaryDirectory(prefix="repair-") as scratch, \
             Builds(convert, Path(scratch), MODEL_FILES[fmt], processes) as builds:
-        path, report = repair(builds, parent, precision, ctx.gate, set(candidates), probe, ctx.sample_inputs(1, seq),
-                              options.repair_rounds, op_types=candidates, method=method,
-                              max_kept=max(1, int(options.repair_max_fraction * len(candidates))), fmt=fmt,
-                              rank=rank, patience=options.repair_patience, build_many=builds.many)
+        path, report = repair(Conversion(parent, builds, candidates, fmt), check, strategy, budget)
         _copy_model(path, out_dir)
     warnings = [] if report.passed else [
         f"repair: still fails the gate with {len(report.kept)} nodes kept in float "

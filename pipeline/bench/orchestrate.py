@@ -1,5 +1,5 @@
 """Benchmarks of the eager model and every artifact, side by side: each target in its own long-lived
-process (pipeline.bench.workers), measured in interleaved rounds (pipeline.bench.rounds), with each artifact's
+process (pipeline.bench.pool), measured in interleaved rounds (pipeline.bench.rounds), with each artifact's
 ratio over eager taken within a round and summarized with a 95% interval.
 
 The benchmark is one session. Its results are cached under ``bench/`` (one file per target, and
@@ -27,9 +27,9 @@ import numpy as np
 
 from pipeline.bench.fingerprint import fingerprint
 from pipeline.bench.noise import sample
+from pipeline.bench.pool import Launch, Worker, started
 from pipeline.bench.rounds import BlockFailed, Point, RoundPlan, measure_point, ratio_entry
 from pipeline.bench.spec import BenchResult, BenchRow, Ratio, WorkerSpec
-from pipeline.bench.workers import Launch, Worker, started
 from pipeline.core.artifact import Artifact
 from pipeline.core.limits import available_memory
 from pipeline.core.progress import stage

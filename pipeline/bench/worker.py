@@ -3,7 +3,7 @@
 Each target (the eager model, or one artifact) gets its own process, so memory and thread pools do
 not leak from one to the next: onnxruntime's intra-op threads keep spinning after a run, and an
 eager call timed right after one in the same process ran at half speed. The process loads its target
-once, then measures blocks of timed calls whenever the orchestrator's rounds ask (pipeline.bench.workers).
+once, then measures blocks of timed calls whenever the orchestrator's rounds ask (pipeline.bench.pool).
 """
 
 from __future__ import annotations

@@ -47,7 +47,7 @@ class Format(str, Enum):
 class Artifact:
     """One model produced by a step (or the eager source, which has no file)."""
 
-    step: str
+    step_folder: str  # the folder of the step that made it (NN_<name>); "eager" for the source
     format: Format
     key: str
     path: Path | None = None
@@ -116,7 +116,7 @@ def verify_folder(folder: Path, manifest: dict[str, Any]) -> None:
 def artifact_from_manifest(folder: Path, manifest: dict[str, Any]) -> Artifact:
     """Rebuild an Artifact record from a step folder and its manifest."""
     return Artifact(
-        step=manifest["step"],
+        step_folder=manifest["step"],
         format=Format(manifest["format"]),
         key=manifest["key"],
         path=folder / manifest["file"],

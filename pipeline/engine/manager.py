@@ -88,7 +88,7 @@ def _run_step(planned: PlannedStep, parent: Artifact, ctx: PassContext) -> Artif
         except Exception as exc:  # any failure inside a pass is that pass's failure
             if is_disk_full(exc):
                 raise disk_full(exc, planned.folder.parent, writing=planned.folder) from None
-            raise PassError(f"pass {step.pass_cls.name} (step {step.folder}, input {parent.step}) failed: "
+            raise PassError(f"pass {step.pass_cls.name} (step {step.folder}, input {parent.step_folder}) failed: "
                             f"{described(exc)}") from exc
         main = tmp / output.file
         if not main.is_file():
@@ -104,7 +104,7 @@ def _run_step(planned: PlannedStep, parent: Artifact, ctx: PassContext) -> Artif
         manifest: dict[str, Any] = {
             "step": step.folder, "name": step.name, "pass": step.pass_cls.name, "format": step.pass_cls.produces.value,
             "key": planned.key, "file": output.file, "sha256": sha256_file(main), "files": files,
-            "parent": parent.step, "parent_key": parent.key, "parent_sha256": parent.sha256,
+            "parent": parent.step_folder, "parent_key": parent.key, "parent_sha256": parent.sha256,
             "config": step.config.cache_config(), "meta": output.meta, "stats": stats,
             "warnings": output.warnings, "versions": library_versions(), "model": ctx.model.describe(),
             "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
@@ -122,7 +122,7 @@ def run_chain(planned: list[PlannedStep], ctx: PassContext,
               on_step: Callable[[PlannedStep, Artifact, bool], None] | None = None,
               gate_for: Callable[[Step], Gate] | None = None) -> dict[str, Artifact]:
     """Run (or reuse) every step in order; returns the artifacts by step name, 'eager' included."""
-    artifacts = {"eager": Artifact(step="eager", format=Format.EAGER, key=ctx.model.source_key)}
+    artifacts = {"eager": Artifact(step_folder="eager", format=Format.EAGER, key=ctx.model.source_key)}
     with stage("build", len(planned)) as advance:
         for item in planned:
             parent = artifacts[item.step.source]
@@ -131,7 +131,7 @@ def run_chain(planned: list[PlannedStep], ctx: PassContext,
                 advance(f"{item.step.folder} cached ({item.key[:12]})")
                 artifacts[item.step.name] = cached
             else:
-                advance(f"{item.step.folder}: {item.step.pass_cls.name} on {parent.step}")
+                advance(f"{item.step.folder}: {item.step.pass_cls.name} on {parent.step_folder}")
                 artifacts[item.step.name] = _gated_run(item, parent, ctx, gate_for)
             if on_step is not None:
                 on_step(item, artifacts[item.step.name], cached is not None)

@@ -9,7 +9,6 @@ current reference.
 from __future__ import annotations
 
 import logging
-from pathlib import Path
 from typing import Literal
 
 from pipeline.bench.orchestrate import benchmark
@@ -19,46 +18,27 @@ from pipeline.core.errors import PipelineError, RecipeError
 from pipeline.core.output_folder import claimed
 from pipeline.engine.chain import Step
 from pipeline.engine.manager import PlannedStep, plan, rebuild_steps, run_chain
-from pipeline.engine.pass_api import Gate, GateResult
+from pipeline.engine.pass_api import Gate
 from pipeline.report.outcome import RunResult
 from pipeline.report.write import write_reports
 from pipeline.run.passed import passed_last_time, remember_passed
 from pipeline.run.prepare import Prepared
-from pipeline.runtime.runner import Runner
 from pipeline.runtime.threads import set_torch_threads
 from pipeline.ship.bundle import build_bundle
 from pipeline.ship.rule import batch_dependence, choose_shipped, may_ship
-from pipeline.verify.cases import Case, split_generation
-from pipeline.verify.metrics import worst
-from pipeline.verify.parity import Parity, blame, check, measure_accuracy, run_cases, verify_all
+from pipeline.verify.cases import split_generation
+from pipeline.verify.gate import step_gate
+from pipeline.verify.parity import Parity, blame, measure_accuracy, verify_all
 from pipeline.verify.reference import reference
 
 log = logging.getLogger(__name__)
-
-
-def make_gate(prepared: Prepared, step: str, cases: list[Case], fmt: Format = Format.ONNX) -> Gate:
-    """The parity gate of one step, for a pass that checks its own candidates (files of ``fmt``) against eager."""
-    recipe = prepared.recipe
-
-    def gate(path: Path, precision: str) -> GateResult:
-        run_model = Runner(prepared.ctx.model, recipe.device, threads=recipe.bench.threads).open(
-            Artifact(step=step, format=fmt, key="candidate", path=path, meta={"precision": precision}))
-        outputs, errors = run_cases(run_model, cases)
-        if errors:
-            return GateResult(False, errors, -1.0, float("inf"))
-        parity = check(cases, outputs, None, lambda output: recipe.verify.tolerance_for(step, precision, output),
-                       recipe.task == "text-classification")
-        return GateResult(parity.passed, parity.failures, worst(parity.metrics, "cos_min", min),
-                          worst(parity.metrics, "max_abs", max))
-
-    return gate
 
 
 def _load_built(prepared: Prepared) -> dict[str, Artifact]:
     missing = [item.step.folder for item in prepared.planned if not item.cached]
     if missing:
         raise RecipeError(f"{prepared.out_dir}: no valid artifact for {', '.join(missing)}; run optimize first")
-    artifacts = {"eager": Artifact(step="eager", format=Format.EAGER, key=prepared.ctx.model.source_key)}
+    artifacts = {"eager": Artifact(step_folder="eager", format=Format.EAGER, key=prepared.ctx.model.source_key)}
     for item in prepared.planned:
         artifact = load_cached(item.folder, item.key)
         if artifact is None:
@@ -96,7 +76,7 @@ def _run_claimed(prepared: Prepared, build: bool, bench: BenchMode) -> RunResult
     cached: dict[str, bool] = {}
 
     def gate_for(step: Step) -> Gate:
-        return make_gate(prepared, step.name, cases, step.pass_cls.produces)
+        return step_gate(recipe, ctx.model, step, cases)
 
     if build:
         artifacts = run_chain(prepared.planned, ctx, lambda item, _a, hit: cached.__setitem__(item.step.name, hit),

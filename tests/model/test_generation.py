@@ -90,7 +90,7 @@ def test_export_matches_fresh_eager_at_other_past_and_sequence_lengths(gpt2_ctx:
     shapes = [(1, 1, 20), (3, 7, 9), (2, 11, 0), (4, 1, 1), (3, 1, 40)]
     cases = [_case(gpt2_ctx, b, s, p, seed=i) for i, (b, s, p) in enumerate(shapes)]
     expected = [_eager(gpt2_ctx, case) for case in cases]
-    eager = Artifact(step="eager", format=Format.EAGER, key=gpt2_ctx.model.source_key)
+    eager = Artifact(step_folder="eager", format=Format.EAGER, key=gpt2_ctx.model.source_key)
     out = tmp_path / "onnx"
     out.mkdir()
     result = OnnxExportPass(OnnxExportConfig()).run(eager, gpt2_ctx, out)
@@ -113,7 +113,7 @@ def test_greedy_with_the_export_gives_eager_generates_tokens(gpt2_ctx: PassConte
     expected = [eager_generate(model, prompt, 6, handle.tokenizer.pad_token_id) for prompt in prompts]
     out = tmp_path / "onnx"
     out.mkdir()
-    eager = Artifact(step="eager", format=Format.EAGER, key=handle.source_key)
+    eager = Artifact(step_folder="eager", format=Format.EAGER, key=handle.source_key)
     path = out / OnnxExportPass(OnnxExportConfig()).run(eager, gpt2_ctx, out).file
     layout = handle.load().module.layout
     tokens = [greedy(lambda x: run_onnx(path, x), prompt, layout, 6) for prompt in prompts]

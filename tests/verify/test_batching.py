@@ -59,7 +59,7 @@ def _batch_dependent(monkeypatch: pytest.MonkeyPatch, step: str) -> None:
 
     def open_(self: Runner, artifact: Any) -> Callable[..., dict[str, np.ndarray]]:
         fn = real(self, artifact)
-        if artifact.step != step:
+        if artifact.step_folder != step:
             return fn
 
         def mixed(inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:

@@ -65,12 +65,12 @@ def _x(batch: int, seq: int) -> dict[str, np.ndarray]:
 
 def test_model_file_needs_a_file_and_with_fp32_an_fp32_parent(tmp_path: Path) -> None:
     path = tmp_path / "m.onnx"
-    fp32 = Artifact(step="01_onnx_export", format=Format.ONNX, key="k", path=path, meta={"precision": "fp32"})
+    fp32 = Artifact(step_folder="01_onnx_export", format=Format.ONNX, key="k", path=path, meta={"precision": "fp32"})
     assert model_file(fp32, "fp16", fp32=True) == path
-    eager = Artifact(step="eager", format=Format.EAGER, key="k")
+    eager = Artifact(step_folder="eager", format=Format.EAGER, key="k")
     with pytest.raises(ValueError, match="^eager has no model file$"):
         model_file(eager, "fp16")
-    half = Artifact(step="02_fp16", format=Format.ONNX, key="k", path=path, meta={"precision": "fp16"})
+    half = Artifact(step_folder="02_fp16", format=Format.ONNX, key="k", path=path, meta={"precision": "fp16"})
     assert model_file(half, "int8_dynamic") == path  # any precision unless fp32 is asked for
     with pytest.raises(ValueError, match="^int8_dynamic takes fp32 models; 02_fp16 is fp16$"):
         model_file(half, "int8_dynamic", fp32=True)

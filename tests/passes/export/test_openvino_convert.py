@@ -20,7 +20,8 @@ from pipeline.runtime.runner import Runner, run_module, run_onnx  # noqa: E402
 def _run(ctx: PassContext, parent: Artifact, out: Path) -> tuple[PassOutput, Artifact]:
     out.mkdir()
     result = OpenVinoConvertPass(OpenVinoConvertConfig()).run(parent, ctx, out)
-    artifact = Artifact(step="openvino", format=Format.OPENVINO, key="ov", path=out / result.file, meta=result.meta)
+    artifact = Artifact(step_folder="openvino", format=Format.OPENVINO, key="ov", path=out / result.file,
+                        meta=result.meta)
     return result, artifact
 
 

@@ -24,7 +24,7 @@ def exported(tiny_ctx: PassContext, eager_artifact: Artifact, tmp_path: Path) ->
     result = TorchExportPass(TorchExportConfig()).run(eager_artifact, tiny_ctx, out)
     assert result.file == "model.pt2" and result.meta["precision"] == "fp32"
     assert result.stats["nodes"] > 0 and len(result.stats["check"]) == 2
-    return Artifact(step="pt2", format=Format.TORCH_EXPORT, key="pt2", path=out / result.file, meta=result.meta)
+    return Artifact(step_folder="pt2", format=Format.TORCH_EXPORT, key="pt2", path=out / result.file, meta=result.meta)
 
 
 def test_one_dim_per_axis_name_shared_across_inputs(tiny_io: IOSpec) -> None:

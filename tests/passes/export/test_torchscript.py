@@ -76,7 +76,7 @@ def _run(ctx: PassContext, parent: Artifact, out: Path, **config: object) -> Pas
 
 
 def _eager(ctx: PassContext) -> Artifact:
-    return Artifact(step="eager", format=Format.EAGER, key=ctx.model.source_key)
+    return Artifact(step_folder="eager", format=Format.EAGER, key=ctx.model.source_key)
 
 
 def test_trace_matches_eager_in_a_fresh_process(tiny_ctx: PassContext, eager_artifact: Artifact,

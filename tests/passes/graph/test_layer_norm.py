@@ -153,8 +153,6 @@ def test_a_same_named_node_of_another_domain_is_not_touched() -> None:
     assert split_skip_layer_norms(model) == 0 and model.graph.node[0].domain == "my.ops"
 
 
-@pytest.mark.xfail(strict=True, reason="bug: an empty optional input (no beta, a bias) puts '' among the names "
-                                       "read, so a node without a residual-sum output gets a Sum whose output is ''")
 def test_a_node_with_a_bias_and_no_beta_gets_a_named_sum(tmp_path: Path) -> None:
     before = _model([_skip_ln("no_beta", ["x", "skip", "gamma", "", "bias"], ["y"])], ["y"])
     after = onnx.ModelProto()
@@ -165,8 +163,6 @@ def test_a_node_with_a_bias_and_no_beta_gets_a_named_sum(tmp_path: Path) -> None
     _same_outputs(before, after, tmp_path, _inputs())
 
 
-@pytest.mark.xfail(strict=True, reason="bug: unnamed nodes all get the residual sum '/residual_sum', so two of "
-                                       "them give a graph where one tensor is produced twice")
 def test_two_unnamed_nodes_get_distinct_sum_outputs(tmp_path: Path) -> None:
     nodes = [_skip_ln("", ["x", "skip", "gamma"], ["h"]), _skip_ln("", ["h", "skip", "gamma"], ["y"])]
     before = _model(nodes, ["y"])

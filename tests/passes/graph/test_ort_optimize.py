@@ -85,10 +85,10 @@ def test_eager_attention_export_fuses_attention_and_skip_layer_norm(tiny_bert_co
     spec = ModelSpec(source=str(tiny_bert_config), tokenizer="packaged:all-MiniLM-L6-v2", attn_implementation="eager")
     handle = ModelHandle(spec, "feature-extraction", tiny_io.input_names, tiny_io.output_names)
     ctx = make_context(handle, tiny_io, base_dir=tmp_path)
-    eager = Artifact(step="eager", format=Format.EAGER, key=handle.source_key)
+    eager = Artifact(step_folder="eager", format=Format.EAGER, key=handle.source_key)
     (tmp_path / "export").mkdir()
     exported = OnnxExportPass(OnnxExportPass.Config()).run(eager, ctx, tmp_path / "export")
-    parent = Artifact(step="01_onnx_export", format=Format.ONNX, key="k",
+    parent = Artifact(step_folder="01_onnx_export", format=Format.ONNX, key="k",
                       path=tmp_path / "export" / exported.file, meta={"precision": "fp32"})
     (tmp_path / "opt").mkdir()
     out = OrtOptimizePass(OrtOptimizePass.Config()).run(parent, ctx, tmp_path / "opt")

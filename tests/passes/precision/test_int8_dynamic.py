@@ -80,7 +80,7 @@ def test_nodes_to_exclude_stay_float(tiny_onnx: Artifact, tiny_ctx: PassContext,
 
 
 def test_refuses_a_non_fp32_parent(tmp_path: Path, tiny_ctx: PassContext) -> None:
-    parent = Artifact(step="03_fp16", format=Format.ONNX, key="k", path=tmp_path / "model.onnx",
+    parent = Artifact(step_folder="03_fp16", format=Format.ONNX, key="k", path=tmp_path / "model.onnx",
                       meta={"precision": "fp16"})
     with pytest.raises(ValueError, match="fp16"):
         Int8DynamicPass(Int8DynamicConfig()).run(parent, tiny_ctx, tmp_path)

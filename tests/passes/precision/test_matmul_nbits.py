@@ -109,7 +109,7 @@ def _gemm_only(path: Path) -> Artifact:
                               [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 16])],
                               [weight, bias])
     onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(path))
-    return Artifact(step="02_onnx_simplify", format=Format.ONNX, key="g", path=path, meta={"precision": "fp32"})
+    return Artifact(step_folder="02_onnx_simplify", format=Format.ONNX, key="g", path=path, meta={"precision": "fp32"})
 
 
 def test_a_parent_with_only_gemm_is_refused(tiny_ctx: PassContext, tmp_path: Path) -> None:
@@ -125,7 +125,7 @@ def test_gemms_left_in_float_are_reported(tiny_onnx: Artifact, tiny_ctx: PassCon
     folder = tmp_path / "simplified"
     folder.mkdir()
     simplified = OnnxSimplifyPass(OnnxSimplifyConfig()).run(tiny_onnx, tiny_ctx, folder)
-    parent = Artifact(step="02_onnx_simplify", format=Format.ONNX, key="s", path=folder / simplified.file,
+    parent = Artifact(step_folder="02_onnx_simplify", format=Format.ONNX, key="s", path=folder / simplified.file,
                       meta={"precision": "fp32"})
     output = _quantize(parent, tiny_ctx, tmp_path / "q")
     assert 0 < output.stats["matmul_nbits"] < WEIGHT_MATMULS

@@ -26,13 +26,13 @@ def tiny_ir(tiny_ctx: PassContext, tiny_onnx: Artifact, tmp_path: Path) -> Artif
     out = tmp_path / "ir"
     out.mkdir()
     result = OpenVinoConvertPass(OpenVinoConvertConfig()).run(tiny_onnx, tiny_ctx, out)
-    return Artifact(step="ir", format=Format.OPENVINO, key="ir", path=out / result.file, meta=result.meta)
+    return Artifact(step_folder="ir", format=Format.OPENVINO, key="ir", path=out / result.file, meta=result.meta)
 
 
 def _run(ctx: PassContext, parent: Artifact, out: Path, **config: object) -> tuple[PassOutput, Artifact]:
     out.mkdir()
     result = NncfInt8Pass(NncfInt8Config(samples=8, **config)).run(parent, ctx, out)
-    return result, Artifact(step="int8", format=Format.OPENVINO, key="int8", path=out / result.file,
+    return result, Artifact(step_folder="int8", format=Format.OPENVINO, key="int8", path=out / result.file,
                             meta=result.meta)
 
 

@@ -45,15 +45,16 @@ def ctx(tiny_bert_config: Path, tmp_path_factory: pytest.TempPathFactory) -> Pas
 def ir(ctx: PassContext, tmp_path_factory: pytest.TempPathFactory) -> Artifact:
     """The tiny BERT converted from eager to an fp32 IR."""
     out = tmp_path_factory.mktemp("ir")
-    eager = Artifact(step="eager", format=Format.EAGER, key=ctx.model.source_key)
+    eager = Artifact(step_folder="eager", format=Format.EAGER, key=ctx.model.source_key)
     result = OpenVinoConvertPass(OpenVinoConvertConfig()).run(eager, ctx, out)
-    return Artifact(step="ir", format=Format.OPENVINO, key="ir", path=out / result.file, meta=result.meta)
+    return Artifact(step_folder="ir", format=Format.OPENVINO, key="ir", path=out / result.file, meta=result.meta)
 
 
 def _run(ctx: PassContext, parent: Artifact, out: Path, **config: Any) -> tuple[PassOutput, Artifact]:
     out.mkdir()
     result = OvWeightInt8Pass(OvWeightInt8Config(**config)).run(parent, ctx, out)
-    return result, Artifact(step="w8", format=Format.OPENVINO, key="w8", path=out / result.file, meta=result.meta)
+    return result, Artifact(step_folder="w8", format=Format.OPENVINO, key="w8", path=out / result.file,
+                            meta=result.meta)
 
 
 @pytest.fixture(scope="module")

@@ -6,32 +6,24 @@ import json
 from collections.abc import Callable
 from pathlib import Path
 
-import numpy as np
-import onnx
 import pytest
-from onnx import numpy_helper
 
+from passes.repair.budget import RepairBudget
+from passes.repair.builds import Builds
 from passes.repair.localize import localize
-from passes.repair.search import repair
+from passes.repair.search import Conversion, GateCheck, repair
+from passes.repair.strategies import ForwardSelection
 from pipeline.cli import main
 from pipeline.engine.pass_api import GateResult
 from pipeline.model.inputs import random_tokens
 
 
-def test_localize_finds_the_node_whose_weight_was_changed(tiny_onnx, tmp_path: Path) -> None:
-    model = onnx.load(str(tiny_onnx.path))
-    weights = {t.name: t for t in model.graph.initializer}
-    target = next(n for n in model.graph.node if n.op_type == "MatMul" and any(i in weights for i in n.input)
-                  and "layer.1" in n.name)
-    tensor = weights[next(i for i in target.input if i in weights)]
-    value = numpy_helper.to_array(tensor)
-    tensor.CopyFrom(numpy_helper.from_array(value + 0.05 * np.sign(value), tensor.name))
-    broken = tmp_path / "broken.onnx"
-    onnx.save_model(model, str(broken))
+def test_localize_finds_the_node_whose_weight_was_changed(tiny_onnx, changed_matmul: tuple[str, Path]) -> None:
+    target, broken = changed_matmul
     inputs = random_tokens(["input_ids", "attention_mask", "token_type_ids"], 2, 12, 30522)
     result = localize(broken, tiny_onnx.path, inputs)
-    assert result.first is not None and result.first.node == target.name and result.first.op_type == "MatMul"
-    assert result.worst[0].node == target.name and result.worst[0].added_db > 10
+    assert result.first is not None and result.first.node == target and result.first.op_type == "MatMul"
+    assert result.worst[0].node == target and result.worst[0].added_db > 10
 
 
 @pytest.fixture
@@ -75,18 +67,23 @@ def test_forward_selection_keeps_the_pair_that_only_passes_together(tiny_onnx, t
     """Harm measured node by node does not add up: the gate passes only with n4 and n6 both in
     float, neither of which ranks first alone. Forward selection with the gate finds the pair."""
     needed = {"n4", "n6"}
-    builds: list[list[str]] = []
+    built: list[list[str]] = []
 
-    def build(kept: list[str]) -> Path:
-        builds.append(kept)
-        return tiny_onnx.path
+    def convert(target: Path, kept: list[str]) -> None:  # every build is the parent itself
+        built.append(kept)
+        target.symlink_to(tiny_onnx.path)
 
     def gate(path: Path, precision: str) -> GateResult:
-        found = len(needed & set(builds[-1]))
+        found = len(needed & set(built[-1]))
         return GateResult(passed=found == 2, failures=[] if found == 2 else ["cos"], cos_min=0.9 + 0.04 * found,
                           max_abs=0.1)
 
     inputs = random_tokens(["input_ids", "attention_mask", "token_type_ids"], 1, 8, 1000)
-    _, report = repair(build, tiny_onnx.path, "int8", gate, {f"n{i}" for i in range(1, 7)}, inputs, inputs)
+    candidates = {f"n{i}": "MatMul" for i in range(1, 7)}
+    with Builds(convert, tmp_path, "model.onnx") as builds:
+        path, report = repair(Conversion(tiny_onnx.path, builds, candidates), GateCheck(gate, "int8", inputs, inputs),
+                              ForwardSelection(), RepairBudget(max_kept=6, rounds=6, patience=2))
     assert report.passed and {row["node"] for row in report.kept} == needed
     assert [h["kept_in_float"] for h in report.history] == [0, 1, 2]
+    assert len(report.localization["sensitivity"]) == len(candidates) and report.speed["p50_ms_repaired"] > 0
+    assert len(built) == 1 + len(candidates) + 6 + 5  # the first, the ranking, two forward rounds

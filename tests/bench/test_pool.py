@@ -11,9 +11,9 @@ from typing import Any
 
 import pytest
 
+from pipeline.bench.pool import Launch, start, started
 from pipeline.bench.rounds import BlockFailed
 from pipeline.bench.worker import serve
-from pipeline.bench.workers import Launch, start, started
 from pipeline.runtime.timing import Timer
 
 PROTOCOL = {"warmup": 1, "warmup_seconds": 0.0, "min_repeats": 4, "min_seconds": 0.0, "max_seconds": 1.0,

@@ -18,7 +18,7 @@ import numpy as np
 from benchmarks.peer_build import ROOT, reason
 from benchmarks.peer_table import Target
 from pipeline.bench.orchestrate import available_memory_mb, worker_spec
-from pipeline.bench.workers import Launch
+from pipeline.bench.pool import Launch
 from pipeline.core.artifact import Artifact, Format
 from pipeline.run.prepare import Prepared
 from pipeline.runtime.runner import Outputs, Runner
@@ -65,7 +65,7 @@ def parity_in_process(prepared: Prepared, runner: Runner, target: Target, cases:
         if target.kind == "eager":
             fn = runner.open_eager()
         else:
-            fn = runner.open(Artifact(step=target.name, format=Format(target.kind), key=target.name,
+            fn = runner.open(Artifact(step_folder=target.name, format=Format(target.kind), key=target.name,
                                       path=Path(target.path or "")))
     except Exception as exc:  # cannot open: the reason goes in the table
         target.error = f"does not load: {reason(exc)}"
@@ -80,7 +80,7 @@ def parity_in_process(prepared: Prepared, runner: Runner, target: Target, cases:
 def peer_spec(prepared: Prepared, target: Target, settings: Settings) -> dict[str, Any]:
     """The project's worker spec for a target, with the peers run's grid and best-batch search."""
     fmt = Format.EAGER if target.kind in ("eager", "compile") else Format(target.kind)
-    artifact = Artifact(step=target.name, format=fmt, key=target.name,
+    artifact = Artifact(step_folder=target.name, format=fmt, key=target.name,
                         path=Path(target.path) if target.path else None)
     spec = worker_spec(prepared.recipe, prepared.model, target.name, artifact)
     spec["grid"] = [[b, s] for b in settings.batches for s in settings.seqs]

@@ -6,7 +6,7 @@ The spec is the one ``pipeline.bench.orchestrate.worker_spec`` writes for the ea
 ``compile`` (keyword arguments of ``torch.compile``; default: inductor), ``parity_inputs`` (an
 .npz of ``<case>/<input>`` arrays) and ``parity_outputs`` (where the compiled model's outputs on
 them are saved, as ``<case>/<output>``). It serves the interleaved rounds through
-``pipeline.bench.worker.main`` itself, with an engine opener that compiles the module, so the blocks,
+``pipeline.bench.worker.main`` itself, with a backend opener that compiles the module, so the blocks,
 warm-up, best-batch search and memory readings are exactly the project's. Compilation happens on the
 first call, which is timed on its own (``compile_seconds``) and never counted as a latency.
 """
@@ -26,23 +26,23 @@ STATE: dict[str, Any] = {}
 
 
 def open_compiled(spec: dict[str, Any]) -> Any:
-    """A TorchEngine over ``torch.compile(eager module)``, compiled by one call at the first grid point."""
+    """A TorchBackend over ``torch.compile(eager module)``, compiled by one call at the first grid point."""
     import torch
 
     from pipeline.model.loading import ModelHandle
     from pipeline.model.spec import ModelSpec
-    from pipeline.runtime.engines import TorchEngine
+    from pipeline.runtime.backends import TorchBackend
 
     handle = ModelHandle(ModelSpec(**spec["model"]), spec["task"], spec["input_names"], spec["output_names"],
                          Path(spec["base_dir"]))
     module = handle.load().module.eval()
     compiled = torch.compile(module, **spec.get("compile", {}))
-    engine = TorchEngine(compiled, spec["input_names"], spec["device"])
+    backend = TorchBackend(compiled, spec["input_names"], spec["device"])
     batch, seq = spec["grid"][0]
     start = time.perf_counter()
-    engine.run_host(bench_worker.grid_inputs(spec, batch, seq))
+    backend.run_host(bench_worker.grid_inputs(spec, batch, seq))
     STATE.update(compile_seconds=time.perf_counter() - start, compile_shape=[batch, seq])
-    return engine
+    return backend
 
 
 def graph_count() -> int | None:
@@ -55,7 +55,7 @@ def graph_count() -> int | None:
         return None
 
 
-def run_parity(engine: Any, spec: dict[str, Any]) -> dict[str, Any]:
+def run_parity(backend: Any, spec: dict[str, Any]) -> dict[str, Any]:
     """Run the compiled model on every parity case; save its outputs; time it (recompiles included)."""
     import torch
 
@@ -67,7 +67,7 @@ def run_parity(engine: Any, spec: dict[str, Any]) -> dict[str, Any]:
         for case in cases:
             args = [torch.from_numpy(np.ascontiguousarray(data[f"{case}/{name}"])) for name in names]
             with torch.inference_mode():
-                result = engine.module(*args)
+                result = backend.module(*args)
             if torch.is_tensor(result):
                 result = (result,)
             for name, value in zip(outputs, result, strict=False):
@@ -76,12 +76,12 @@ def run_parity(engine: Any, spec: dict[str, Any]) -> dict[str, Any]:
     return {"cases": len(cases), "seconds": time.perf_counter() - start}
 
 
-def compiled_extras(engine: Any, spec: dict[str, Any]) -> dict[str, Any]:
+def compiled_extras(backend: Any, spec: dict[str, Any]) -> dict[str, Any]:
     """Compile time and graph counts, then the parity cases (their recompiles counted apart)."""
     out = {"compile_seconds": STATE["compile_seconds"], "compile_shape": STATE["compile_shape"],
            "compile_options": spec.get("compile", {}), "graphs_after_bench": graph_count()}
     if spec.get("parity_inputs"):
-        out["parity_run"] = run_parity(engine, spec)
+        out["parity_run"] = run_parity(backend, spec)
         out["graphs_after_parity"] = graph_count()
     return out
 

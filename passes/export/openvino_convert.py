@@ -19,7 +19,7 @@ from pydantic import Field
 from passes._support import onnx_io as ou
 from pipeline.core.artifact import Artifact, Format, Precision
 from pipeline.engine.pass_api import Inputs, IOSpec, Pass, PassConfig, PassContext, PassOutput
-from pipeline.runtime.engines import OvEngine
+from pipeline.runtime.backends import OvBackend
 from pipeline.runtime.runner import as_function
 
 log = logging.getLogger(__name__)
@@ -66,7 +66,7 @@ class OpenVinoConvertPass(Pass):
             raise ValueError(f"openvino_convert reads ONNX or the eager model, not a {parent.format.value} artifact")
         path = out_dir / FILE
         ov.save_model(model, str(path), compress_to_fp16=False)
-        run = as_function(OvEngine(path, "cpu", None), ctx.io.output_names)
+        run = as_function(OvBackend(path, "cpu", None), ctx.io.output_names)
         diffs = ou.check_at_shapes(run, f"{FILE} in OpenVINO", inputs, expected, ctx.io.output_names, cfg.tolerance)
         stats: dict[str, Any] = {
             "source": parent.format.value, "ops": len(model.get_ordered_ops()),

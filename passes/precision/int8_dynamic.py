@@ -30,14 +30,13 @@ from passes._support.onnx_io import (
     save_model,
     weight_bytes,
 )
+from passes._support.sentences import check_sentence_file
 from passes.precision import smoothing
 from passes.repair.options import RepairingPass, RepairOptions, convert_with_repair
 from passes.repair.strategies import ForwardSelection
 from pipeline.core.artifact import Artifact, Format, Precision
-from pipeline.core.errors import RecipeError
 from pipeline.core.store import sha256_file
 from pipeline.engine.pass_api import PassContext, PassOutput
-from pipeline.model.inputs import load_sentences
 
 if TYPE_CHECKING:  # onnx is imported where it runs, so listing passes stays fast
     pass
@@ -102,10 +101,7 @@ class Int8DynamicPass(RepairingPass):
         config = cast(Int8DynamicConfig, self.config)
         if not config.smooth:
             return
-        path = ctx.sentence_file(config.calibration)
-        if not path.exists():
-            raise RecipeError(f"int8_dynamic.calibration: file {path} does not exist")
-        load_sentences(path, key="int8_dynamic.calibration")  # RecipeError when it holds no sentence or breaks a limit
+        check_sentence_file(ctx, config.calibration, "int8_dynamic.calibration")
 
     def data_digest(self, ctx: PassContext) -> str | None:
         """sha256 of the sentences the smoothing measures on, when it runs."""

@@ -39,13 +39,14 @@ from passes._support.onnx_io import (
     op_counts,
     weight_bytes,
 )
+from passes._support.sentences import check_sentence_file
 from passes.repair.options import RepairingPass, RepairOptions, convert_with_repair
 from passes.repair.strategies import LocalizedGrowth
 from pipeline.core.artifact import Artifact, Format, Precision
-from pipeline.core.errors import RecipeError, described
+from pipeline.core.errors import described
 from pipeline.core.store import canonical_json, sha256_file, sha256_text
 from pipeline.engine.pass_api import PassContext, PassOutput
-from pipeline.model.inputs import Inputs, load_sentences
+from pipeline.model.inputs import Inputs
 
 if TYPE_CHECKING:  # onnx is imported where it runs, so listing passes stays fast
     import onnx
@@ -253,10 +254,7 @@ class Int8StaticPass(RepairingPass):
     def check(self, ctx: PassContext) -> None:
         """The calibration file must exist and hold sentences."""
         config = cast(Int8StaticConfig, self.config)
-        path = ctx.sentence_file(config.calibration)
-        if not path.exists():
-            raise RecipeError(f"int8_static.calibration: file {path} does not exist")
-        load_sentences(path, key="int8_static.calibration")  # RecipeError when it holds no sentence or breaks a limit
+        check_sentence_file(ctx, config.calibration, "int8_static.calibration")
 
     def data_digest(self, ctx: PassContext) -> str | None:
         """sha256 of the calibration file's bytes and of how many sentences are read, in what batches."""

@@ -32,15 +32,15 @@ from passes._support.ov_weights import (
     runtime_options,
     set_group_size,
 )
+from passes._support.sentences import check_sentence_file
 from passes.export.openvino_convert import require_openvino
 from passes.repair.localize_ir import rank_by_own_harm
 from passes.repair.options import RepairingPass, RepairOptions, convert_with_repair
 from passes.repair.strategies import RankedGrowth
 from pipeline.core.artifact import Artifact, Format, Precision
-from pipeline.core.errors import RecipeError
 from pipeline.core.store import canonical_json, sha256_file, sha256_text
 from pipeline.engine.pass_api import Inputs, PassContext, PassOutput
-from pipeline.model.inputs import load_sentences, random_tokens
+from pipeline.model.inputs import random_tokens
 
 log = logging.getLogger(__name__)
 
@@ -97,10 +97,7 @@ class NncfInt8Pass(RepairingPass):
         require_openvino(self.name)
         require_nncf(self.name)
         config = cast(NncfInt8Config, self.config)
-        path = ctx.sentence_file(config.calibration)
-        if not path.exists():
-            raise RecipeError(f"nncf_int8.calibration: file {path} does not exist")
-        load_sentences(path, key="nncf_int8.calibration")
+        check_sentence_file(ctx, config.calibration, "nncf_int8.calibration")
 
     def data_digest(self, ctx: PassContext) -> str | None:
         """sha256 of the calibration file's bytes and of how many sentences are read."""

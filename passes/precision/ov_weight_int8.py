@@ -36,7 +36,7 @@ from passes.repair.options import RepairingPass, RepairOptions, convert_with_rep
 from passes.repair.strategies import ForwardSelection
 from pipeline.core.artifact import Artifact, Format, Precision
 from pipeline.engine.pass_api import Gate, Inputs, PassContext, PassOutput
-from pipeline.runtime.engines import OvEngine
+from pipeline.runtime.backends import OvBackend
 
 log = logging.getLogger(__name__)
 
@@ -187,8 +187,8 @@ def time_builds(builds: dict[int, Path], inputs: Inputs, rounds: int = ROUNDS,
                 calls: int = CALLS_PER_ROUND) -> dict[str, dict[str, float]]:
     """Latency of each build on ``inputs``: warmed up, then ``rounds`` interleaved rounds of ``calls`` timed
     calls each (time.perf_counter), the order rotated each round; median and 90th percentile per build, ms."""
-    engines = {size: OvEngine(path, "cpu", None) for size, path in builds.items()}
-    staged = {size: engine.stage(inputs) for size, engine in engines.items()}
+    backends = {size: OvBackend(path, "cpu", None) for size, path in builds.items()}
+    staged = {size: backend.stage(inputs) for size, backend in backends.items()}
     for call in staged.values():
         for _ in range(WARMUP_CALLS):
             call()

@@ -122,6 +122,8 @@ def tensor_error(ref: np.ndarray, out: np.ndarray, mask: np.ndarray | None) -> t
     a, b = a.astype(np.float64), b.astype(np.float64)
     same = (a == b) | (np.isnan(a) & np.isnan(b))  # identical infinities (attention masks) are no error
     a, b = np.where(same & ~np.isfinite(a), 0.0, a), np.where(same & ~np.isfinite(b), 0.0, b)
+    if not (np.isfinite(a).all() and np.isfinite(b).all()):  # an infinity or NaN on one side only: the worst
+        return -1.0, -math.inf
     metrics = compare(a, b, None)
     return metrics["cos_min"], metrics["sqnr_db"]
 

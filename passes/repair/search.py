@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Protocol, TypedDict
 
 from passes.repair.budget import RepairBudget
 from passes.repair.builds import Builds
@@ -26,9 +26,19 @@ from passes.repair.localize import localize
 from pipeline.core.artifact import Format
 from pipeline.engine.pass_api import Gate, GateResult
 from pipeline.model.inputs import Inputs
-from pipeline.runtime.engines import Engine, file_engine
+from pipeline.runtime.backends import Backend, file_backend
 from pipeline.runtime.timing import Protocol as TimingProtocol
 from pipeline.runtime.timing import Timer, latencies, summarize, warm_up
+
+
+class RepairRound(TypedDict):
+    """One build the repair judged: how many nodes it kept in float, and the gate's verdict on it."""
+
+    kept_in_float: int
+    passed: bool
+    cos_min: float
+    max_abs: float
+    failures: list[str]
 
 
 @dataclass
@@ -37,7 +47,7 @@ class RepairReport:
 
     passed: bool
     kept: list[dict[str, Any]] = field(default_factory=list)
-    history: list[dict[str, Any]] = field(default_factory=list)
+    history: list[RepairRound] = field(default_factory=list)
     localization: dict[str, Any] = field(default_factory=dict)
     speed: dict[str, float] = field(default_factory=dict)
     stopped: str | None = None  # why the repair gave up before its rounds ran out
@@ -121,14 +131,14 @@ class RepairStrategy(Protocol):
         leave ``search`` on the build to ship (the one that passes, else the last or best tried)."""
 
 
-def candidate_engine(path: Path, fmt: Format, threads: int | None = None) -> Engine:
-    """A candidate's engine on the CPU (ONNX or OpenVINO: files that name their inputs and outputs)."""
-    return file_engine(fmt, path, ([], []), "cpu", threads)
+def candidate_backend(path: Path, fmt: Format, threads: int | None = None) -> Backend:
+    """A candidate's backend on the CPU (ONNX or OpenVINO: files that name their inputs and outputs)."""
+    return file_backend(fmt, path, ([], []), "cpu", threads)
 
 
 def p50_ms(path: Path, inputs: Inputs, fmt: Format = Format.ONNX, threads: int = 2, repeats: int = 30) -> float:
     """Median latency of one model file on ``inputs`` (warmed up; for comparing two candidates)."""
-    call = candidate_engine(path, fmt, threads).stage(inputs)
+    call = candidate_backend(path, fmt, threads).stage(inputs)
     protocol = TimingProtocol(warmup=5, warmup_seconds=0, min_repeats=repeats, min_seconds=0)
     warm_up(call, Timer(), protocol)
     times = latencies(call, Timer(), protocol)

@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 
 from passes.repair.localize import rank_nodes
-from passes.repair.search import Search, candidate_engine
+from passes.repair.search import Search, candidate_backend
 from pipeline.core.artifact import Format
 from pipeline.model.inputs import Inputs
 from pipeline.runtime.runner import as_function
@@ -74,8 +74,8 @@ class RankedGrowth:
 
 def outputs_of(path: Path, inputs: Inputs, fmt: Format) -> dict[str, np.ndarray]:
     """A model file's outputs on ``inputs``, by name, as float32."""
-    engine = candidate_engine(path, fmt)
-    return as_function(engine, engine.output_names)(inputs)
+    backend = candidate_backend(path, fmt)
+    return as_function(backend, backend.output_names)(inputs)
 
 
 def _output_error(path: Path, probe: Inputs, reference: dict[str, np.ndarray], fmt: Format) -> tuple[float, float]:

@@ -64,21 +64,21 @@ def gpu_peak_mb(device: str) -> float | None:
 TORCH_FREE = (Format.ONNX.value, Format.OPENVINO.value)  # formats whose worker runs without torch
 
 
-def target_engine(spec: WorkerSpec) -> Any:
-    """The target's engine: the artifact's file (pipeline.runtime.engines.file_engine), or the eager model."""
+def target_backend(spec: WorkerSpec) -> Any:
+    """The target's backend: the artifact's file (pipeline.runtime.backends.file_backend), or the eager model."""
     from pipeline.model.loading import ModelHandle
     from pipeline.model.spec import ModelSpec
-    from pipeline.runtime.engines import TorchEngine, file_engine
+    from pipeline.runtime.backends import TorchBackend, file_backend
 
     device, threads = spec["device"], spec["threads"]
     fmt = Format(spec["format"])
     if fmt is not Format.EAGER:
         if not spec["path"]:
             raise ValueError(f"target {spec['target']}: a {fmt.value} target needs its file")
-        return file_engine(fmt, Path(spec["path"]), (spec["input_names"], spec["output_names"]), device, threads)
+        return file_backend(fmt, Path(spec["path"]), (spec["input_names"], spec["output_names"]), device, threads)
     handle = ModelHandle(ModelSpec(**spec["model"]), spec["task"], spec["input_names"], spec["output_names"],
                          Path(spec["base_dir"]))
-    return TorchEngine(handle.load().module, spec["input_names"], device)
+    return TorchBackend(handle.load().module, spec["input_names"], device)
 
 
 def grid_inputs(spec: WorkerSpec, batch: int, seq: int) -> Inputs:
@@ -94,7 +94,7 @@ def grid_inputs(spec: WorkerSpec, batch: int, seq: int) -> Inputs:
     return random_tokens(spec["input_names"], batch, seq, spec["vocab_size"], seed=batch * 1000 + seq, pad_fraction=0)
 
 
-def best_batch(engine: Any, spec: WorkerSpec, protocol: Protocol) -> dict[str, Any]:
+def best_batch(backend: Any, spec: WorkerSpec, protocol: Protocol) -> dict[str, Any]:
     """Double the batch from 1 until throughput stops rising (plateau), memory runs out, or the cap."""
     cfg = spec["best_batch"]
     seq, limit = cfg["seq"], cfg["memory_limit_mb"]
@@ -102,9 +102,9 @@ def best_batch(engine: Any, spec: WorkerSpec, protocol: Protocol) -> dict[str, A
     curve, best, stalls, batch, stop = [], None, 0, 1, "max_batch"
     while batch <= cfg["max_batch"]:
         try:
-            call = engine.stage(grid_inputs(spec, batch, seq))
-            warm_up(call, engine.timer, quick)
-            calls, seconds = throughput(call, engine.sync, quick)
+            call = backend.stage(grid_inputs(spec, batch, seq))
+            warm_up(call, backend.timer, quick)
+            calls, seconds = throughput(call, backend.sync, quick)
         except MemoryError:
             stop = "out of memory"
             break
@@ -143,7 +143,7 @@ def pad_batch(encoded: Any, rows: list[int], names: list[str], pad_id: int) -> I
     return {name: values[name] for name in names}
 
 
-def real_data(engine: Any, spec: WorkerSpec, protocol: Protocol) -> dict[str, Any]:
+def real_data(backend: Any, spec: WorkerSpec, protocol: Protocol) -> dict[str, Any]:
     """Sentences per second through tokenize and run: fixed padding against batching by length."""
     from transformers import AutoTokenizer
 
@@ -154,14 +154,14 @@ def real_data(engine: Any, spec: WorkerSpec, protocol: Protocol) -> dict[str, An
 
     def padded(texts: list[str]) -> None:
         for i in range(0, len(texts), batch):
-            engine.run_host(tokenize(tokenizer, texts[i:i + batch], names, seq=max_len))
+            backend.run_host(tokenize(tokenizer, texts[i:i + batch], names, seq=max_len))
 
     def by_length(texts: list[str]) -> None:
         # Tokenize once, sort by length, pad each batch to its longest: no second tokenizer pass.
         encoded = tokenizer(texts, truncation=True, max_length=max_len)
         order = sorted(range(len(texts)), key=lambda j: len(encoded["input_ids"][j]))
         for i in range(0, len(order), batch):
-            engine.run_host(pad_batch(encoded, order[i:i + batch], names, tokenizer.pad_token_id or 0))
+            backend.run_host(pad_batch(encoded, order[i:i + batch], names, tokenizer.pad_token_id or 0))
 
     out: dict[str, Any] = {"sentences": len(sentences), "batch": batch, "max_length": max_len}
     for name, run_all in (("padded", padded), ("sorted", by_length)):
@@ -176,10 +176,10 @@ def real_data(engine: Any, spec: WorkerSpec, protocol: Protocol) -> dict[str, An
 
 
 class Target:
-    """The worker's target: its engine, and the current point's staged inputs, warmed up once per point."""
+    """The worker's target: its backend, and the current point's staged inputs, warmed up once per point."""
 
-    def __init__(self, spec: WorkerSpec, engine: Any) -> None:
-        self.spec, self.engine = spec, engine
+    def __init__(self, spec: WorkerSpec, backend: Any) -> None:
+        self.spec, self.backend = spec, backend
         self.protocol = Protocol(**spec["protocol"])
         self._point: tuple[int, int] | None = None
         self._call: Callable[[], Any] | None = None
@@ -187,43 +187,43 @@ class Target:
     def block(self, batch: int, seq: int, protocol: Protocol) -> dict[str, Any]:
         """Timed calls at one point: the round's warm-up and latencies, and back-to-back throughput
         when the round asks for it; a new point is first staged and warmed up with the full protocol."""
-        engine = self.engine
+        backend = self.backend
         if self._point != (batch, seq) or self._call is None:
             self._call = None  # free the previous point's inputs before staging the next
-            self._call = engine.stage(grid_inputs(self.spec, batch, seq))
+            self._call = backend.stage(grid_inputs(self.spec, batch, seq))
             self._point = (batch, seq)
-            warm_up(self._call, engine.timer, self.protocol)
-        warm_up(self._call, engine.timer, protocol)
-        out: dict[str, Any] = {"latencies_ms": latencies(self._call, engine.timer, protocol)}
+            warm_up(self._call, backend.timer, self.protocol)
+        warm_up(self._call, backend.timer, protocol)
+        out: dict[str, Any] = {"latencies_ms": latencies(self._call, backend.timer, protocol)}
         if protocol.throughput_seconds > 0:
-            out["throughput_calls"], out["throughput_seconds"] = throughput(self._call, engine.sync, protocol)
+            out["throughput_calls"], out["throughput_seconds"] = throughput(self._call, backend.sync, protocol)
         out.update(peak_rss_mb=peak_rss_mb(), peak_gpu_mb=gpu_peak_mb(self.spec["device"]))
         return out
 
     def extras(self) -> dict[str, Any]:
         """What is measured per target, not against the others: best batch, memory, generation, real data."""
-        spec, engine, protocol = self.spec, self.engine, self.protocol
+        spec, backend, protocol = self.spec, self.backend, self.protocol
         self._call = self._point = None
         out: dict[str, Any] = {}
         if spec.get("best_batch"):
-            out["best_batch"] = best_batch(engine, spec, protocol)
+            out["best_batch"] = best_batch(backend, spec, protocol)
         # Peak memory of the model alone: the real-data run below loads a tokenizer (and with it torch).
         out["peak_rss_mb"] = peak_rss_mb()
         out["peak_gpu_mb"] = gpu_peak_mb(spec["device"])
         if spec.get("generation"):
-            out["generation"] = generation_rows(engine.host_outputs, spec, protocol)
+            out["generation"] = generation_rows(backend.host_outputs, spec, protocol)
         if spec.get("real_data") and spec.get("tokenizer_dir"):
-            out["real_data"] = real_data(engine, spec, protocol)
+            out["real_data"] = real_data(backend, spec, protocol)
             out["real_data"]["peak_rss_mb"] = peak_rss_mb()
         return out
 
 
 def serve(spec: WorkerSpec, requests: IO[str], replies: IO[str],
-          target_engine: Callable[[WorkerSpec], Any] = target_engine,
+          target_backend: Callable[[WorkerSpec], Any] = target_backend,
           extras: Callable[[Any, WorkerSpec], dict[str, Any]] | None = None) -> int:
     """Load the target, say so, then answer requests (one JSON line each) until 'quit' or end of input.
 
-    ``block`` measures one point; ``extras`` measures the per-target extras (plus ``extras(engine,
+    ``block`` measures one point; ``extras`` measures the per-target extras (plus ``extras(backend,
     spec)``, a caller's own). A request that fails is answered with its error, and the worker goes on.
     """
     def reply(message: dict[str, Any]) -> None:
@@ -236,7 +236,7 @@ def serve(spec: WorkerSpec, requests: IO[str], replies: IO[str],
         set_torch_threads(threads)
     start, cpu_start = time.perf_counter(), time.process_time()
     try:
-        target = Target(spec, target_engine(spec))
+        target = Target(spec, target_backend(spec))
     except Exception as exc:  # the orchestrator reports the target as failed, with this reason
         reply({"error": described(exc)})
         return 1
@@ -250,7 +250,7 @@ def serve(spec: WorkerSpec, requests: IO[str], replies: IO[str],
             if request["op"] == "block":
                 reply(target.block(request["batch"], request["seq"], Protocol(**request["protocol"])))
             elif request["op"] == "extras":
-                reply({**target.extras(), **(extras(target.engine, spec) if extras else {})})
+                reply({**target.extras(), **(extras(target.backend, spec) if extras else {})})
             else:
                 reply({"error": f"unknown request {request['op']!r}"})
         except Exception as exc:  # one failed request is the target's error, not the worker's end
@@ -258,7 +258,7 @@ def serve(spec: WorkerSpec, requests: IO[str], replies: IO[str],
     return 0
 
 
-def main(argv: list[str], open_target: Callable[[WorkerSpec], Any] = target_engine,
+def main(argv: list[str], open_target: Callable[[WorkerSpec], Any] = target_backend,
          extras: Callable[[Any, WorkerSpec], dict[str, Any]] | None = None) -> int:
     """Read the spec, then serve requests on stdin with replies on the original stdout; anything a
     library prints goes to stderr, so it can never corrupt a reply."""

@@ -11,11 +11,7 @@ import pytest
 
 from pipeline.bench.orchestrate import grid_points, round_plans
 from pipeline.cli import _overrides, _parser, main
-from pipeline.core.errors import DeviceError
-from pipeline.model.inputs import random_tokens
 from pipeline.recipe.schema import BenchSpec
-from pipeline.runtime.engines import OrtEngine, TorchEngine
-from pipeline.runtime.sessions import onnx_session
 
 ROW = {"batch", "seq", "p50_ms", "p90_ms", "p99_ms", "mean_ms", "cv", "throughput", "peak_rss_mb"}
 FAST = ["--set", "bench.min_seconds=0.05", "--set", "bench.min_repeats=5", "--set", "bench.throughput_seconds=0.05",
@@ -74,50 +70,6 @@ def test_optimize_reuses_bench_results_and_bench_remeasures(tiny_recipe: Path) -
     again = json.loads(Path("artifacts/tiny/bench/eager.json").read_text())
     assert again["rows"] != first["rows"]
     assert all("p50_change_from_previous" in row for row in again["rows"])
-
-
-def test_onnx_session_refuses_a_provider_it_does_not_have(tiny_onnx) -> None:
-    import onnxruntime as ort
-
-    if "CUDAExecutionProvider" in ort.get_available_providers():
-        pytest.skip("this onnxruntime has CUDA")
-    with pytest.raises(DeviceError, match="onnxruntime has no CUDAExecutionProvider"):
-        onnx_session(tiny_onnx.path, "cuda")
-
-
-def test_torch_engine_refuses_cuda_without_a_device(tiny_ctx) -> None:
-    torch = pytest.importorskip("torch")
-    if torch.cuda.is_available():
-        pytest.skip("CUDA is available")
-    with pytest.raises(DeviceError, match="torch sees no CUDA device"):
-        TorchEngine(tiny_ctx.model.load().module, tiny_ctx.io.input_names, "cuda")
-
-
-def _gpu_engines(tiny_ctx, tiny_onnx) -> list:
-    import onnxruntime as ort
-    import torch
-
-    if not torch.cuda.is_available():
-        pytest.skip("no CUDA device")
-    engines = [TorchEngine(tiny_ctx.model.load().module, tiny_ctx.io.input_names, "cuda")]
-    if "CUDAExecutionProvider" in ort.get_available_providers():
-        engines.append(OrtEngine(tiny_onnx.path, "cuda", threads=2))
-    return engines
-
-
-def test_gpu_engines_stage_inputs_on_the_device_and_time_synchronized(tiny_ctx, tiny_onnx) -> None:
-    inputs = random_tokens(tiny_ctx.io.input_names, 2, 16, 30522)
-    for engine in _gpu_engines(tiny_ctx, tiny_onnx):
-        call = engine.stage(inputs)
-        assert engine.timer.time_ms(call) > 0
-        engine.run_host(inputs)
-
-
-def test_cpu_engines_match(tiny_ctx, tiny_onnx) -> None:
-    inputs = random_tokens(tiny_ctx.io.input_names, 2, 16, 30522)
-    torch_out = TorchEngine(tiny_ctx.model.load().module, tiny_ctx.io.input_names, "cpu").stage(inputs)()
-    ort_out = OrtEngine(tiny_onnx.path, "cpu", threads=2).stage(inputs)()
-    assert np.abs(torch_out[0].numpy() - ort_out[0]).max() < 1e-4
 
 
 def test_pad_batch_matches_the_tokenizer_padding_to_the_longest(tiny_ctx) -> None:

@@ -22,7 +22,7 @@ SPEC = {"target": "fake", "format": "onnx", "threads": 1, "device": "cpu", "inpu
         "vocab_size": 100, "protocol": PROTOCOL}
 
 
-class FakeEngine:
+class FakeBackend:
     """Counts its calls; fails on batch 3."""
 
     def __init__(self) -> None:
@@ -46,8 +46,8 @@ def test_serve_answers_blocks_goes_on_after_an_error_and_stops_on_quit() -> None
         {"op": "block", "batch": 1, "seq": 8, "protocol": {**PROTOCOL, "throughput_seconds": 0.01}},
         {"op": "quit"},
         {"op": "block", "batch": 1, "seq": 8, "protocol": PROTOCOL}]) + "\n")
-    replies, engine = io.StringIO(), FakeEngine()
-    assert serve(SPEC, requests, replies, target_engine=lambda spec: engine) == 0
+    replies, backend = io.StringIO(), FakeBackend()
+    assert serve(SPEC, requests, replies, target_backend=lambda spec: backend) == 0
     ready, first, failed, unknown, second = [json.loads(line) for line in replies.getvalue().splitlines()]
     assert ready["ready"] and ready["fingerprint"]["threads"] == 1
     assert len(first["latencies_ms"]) == 4 and "throughput_calls" not in first
@@ -61,20 +61,20 @@ def test_a_target_that_does_not_load_says_why() -> None:
     def broken(spec: dict[str, Any]) -> Any:
         raise FileNotFoundError("model.onnx is gone")
 
-    assert serve(SPEC, io.StringIO(""), replies, target_engine=broken) == 1
+    assert serve(SPEC, io.StringIO(""), replies, target_backend=broken) == 1
     assert json.loads(replies.getvalue()) == {"error": "FileNotFoundError: model.onnx is gone"}
 
 
 WORKER = '''
 import sys, time
 from pipeline.bench import worker as bench_worker
-from tests.bench.test_workers import FakeEngine
+from tests.bench.test_pool import FakeBackend
 
 def noisy(spec):
     print("a library that prints to stdout")  # must not land in the replies
     if spec["target"] == "hangs":
         time.sleep(60)
-    return FakeEngine()
+    return FakeBackend()
 
 sys.exit(bench_worker.main(sys.argv[1:], noisy))
 '''

@@ -55,7 +55,7 @@ def test_the_bundle_states_the_group_size_its_ir_carries(write_tiny_recipe: Call
                     reason=f"no optimum-intel environment at {INTEL_PYTHON} (build it with `make intel-env`)")
 def test_optimum_intel_runs_the_bundle_with_its_ov_config(write_tiny_recipe: Callable[..., Path],
                                                           tmp_path: Path) -> None:
-    from pipeline.runtime.engines import OvEngine
+    from pipeline.runtime.backends import OvBackend
     from pipeline.runtime.runner import as_function
 
     manifest = _optimize(write_tiny_recipe)
@@ -70,7 +70,7 @@ def test_optimum_intel_runs_the_bundle_with_its_ov_config(write_tiny_recipe: Cal
     assert proc.returncode == 0, proc.stdout + proc.stderr[-3000:]
     ran = json.loads(proc.stdout.strip().splitlines()[-1])
     assert ran["group_size"] in (None, manifest["openvino_config"][GROUP_OPTION]), ran
-    ours = as_function(OvEngine(OUT / "ship" / manifest["model_file"], "cpu", None), ["last_hidden_state"])
+    ours = as_function(OvBackend(OUT / "ship" / manifest["model_file"], "cpu", None), ["last_hidden_state"])
     with np.load(got) as outputs:
         assert ran["cases"] == len(outputs.files) > 0
         for key in outputs.files:

@@ -177,14 +177,14 @@ def test_a_torchscript_pickle_that_calls_eval_is_refused(member: str, torchscrip
 
 
 def test_the_benchmark_worker_loads_through_the_same_loader(pt2: Path, tmp_path: Path) -> None:
-    from pipeline.bench.worker import target_engine
+    from pipeline.bench.worker import target_backend
 
     marker = tmp_path / "pwned"
     rewrite(pt2, *_sample_inputs(pt2, marker))
     spec: Any = {"target": "pt2", "format": "torch_export", "path": str(pt2), "device": "cpu", "threads": 1,
                  "input_names": ["x"], "output_names": ["y"]}
     with pytest.raises(ArtifactError, match="a pickle that calls eval"):
-        target_engine(spec)
+        target_backend(spec)
     assert not marker.exists()
 
 

@@ -1,7 +1,7 @@
-"""Engines: run a model on inputs staged on the device, with the right synchronization.
+"""Backends: run a model on inputs staged on the device, with the right synchronization.
 
-An engine separates staging from running, so a timed region holds the model call alone: no
-host-to-device copy, no device-to-host copy. A Runner (pipeline.runtime.runner) wraps an engine as
+A backend separates staging from running, so a timed region holds the model call alone: no
+host-to-device copy, no device-to-host copy. A Runner (pipeline.runtime.runner) wraps a backend as
 arrays in, arrays out.
 """
 
@@ -35,8 +35,8 @@ def torch_device(device: str) -> Any:
     return torch.device(device)
 
 
-class StagedEngine(ABC):
-    """What every engine does the same way: a call staged on the device, and the run a server makes."""
+class StagedBackend(ABC):
+    """What every backend does the same way: a call staged on the device, and the run a server makes."""
 
     @abstractmethod
     def stage(self, inputs: Inputs) -> Call:
@@ -52,7 +52,7 @@ class StagedEngine(ABC):
         self.sync()
 
 
-class TorchEngine(StagedEngine):
+class TorchBackend(StagedBackend):
     """Eager, TorchScript or torch.export module; CUDA events time it on GPU."""
 
     def __init__(self, module: Any, input_names: list[str], device: str, output_names: list[str] | None = None) -> None:
@@ -99,7 +99,7 @@ class TorchEngine(StagedEngine):
         return [value.detach().cpu().numpy() for value in result]
 
 
-class OrtEngine(StagedEngine):
+class OrtBackend(StagedBackend):
     """onnxruntime session; on CUDA, IO binding keeps inputs and outputs on the device."""
 
     def __init__(self, path: Path, device: str, threads: int | None, strict_device: bool = True) -> None:
@@ -144,7 +144,7 @@ class OrtEngine(StagedEngine):
         return self._binding.copy_outputs_to_cpu()
 
 
-class OvEngine(StagedEngine):
+class OvBackend(StagedBackend):
     """OpenVINO compiled model with one infer request (the CPU plugin runs synchronously)."""
 
     def __init__(self, path: Path, device: str, threads: int | None) -> None:
@@ -173,22 +173,22 @@ class OvEngine(StagedEngine):
         return [np.asarray(result[port]) for port in self.compiled.outputs]
 
 
-Engine = TorchEngine | OrtEngine | OvEngine
+Backend = TorchBackend | OrtBackend | OvBackend
 
 
-def file_engine(fmt: Format, path: Path, names: tuple[list[str], list[str]], device: str, threads: int | None,
-                strict_device: bool = True) -> Engine:
-    """The engine for an artifact file of any format, the one place that knows how each is loaded (a torch
+def file_backend(fmt: Format, path: Path, names: tuple[list[str], list[str]], device: str, threads: int | None,
+                strict_device: bool = True) -> Backend:
+    """The backend for an artifact file of any format, the one place that knows how each is loaded (a torch
     file through pipeline.runtime.loaders, so nothing it holds runs). ``names``: the model's input and output
     names, for formats whose file does not carry them."""
     if fmt is Format.ONNX:
-        return OrtEngine(path, device, threads, strict_device=strict_device)
+        return OrtBackend(path, device, threads, strict_device=strict_device)
     if fmt is Format.OPENVINO:
-        return OvEngine(path, device, threads)
+        return OvBackend(path, device, threads)
     if fmt is Format.TORCHSCRIPT:
         module = load_torchscript(path, map_location=torch_device(device))
     elif fmt is Format.TORCH_EXPORT:
         module = load_exported(path)
     else:
-        raise ValueError(f"{path}: no engine runs a {fmt.value} artifact")
-    return TorchEngine(module, names[0], device, output_names=names[1])
+        raise ValueError(f"{path}: no backend runs a {fmt.value} artifact")
+    return TorchBackend(module, names[0], device, output_names=names[1])

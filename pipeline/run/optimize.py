@@ -35,6 +35,7 @@ log = logging.getLogger(__name__)
 
 
 def _load_built(prepared: Prepared) -> dict[str, Artifact]:
+    """Every step's cached artifact, for the commands that build nothing (verify, bench, ship)."""
     missing = [item.step.folder for item in prepared.planned if not item.cached]
     if missing:
         raise RecipeError(f"{prepared.out_dir}: no valid artifact for {', '.join(missing)}; run optimize first")
@@ -108,8 +109,17 @@ def _run_claimed(prepared: Prepared, build: bool, bench: BenchMode) -> RunResult
         result.bench, result.ratios = measured.results, measured.ratios
     result.shipped, result.ship_note = choose_shipped(recipe.ship, [s.name for s in prepared.steps], parity,
                                                       result.bench, result.ratios)
+    _ship(result)
+    write_reports(result)
+    return result
+
+
+def _ship(result: RunResult) -> None:
+    """Bundle the chosen step, saying why it was chosen when that was not plain, and when its rows depend
+    on their batch more than its precision's default allows."""
     if result.shipped is not None:
-        dependence = batch_dependence(parity.get(result.shipped), str(artifacts[result.shipped].precision))
+        dependence = batch_dependence(result.parity.get(result.shipped),
+                                      str(result.artifacts[result.shipped].precision))
         if dependence:
             log.warning("%s", dependence)
             result.ship_note = "; ".join(filter(None, [result.ship_note, dependence]))
@@ -117,13 +127,11 @@ def _run_claimed(prepared: Prepared, build: bool, bench: BenchMode) -> RunResult
         log.info("%s", result.ship_note)
     if result.shipped is not None:
         result.bundle = build_bundle(result)
-    write_reports(result)
-    return result
 
 
 def _suspect_steps(prepared: Prepared, parity: dict[str, Parity], cached: dict[str, bool],
                    passed_before: dict[str, str]) -> list[PlannedStep]:
-    """Cached steps that fail their gate now, where the last report shows the same key passing."""
+    """Cached steps that fail their gate now, where the run's record of what passed shows the same key passing."""
     return [item for item in prepared.planned
             if cached.get(item.step.name) and not may_ship(parity, item.step.name)
             and passed_before.get(item.step.name) == item.key]

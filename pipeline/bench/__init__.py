@@ -1,1 +1,2 @@
-"""Benchmarks: interleaved rounds over long-lived workers, timing, noise, fingerprints, generation."""
+"""Benchmarks: interleaved rounds over long-lived worker processes, noise, fingerprints, generation, and the
+typed results they hand on (BenchResult, Ratio)."""

@@ -1,1 +1,1 @@
-"""Recipes: the strict schema, loading YAML with --set overrides, and the chain of steps."""
+"""Recipes: the strict schema, and loading YAML with --set overrides (the chain of steps is engine.chain)."""

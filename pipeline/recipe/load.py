@@ -1,5 +1,5 @@
-"""Recipe schema (strict: an unknown key is an error that names its path and the nearest valid key),
-loading from YAML, ``--set`` overrides, chain validation, and the JSON Schema.
+"""A recipe loaded from YAML with ``--set`` overrides, validated against the strict schema (an unknown key is
+an error that names its path and the nearest valid key). Its chain of steps is checked in engine.chain.
 """
 
 from __future__ import annotations

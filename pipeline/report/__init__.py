@@ -1,1 +1,2 @@
-"""Reports: report.json, report.md, plots, the console, and the verdict summaries they share."""
+"""Reports: what a run produced (RunResult), report.json, results.csv, report.md, plots, the console, and
+the verdict summaries they share."""

@@ -16,7 +16,7 @@ import time
 import zlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, Protocol, cast
 
 import numpy as np
 
@@ -220,10 +220,10 @@ def ratio_entry(point_rounds: PointRounds, target: str, baseline: str, tolerance
     generations = [r.generation for r in paired(counted, target, baseline)]
     summary = interval(ratios, f"{target}/{baseline}/{batch}/{seq}", tolerance, generations)
     reasons = summary.pop("reasons")
-    entry: Ratio = {"target": target, "baseline": baseline, "batch": batch, "seq": seq, **summary,  # type: ignore[typeddict-item]
-                             "dropped": point_rounds.dropped(),
-                             "steal_max": max(r.noise.steal for r in point_rounds.rounds),
-                             "others_cpu_max": max(r.noise.others for r in point_rounds.rounds)}
+    entry = cast(Ratio, {"target": target, "baseline": baseline, "batch": batch, "seq": seq, **summary,
+                         "dropped": point_rounds.dropped(),
+                         "steal_max": max(r.noise.steal for r in point_rounds.rounds),
+                         "others_cpu_max": max(r.noise.others for r in point_rounds.rounds)})
     if point_rounds.dropped():
         why = sorted({r.dropped for r in point_rounds.rounds if r.dropped})
         reasons.append(f"{point_rounds.dropped()} of {len(point_rounds.rounds)} rounds dropped ({'; '.join(why)})")

@@ -38,6 +38,7 @@ from pipeline.model.files import (
     model_file_sha256,
     reason,
 )
+from pipeline.model.sentence import SentenceHead, sentence_head
 from pipeline.model.spec import ModelSpec, packaged_path
 
 log = logging.getLogger(__name__)
@@ -203,6 +204,13 @@ class ModelHandle:
         if self.location[0] == "factory":
             return None
         return getattr(self.hf_config, "max_position_embeddings", None)
+
+    @functools.cached_property
+    def sentence_head(self) -> SentenceHead | None:
+        """The sentence-transformers head of a model folder (pooling, normalisation, max length); None for
+        any other model."""
+        kind, where = self.location
+        return sentence_head(Path(where)) if kind in ("packaged", "folder") else None
 
     @functools.cached_property
     def loaded_max_positions(self) -> int | None:

@@ -186,6 +186,10 @@ def _cmd_ship(args: argparse.Namespace) -> int:
     if args.check is not None:
         from pipeline.ship.bundle import check_bundle
 
+        if not args.check.exists():  # no bundle to check: bad input, not a finding about a bundle
+            raise BadInputError(f"ship --check: {args.check} does not exist")
+        if not args.check.is_dir():
+            raise BadInputError(f"ship --check: {args.check} is not a folder")
         problems = check_bundle(args.check)
         for line in problems:
             print(f"{args.check}: {line}", file=sys.stderr)
@@ -212,14 +216,28 @@ def _cmd_list(_: argparse.Namespace) -> int:
     from pipeline.engine.registry import all_passes
     from pipeline.recipe.load import matrix_files, recipe_files
 
-    for path in recipe_files(Path("recipes")):
-        print(f"recipe  {path.stem}")
-    for path in matrix_files(Path("recipes")):
-        print(f"matrix  {path.stem}")
-    for name, cls in all_passes().items():
+    found = [("recipe", path) for path in recipe_files(Path("recipes"))]
+    found += [("matrix", path) for path in matrix_files(Path("recipes"))]
+    passes = all_passes()
+    width = max([len(path.stem) for _, path in found] + [len(name) for name in passes])
+    for kind, path in found:
+        print(f"{kind}  {path.stem:<{width}}  {_description(path)}".rstrip())
+    for name, cls in passes.items():
         consumes = "/".join(sorted(f.value for f in cls.consumes))
-        print(f"pass    {name:<14} {consumes} -> {cls.produces.value}")
+        print(f"pass    {name:<{width}}  {consumes} -> {cls.produces.value}")
     return 0
+
+
+def _description(path: Path) -> str:
+    """The ``description`` line of a recipe or matrix file, read from its YAML alone (no model, no torch);
+    a file that does not read says so in its place."""
+    from pipeline.recipe.load import load_raw
+
+    try:
+        description = load_raw(path).get("description")
+    except (PipelineError, OSError) as exc:
+        return f"(cannot read it: {exc})"
+    return " ".join(description.split()) if isinstance(description, str) else ""
 
 
 def _cmd_schema(_: argparse.Namespace) -> int:

@@ -22,7 +22,9 @@ def test_gpt2_recipe_on_a_tiny_config_passes_generates_eagers_tokens_and_reports
                  "--set", "verify.generation.prompts=24", "--set", "bench.batches=[1, 2]", "--set", "bench.seqs=[8]",
                  "--set", "bench.generation.new_tokens=4", "--set", "bench.min_seconds=0.05",
                  "--set", "bench.min_repeats=3", "--set", "bench.warmup_seconds=0.01",
-                 "--set", "bench.throughput_seconds=0.05", "--set", "bench.generation.repeats=2", "--full-grid"])
+                 "--set", "bench.throughput_seconds=0.05", "--set", "bench.generation.repeats=2", "--full-grid",
+                 "--set", "bench.max_others_cpu=1", "--set", "bench.max_steal=1",
+                 "--set", "bench.max_baseline_spread=1000"])
     console = capsys.readouterr().out
     assert code == 0
     report = json.loads((out / "report.json").read_text())

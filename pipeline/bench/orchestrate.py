@@ -28,7 +28,7 @@ import numpy as np
 from pipeline.bench.fingerprint import fingerprint
 from pipeline.bench.noise import sample
 from pipeline.bench.pool import Launch, Worker, started
-from pipeline.bench.rounds import BlockFailed, Point, RoundPlan, measure_point, ratio_entry
+from pipeline.bench.rounds import BlockFailed, Point, RoundPlan, measure_point_checked, ratio_entry
 from pipeline.bench.spec import BenchResult, BenchRow, Ratio, WorkerSpec
 from pipeline.core.artifact import Artifact
 from pipeline.core.limits import available_memory
@@ -54,6 +54,7 @@ class Benchmarks:
 
     results: dict[str, BenchResult] = field(default_factory=dict)
     ratios: list[Ratio] = field(default_factory=list)
+    unmeasured: list[Ratio] = field(default_factory=list)  # points that could not carry a ratio (pipeline.bench.rounds)
 
 
 def available_memory_mb() -> float:
@@ -133,9 +134,6 @@ def flag_reruns(result: BenchResult, previous: BenchResult | None, tolerance: fl
             if abs(change) > tolerance:
                 row["unstable"] = True
                 row.setdefault("unstable_reasons", []).append(f"p50 moved {change:+.0%} from the previous run")
-    for row in result.get("rows", []):
-        if row.get("cv", 0.0) > result.get("cv_threshold", 1e9):
-            row.setdefault("unstable_reasons", []).append(f"cv {row['cv']:.2f}")
 
 
 def round_plan(bench: BenchSpec, device: str, rounds: int, generations: int = 1) -> RoundPlan:
@@ -153,14 +151,22 @@ def round_plan(bench: BenchSpec, device: str, rounds: int, generations: int = 1)
     return RoundPlan(rounds=rounds, pause_seconds=bench.pause_seconds, max_steal=bench.max_steal,
                      max_others=bench.max_others_cpu, max_redo=max(bench.redo_rounds, rounds // 3),
                      interval_tolerance=bench.interval_tolerance, generations=min(generations, rounds),
-                     block=block)
+                     block=block, max_baseline_spread=bench.max_baseline_spread,
+                     max_round_spread=bench.max_round_spread)
 
 
-def grid_row(blocks: list[dict[str, Any]], batch: int, seq: int, cv_threshold: float) -> BenchRow:
+def grid_row(blocks: list[dict[str, Any]], batch: int, seq: int, plan: RoundPlan,
+             problem: str | None = None) -> BenchRow:
     """A report ROW from one target's blocks at a point: percentiles over every timed call of the
-    rounds that count, and throughput from back-to-back calls (or the timed calls, on CPU)."""
+    rounds that count, and throughput from back-to-back calls (or the timed calls, on CPU); unstable when
+    its round medians spread past ``plan.max_round_spread``; with the point's ``problem``, not measured."""
     times = [t for block in blocks for t in block["latencies_ms"]]
-    row = cast(BenchRow, summarize(times, cv_threshold))
+    row = cast(BenchRow, summarize(times, plan.block.get("cv_threshold", 0.10)))
+    medians = np.asarray([np.median(b["latencies_ms"]) for b in blocks], dtype=np.float64)
+    spread = float(np.subtract(*np.percentile(medians, [75, 25])) / np.median(medians))
+    row["round_spread"], row["unstable"] = spread, spread > plan.max_round_spread
+    row["unstable_reasons"] = [f"its round medians spread {spread:.0%} (interquartile range over the median), "
+                               f"past {plan.max_round_spread:.0%}"] if row["unstable"] else []
     if all("throughput_calls" in block for block in blocks):
         calls, seconds = sum(b["throughput_calls"] for b in blocks), sum(b["throughput_seconds"] for b in blocks)
     else:
@@ -171,6 +177,9 @@ def grid_row(blocks: list[dict[str, Any]], batch: int, seq: int, cv_threshold: f
                        "throughput_calls": calls, "rounds": len(blocks),
                        "peak_rss_mb": max(b["peak_rss_mb"] for b in blocks), "peak_gpu_mb": max(gpu) if gpu else None}
     row.update(extra)
+    if problem is not None:
+        row["measured"], row["unstable"] = False, True
+        row["unstable_reasons"] = [*row.get("unstable_reasons", []), f"not measured: {problem}"]
     return row
 
 
@@ -201,6 +210,7 @@ def measure_session(launches: list[Launch], plans: dict[Point, RoundPlan], timeo
     failed: dict[str, str] = {}
     results: dict[str, BenchResult] = {launch.name: {"target": launch.name, "rows": []} for launch in launches}
     ratios: list[Ratio] = []
+    unmeasured: list[Ratio] = []
     with started(launches, timeout, failed) as workers, stage("bench", len(plans) + len(workers)) as advance:
         for worker in workers:
             result = results[worker.name]
@@ -219,18 +229,18 @@ def measure_session(launches: list[Launch], plans: dict[Point, RoundPlan], timeo
             live = measuring((batch, seq))
             spread = f" over {plan.generations} generations of processes" if plan.generations > 1 else ""
             advance(f"b{batch} s{seq}: {len(live)} targets in {plan.rounds} interleaved rounds{spread}")
-            rounds = measure_point(live, (batch, seq), plan, lambda: sample([os.getpid(), *workers.pids()]),
-                                   restart=partial(fresh, (batch, seq)) if plan.generations > 1 else None)
-            cv = plan.block.get("cv_threshold", 0.10)
+            rounds = measure_point_checked(live, (batch, seq), plan, BASELINE,
+                                           lambda: sample([os.getpid(), *workers.pids()]),
+                                           restart=partial(fresh, (batch, seq)))
             failed.update(rounds.failed)
             for worker in live:
                 blocks = rounds.blocks(worker.name)
                 if worker.name in failed or not blocks:
                     continue
-                results[worker.name]["rows"].append(grid_row(blocks, batch, seq, cv))
-                entry = ratio_entry(rounds, worker.name, BASELINE, plan.interval_tolerance)
+                results[worker.name]["rows"].append(grid_row(blocks, batch, seq, plan, rounds.problem))
+                entry = ratio_entry(rounds, worker.name, BASELINE, plan.interval_tolerance, plan.min_rounds)
                 if worker.name != BASELINE and BASELINE not in failed and entry is not None:
-                    ratios.append(entry)
+                    (ratios if entry["measured"] else unmeasured).append(entry)
         for worker in workers:
             if worker.name in failed or not worker.launch.extras:
                 advance(f"{worker.name}: no extras")
@@ -242,7 +252,7 @@ def measure_session(launches: list[Launch], plans: dict[Point, RoundPlan], timeo
                 failed[worker.name] = str(exc)
     for name, why in failed.items():
         results[name]["error"] = why
-    return Benchmarks(results, ratios)
+    return Benchmarks(results, ratios, unmeasured)
 
 
 def extras_text(spec: WorkerSpec) -> str:
@@ -292,7 +302,8 @@ def benchmark(recipe: Recipe, handle: ModelHandle, artifacts: dict[str, Artifact
     saved = read_record(folder / "ratios.json", "benchmark record")
     if not force and _whole_session(previous, saved, keys):
         assert saved is not None
-        return Benchmarks({t: r for t, r in previous.items() if r is not None}, saved["ratios"])
+        return Benchmarks({t: r for t, r in previous.items() if r is not None}, saved["ratios"],
+                          saved.get("not_measured", []))
     if not measure:
         return Benchmarks()
     points = failed_step_points(recipe)
@@ -310,5 +321,6 @@ def benchmark(recipe: Recipe, handle: ModelHandle, artifacts: dict[str, Artifact
         if result.get("error"):
             log.warning("bench %s failed: %s", target, result["error"])
         write_record(folder / f"{target}.json", dict(result))
-    write_record(folder / "ratios.json", {"session": session, "baseline": BASELINE, "ratios": outcome.ratios})
+    write_record(folder / "ratios.json", {"session": session, "baseline": BASELINE, "ratios": outcome.ratios,
+                                          "not_measured": outcome.unmeasured})
     return outcome

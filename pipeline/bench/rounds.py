@@ -7,10 +7,18 @@ threads park; a ratio is taken within a round (target against the baseline measu
 after), and the rounds' ratios are summarized as their median and a 95% bootstrap interval. A round
 during which the hypervisor stole time or other processes used the cores past a bound is dropped
 and run again, up to a limit, and the summary says how many were.
+
+A point whose rounds cannot carry a ratio is measured once more, in fresh processes where the point
+spreads over generations: every round disturbed, fewer undisturbed rounds than half the plan (an
+interval from one round is no interval), or a baseline whose median latency moved more than
+``max_baseline_spread`` times between rounds (a machine that ran eager at 207 ms for a round where it
+runs 1.9 ms quiet). When the second attempt fails too, the point is not measured: its ratios say why
+and never choose what ships.
 """
 
 from __future__ import annotations
 
+import logging
 import math
 import time
 import zlib
@@ -23,6 +31,7 @@ import numpy as np
 from pipeline.bench.noise import CpuSample, Disturbance, disturbance
 from pipeline.bench.spec import Ratio
 
+log = logging.getLogger(__name__)
 Point = tuple[int, int]
 BOOTSTRAP_RESAMPLES = 2000
 
@@ -56,6 +65,13 @@ class RoundPlan:
     interval_tolerance: float = 0.10
     generations: int = 1  # the rounds are spread over this many generations of worker processes
     block: dict[str, Any] = field(default_factory=dict)
+    max_baseline_spread: float = 3.0  # the baseline's slowest round over its fastest, past which a point is redone
+    max_round_spread: float = 0.10  # a target's round medians' IQR over their median, past which a row is unstable
+
+    @property
+    def min_rounds(self) -> int:
+        """The fewest undisturbed rounds a ratio's interval is drawn from: half the plan's, at least 2."""
+        return min(self.rounds, max(2, math.ceil(self.rounds / 2)))
 
     def generation_of(self, counted: int) -> int:
         """The generation the next round belongs to, after ``counted`` rounds that count."""
@@ -81,6 +97,7 @@ class PointRounds:
     point: Point
     rounds: list[Round]
     failed: dict[str, str] = field(default_factory=dict)
+    problem: str | None = None  # why the point carries no ratio, after it was measured again
 
     def counted(self) -> list[Round]:
         """The rounds that count: the undisturbed ones, or all of them when every round was disturbed."""
@@ -130,6 +147,43 @@ def measure_point(measurers: Sequence[Measurer], point: Point, plan: RoundPlan,
         result.rounds.append(Round(order, blocks, noise, noise.exceeds(plan.max_steal, plan.max_others), generation))
         index += 1
     return result
+
+
+def point_problem(rounds: PointRounds, plan: RoundPlan, baseline: str) -> str | None:
+    """Why the rounds of a point cannot carry a ratio over ``baseline``; None when they can."""
+    if rounds.rounds and all(r.dropped for r in rounds.rounds):
+        why = sorted({r.dropped or "" for r in rounds.rounds})
+        return f"every round was disturbed ({'; '.join(why)})"
+    counted = [r for r in rounds.counted() if baseline in r.blocks]
+    if len(counted) < plan.min_rounds:
+        return (f"{len(counted)} undisturbed round(s) of {plan.rounds}, fewer than the {plan.min_rounds} an "
+                f"interval needs")
+    medians = [_median(r.blocks[baseline]["latencies_ms"]) for r in counted]
+    spread = max(medians) / min(medians) if min(medians) > 0 else math.inf
+    if spread > plan.max_baseline_spread:
+        between = "rounds and processes" if len({r.generation for r in counted}) > 1 else "rounds"
+        return (f"{baseline}'s median latency moved {spread:.1f}x between {between} ({min(medians):.3g} to "
+                f"{max(medians):.3g} ms), past the {plan.max_baseline_spread:g}x a measurement may move")
+    return None
+
+
+def measure_point_checked(measurers: Sequence[Measurer], point: Point, plan: RoundPlan, baseline: str,
+                          cpu_sample: Callable[[], CpuSample], sleep: Callable[[float], None] = time.sleep,
+                          restart: Callable[[], Sequence[Measurer]] | None = None) -> PointRounds:
+    """``measure_point``, and once more (every worker started again first, given ``restart``) when its rounds
+    cannot carry a ratio (``point_problem``); a second failure is kept as the point's ``problem``."""
+    first = measure_point(measurers, point, plan, cpu_sample, sleep, restart)
+    why = point_problem(first, plan, baseline)
+    if why is None or baseline in first.failed:  # without the baseline, no ratio comes from a second try either
+        return first
+    log.warning("bench b%d s%d: %s; measuring the point again", *point, why)
+    again = measure_point(restart() if restart is not None else measurers, point, plan, cpu_sample, sleep, restart)
+    again.failed = {**first.failed, **again.failed}
+    again.problem = point_problem(again, plan, baseline)
+    if again.problem is not None:
+        log.warning("bench b%d s%d: not measured: %s again; no ratio there is used to choose what ships",
+                    *point, again.problem)
+    return again
 
 
 def _median(values: Sequence[float]) -> float:
@@ -208,10 +262,12 @@ def paired_interval(baseline_ms: Sequence[float], target_ms: Sequence[float], la
     return interval([b / t for b, t in zip(baseline_ms, target_ms, strict=True)], label, tolerance)
 
 
-def ratio_entry(point_rounds: PointRounds, target: str, baseline: str, tolerance: float) -> Ratio | None:
+def ratio_entry(point_rounds: PointRounds, target: str, baseline: str, tolerance: float,
+                min_rounds: int = 2) -> Ratio | None:
     """The report's ratio of ``target`` over ``baseline`` at this point, with the rounds' noise, flagged
     when its interval is wider than ±``tolerance`` or every round was disturbed; None when no round
-    measured both."""
+    measured both. ``measured`` is False, with the reason first among ``reasons``, when the point has a
+    problem or fewer than ``min_rounds`` rounds measured both: such a ratio is no interval."""
     counted = point_rounds.counted()
     ratios = round_ratios(counted, target, baseline)
     if not ratios:
@@ -231,6 +287,13 @@ def ratio_entry(point_rounds: PointRounds, target: str, baseline: str, tolerance
         why = sorted({r.dropped or "" for r in counted})
         reasons.append(f"every round was disturbed ({'; '.join(why)}); none could be dropped")
         entry["unstable"] = True
+    problem = point_rounds.problem or (None if len(ratios) >= min_rounds else
+                                        f"{len(ratios)} round(s) measured both, fewer than the {min_rounds} an "
+                                        f"interval needs")
+    entry["measured"] = problem is None
+    if problem is not None:
+        entry["unstable"] = True
+        reasons.insert(0, f"not measured: {problem}")
     if reasons:
         entry["reasons"] = reasons
     return entry
@@ -242,6 +305,8 @@ def separated(best: Ratio, other: Ratio) -> bool:
 
 
 def speedup_text(entry: Ratio) -> str:
-    """'1.92x [1.85, 2.01]': a ratio with its interval."""
+    """'1.92x [1.85, 2.01]': a ratio with its interval; 'not measured' for a ratio that is none."""
+    if not entry.get("measured", True):
+        return "not measured"
     low, high = entry["ci95"]
     return f"{entry['ratio']:.2f}x [{low:.2f}, {high:.2f}]"

@@ -57,8 +57,10 @@ class BenchRow(TypedDict, total=False):
     throughput_calls: int
     rounds: int
     round_p50_ms: list[float]
+    round_spread: float  # interquartile range of round_p50_ms over their median: the row's stability
     peak_rss_mb: float
     peak_gpu_mb: float | None
+    measured: bool  # False: the point could not be measured (why: the last of ``unstable_reasons``)
 
 
 class BenchResult(TypedDict, total=False):
@@ -97,6 +99,7 @@ class Ratio(TypedDict, total=False):
     dropped: int
     steal_max: float
     others_cpu_max: float
+    measured: bool  # False: the point could not be measured (why: the first of ``reasons``); no interval
 
 
 # report.json's ROW (DESIGN.md's contract), as the bundle's manifest carries it
@@ -104,4 +107,4 @@ CONTRACT_ROW_KEYS = ("batch", "seq", "p50_ms", "p90_ms", "p99_ms", "mean_ms", "c
 # what report.json keeps of a row: the contract and the spread, stability and rounds behind it
 REPORT_ROW_KEYS = (*CONTRACT_ROW_KEYS[:6], "std_ms", "min_ms", "cv", "unstable", "unstable_reasons",
                    "p50_change_from_previous", "repeats", "throughput", "tokens_per_s", "peak_rss_mb", "peak_gpu_mb",
-                   "rounds", "round_p50_ms")
+                   "rounds", "round_p50_ms", "round_spread", "measured")

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import copy
 import functools
+import inspect
 import logging
 import os
 import socket
@@ -70,12 +71,7 @@ class HFWrapper(torch.nn.Module):
 
     def __init__(self, model: torch.nn.Module, input_names: list[str], output_names: list[str]) -> None:
         super().__init__()
-        unknown = [name for name in input_names if name not in TEXT_INPUTS]
-        if unknown:
-            raise ModelError(f"inputs.names: {unknown[0]!r} is not a text model input ({', '.join(TEXT_INPUTS)})")
-        order = [name for name in TEXT_INPUTS if name in input_names]
-        if list(input_names) != order:
-            raise ModelError(f"inputs.names: text inputs must be listed in the order {', '.join(order)}")
+        check_text_inputs(input_names)
         self.model = model
         self.input_names = list(input_names)
         self.output_names = list(output_names)
@@ -88,7 +84,27 @@ class HFWrapper(torch.nn.Module):
     ) -> tuple[torch.Tensor, ...]:
         given = {"input_ids": input_ids, "attention_mask": attention_mask, "token_type_ids": token_type_ids}
         out = self.model(**{name: given[name] for name in self.input_names if given[name] is not None})
-        return tuple(out[name] for name in self.output_names)
+        try:
+            return tuple(out[name] for name in self.output_names)
+        except KeyError as exc:  # ModelHandle.check_io tells before the run where the outputs can be known
+            raise ModelError(f"inputs.outputs: {exc.args[0]!r} is not an output of {type(self.model).__name__}; "
+                             f"it gives {', '.join(tensor_outputs(out))}") from None
+
+
+def check_text_inputs(input_names: list[str]) -> None:
+    """A Hugging Face text model's inputs: known names, in the order the wrapper takes them."""
+    unknown = [name for name in input_names if name not in TEXT_INPUTS]
+    if unknown:
+        raise ModelError(f"inputs.names: {unknown[0]!r} is not a text model input ({', '.join(TEXT_INPUTS)})")
+    order = [name for name in TEXT_INPUTS if name in input_names]
+    if list(input_names) != order:
+        raise ModelError(f"inputs.names: text inputs must be listed in the order {', '.join(order)}")
+
+
+def tensor_outputs(out: Any) -> list[str]:
+    """The names of a Hugging Face model output's tensors (what a recipe may name in inputs.outputs): a
+    cache object, a tuple of hidden states or a field left None is not one."""
+    return [name for name, value in out.items() if isinstance(value, torch.Tensor)]
 
 
 def _hub_reachable(host: str = "huggingface.co", timeout: float = 3.0) -> bool:
@@ -219,6 +235,47 @@ class ModelHandle:
         if self.location[0] != "factory":
             return self.max_positions
         return self.load().max_positions
+
+    def check_io(self) -> None:
+        """Check the recipe's input and output names against the model before anything runs, from its
+        config alone: the model is built on the meta device (no weights, no memory) and called once on
+        meta tensors to see which outputs it gives. A factory model is left to its first load, and a
+        decoder to :func:`pipeline.model.cache.with_cache`; a model that cannot run on the meta device is
+        left to its first load too."""
+        if self.location[0] == "factory" or self.task == "text-generation":
+            return
+        check_text_inputs(self.input_names)
+        meta = self._meta_model()
+        if meta is None:
+            return
+        model, out = meta
+        forward = inspect.signature(type(model).forward).parameters
+        if not any(p.kind is inspect.Parameter.VAR_KEYWORD for p in forward.values()):
+            taken = [name for name in TEXT_INPUTS if name in forward]
+            for name in self.input_names:
+                if name not in forward:
+                    raise ModelError(f"inputs.names: {name!r} is not an input of {type(model).__name__}; "
+                                     f"it takes {', '.join(taken)}")
+        given = tensor_outputs(out)
+        for name in self.output_names:
+            if name not in given:
+                raise ModelError(f"inputs.outputs: {name!r} is not an output of {type(model).__name__}; "
+                                 f"it gives {', '.join(given)}")
+
+    def _meta_model(self) -> tuple[torch.nn.Module, Any] | None:
+        """The task's model built from the config on the meta device, and what it returns for one row of
+        two tokens; None when it cannot be built or run there (the first load then tells)."""
+        config = copy.deepcopy(self.hf_config)  # from_config may set fields on it
+        extra = {"attn_implementation": self.spec.attn_implementation} if self.spec.attn_implementation else {}
+        try:
+            with torch.random.fork_rng(devices=[]), torch.device("meta"), torch.no_grad():
+                model = _auto_class(self.task).from_config(config, **extra).eval()
+                # no attention mask: a mask is checked for padding by value, which a meta tensor has none of
+                out = model(input_ids=torch.zeros(1, 2, dtype=torch.long))
+        except Exception as exc:  # any model's code: not knowing its outputs here is not an error
+            log.debug("the model's outputs are not known before it loads (%s)", reason(exc))
+            return None
+        return (model, out) if hasattr(out, "items") else None
 
     def describe(self) -> dict[str, Any]:
         """A JSON-safe summary of the model for manifests and reports (no weights are loaded)."""

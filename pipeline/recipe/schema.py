@@ -53,6 +53,11 @@ class Tolerance(Strict):
         default=None, ge=-1, le=1,
         description="Batch invariance: smallest cosine, at any kept position, between a row's output computed "
                     "alone and the same row's inside a padded batch (-1 accepts any batch dependence).")
+    min_embedding_cosine: float | None = Field(
+        default=None, ge=-1, le=1,
+        description="Sentence-transformers models: smallest cosine, over the embedding cases' texts, between the "
+                    "artifact's pooled (and normalised) sentence embedding and SentenceTransformer.encode's on the "
+                    "eager model.")
 
     def over(self, base: Tolerance) -> Tolerance:
         """This tolerance's bounds where set, ``base``'s elsewhere."""
@@ -61,11 +66,14 @@ class Tolerance(Strict):
 
 # The reasoning behind each preset is in the README ("Parity").
 DEFAULT_TOLERANCE = {
-    "fp32": Tolerance(max_abs=1e-4, min_cosine=0.99999, min_top1=1.0, min_token_match=1.0, min_batch_cosine=0.9999),
-    "fp16": Tolerance(max_abs=2e-2, min_cosine=0.999, min_top1=0.99, min_batch_cosine=0.999),
+    "fp32": Tolerance(max_abs=1e-4, min_cosine=0.99999, min_top1=1.0, min_token_match=1.0, min_batch_cosine=0.9999,
+                      min_embedding_cosine=0.9999),
+    "fp16": Tolerance(max_abs=2e-2, min_cosine=0.999, min_top1=0.99, min_batch_cosine=0.999,
+                      min_embedding_cosine=0.999),
     # per-row or per-group int8 meets 0.999 (0.9992 to 0.9997 on MiniLM); one activation scale per tensor,
     # padding and batch-mates included, does not (0.990)
-    "int8": Tolerance(max_abs=None, min_cosine=0.99, min_top1=0.98, min_batch_cosine=0.999),
+    "int8": Tolerance(max_abs=None, min_cosine=0.99, min_top1=0.98, min_batch_cosine=0.999,
+                      min_embedding_cosine=0.99),
 }
 
 
@@ -125,6 +133,15 @@ class VerifySpec(Strict):
                                        description="Greedy generation and decode steps (text-generation).")
     batch_cases: BatchCasesSpec = Field(default_factory=BatchCasesSpec,
                                         description="Each sentence alone and in a padded batch: batch invariance.")
+    embedding_sentences: int = Field(
+        default=8, ge=0, le=256,
+        description="Sentence-transformers models: corpus sentences (one batch) whose pooled sentence embedding is "
+                    "compared with SentenceTransformer.encode's on the eager model (min_embedding_cosine).")
+    embedding_long_texts: int = Field(
+        default=2, ge=0, le=64,
+        description="Sentence-transformers models: texts longer than the model's max_seq_length (consecutive corpus "
+                    "sentences), truncated as SentenceTransformer truncates them, in one batch with two of the "
+                    "sentences; 0 with embedding_sentences 0 leaves the embedding cases out.")
 
     @field_validator("shapes")
     @classmethod
@@ -189,10 +206,19 @@ class BenchSpec(Strict):
     max_seconds: float = Field(default=8.0, gt=0, le=3600, description="Timed seconds per point, at most.")
     throughput_seconds: float = Field(default=1.0, gt=0, le=3600,
                                       description="Seconds of back-to-back calls for measured throughput.")
-    cv_threshold: float = Field(default=0.10, gt=0, description="Coefficient of variation above which a point "
-                                                                "is flagged unstable.")
+    cv_threshold: float = Field(default=0.10, gt=0, description="Coefficient of variation of single timed calls "
+                                                                "above which a measurement outside the rounds "
+                                                                "(generation, a repair's timing) is flagged.")
     rerun_tolerance: float = Field(default=0.10, gt=0, description="p50 change from the previous run above "
                                                                    "which a point is flagged unstable.")
+    max_round_spread: float = Field(
+        default=0.10, gt=0, description="Spread of a target's per-round medians at a point (interquartile range "
+                                        "over the median) above which the point is flagged unstable: its median "
+                                        "moved between rounds, so measure again before trusting it. Quiet 2-core "
+                                        "machines measured 0.01 to 0.09 (single calls' CV: 0.02 to 0.8).")
+    max_baseline_spread: float = Field(
+        default=3.0, gt=1, description="The baseline's slowest round over its fastest at a point past which the "
+                                       "point is measured again, and then not measured: quiet, 1.14 at most.")
     grid: Literal["default", "full"] = Field(
         default="default", description="default: the smallest batch at every sequence length, and the ship point "
                                        "(ship.fastest_at); full (--full-grid): every batch with every sequence "
@@ -262,6 +288,9 @@ class ShipSpec(Strict):
     step: str | None = Field(default=None, description="Step to ship (default: the last that passes).")
     fastest_at: tuple[int, int] | None = Field(
         default=None, description="[batch, seq]: ship the passing step with the lowest p50 at this bench point.")
+    triton: bool = Field(
+        default=False, description="An ONNX bundle also holds a Triton Inference Server model repository "
+                                   "(triton/<recipe>/: config.pbtxt and a second copy of the model).")
 
     @model_validator(mode="after")
     def _one_rule(self) -> ShipSpec:

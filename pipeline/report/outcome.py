@@ -31,6 +31,7 @@ class RunResult:
     accuracy: dict[str, AccuracyScore] = field(default_factory=dict)
     bench: dict[str, BenchResult] = field(default_factory=dict)
     ratios: list[Ratio] = field(default_factory=list)  # interleaved, over eager (pipeline.bench.rounds)
+    unmeasured: list[Ratio] = field(default_factory=list)  # ratios at points that could not be measured
     ship_note: str | None = None  # why the ship rule picked what it did, when it was not plain
     bundle: Path | None = None
     rebuilt: list[str] = field(default_factory=list)  # cached steps rebuilt because they failed where they passed

@@ -41,34 +41,49 @@ def _p50(bench: BenchResult | None, point: tuple[int, int] | None) -> float | No
 
 
 def ratio_at(result: RunResult, name: str, point: tuple[int, int] | None) -> Ratio | None:
-    """The interleaved ratio of ``name`` over eager at ``point`` (None when not measured)."""
-    return next((e for e in result.ratios if e["target"] == name and (e["batch"], e["seq"]) == point), None)
+    """The interleaved ratio of ``name`` over eager at ``point``, or the entry that says it could not be
+    measured there; None when the benchmark did not reach it."""
+    return next((e for e in [*result.ratios, *result.unmeasured]
+                 if e["target"] == name and (e["batch"], e["seq"]) == point), None)
 
 
 def speedup_cell(entry: Ratio | None) -> str:
-    """'1.92x [1.85, 2.01]' for a table cell, with a '?' when the interval is flagged; '-' when absent."""
+    """'1.92x [1.85, 2.01]' for a table cell, with a '?' when the interval is flagged; 'not measured' for
+    a point that could not carry a ratio; '-' when absent."""
     if entry is None:
         return "-"
+    if not entry.get("measured", True):
+        return "not measured"
     low, high = entry["ci95"]
     return f"{entry['ratio']:.2f}x [{low:.2f}, {high:.2f}]" + ("?" if entry.get("unstable") else "")
 
 
 def ratio_notes(result: RunResult) -> list[str]:
-    """How the ratios were measured, how many rounds noise cost, and why each flagged one is flagged."""
-    if not result.ratios:
+    """How the ratios were measured and how many rounds noise cost, then per point what holds for every target
+    there (rounds dropped, a point not measured), said once, and what holds for one target alone."""
+    entries = [*result.ratios, *result.unmeasured]
+    if not entries:
         return []
-    points = {(e["batch"], e["seq"]): e for e in result.ratios}
-    dropped = sum(e["dropped"] for e in points.values())
-    steal = max(e["steal_max"] for e in points.values())
-    others = max(e["others_cpu_max"] for e in points.values())
-    spread = [f"b{b} s{s} over {e['generations']} generations of worker processes (resampled by process, then "
-              f"by round)" for (b, s), e in points.items() if e.get("generations", 1) > 1]
+    by_point: dict[tuple[int, int], list[Ratio]] = {}
+    for entry in entries:
+        by_point.setdefault((entry["batch"], entry["seq"]), []).append(entry)
+    dropped = sum(group[0]["dropped"] for group in by_point.values())
+    steal = max(e["steal_max"] for e in entries)
+    others = max(e["others_cpu_max"] for e in entries)
+    spread = [f"b{b} s{s} over {group[0]['generations']} generations of worker processes (resampled by process, "
+              f"then by round)" for (b, s), group in by_point.items() if group[0].get("generations", 1) > 1]
     lines = [f"vs eager: the median over interleaved rounds of eager's median latency over the target's in the "
              f"same round, with a 95% bootstrap interval{'; ' if spread else ''}{', '.join(spread)}; {dropped} "
-             f"round(s) dropped for noise over {len(points)} points (steal up to {steal:.0%}, other processes up "
+             f"round(s) dropped for noise over {len(by_point)} points (steal up to {steal:.0%}, other processes up "
              f"to {others:.0%} of the cores)"]
-    lines += [f"? {e['target']} b{e['batch']} s{e['seq']}: {'; '.join(e.get('reasons', []))}"
-              for e in result.ratios if e.get("unstable")]
+    for (batch, seq), group in by_point.items():
+        shared = [why for why in group[0].get("reasons", []) if all(why in e.get("reasons", []) for e in group)]
+        if shared and len(group) > 1:
+            lines.append(f"? b{batch} s{seq}, every target: {'; '.join(shared)}")
+        else:
+            shared = []
+        lines += [f"? {e['target']} b{batch} s{seq}: {'; '.join(own)}" for e in group
+                  if (own := [why for why in e.get("reasons", []) if why not in shared])]
     return lines
 
 

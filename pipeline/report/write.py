@@ -59,6 +59,7 @@ def build_report(result: RunResult, out_dir: Path) -> dict[str, Any]:
         "artifacts": rows, "blame": result.blame,
         "shipped": next((r["path"] for r in rows if r["name"] == result.shipped), None),
         "shipped_step": result.shipped, "ship_note": result.ship_note, "ratios": result.ratios,
+        "ratios_not_measured": result.unmeasured,
         "bundle": result.bundle.relative_to(out_dir).as_posix() if result.bundle else None,
         "environment": {"python": platform.python_version(), "machine": platform.machine(),
                         "versions": library_versions()},

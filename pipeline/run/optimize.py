@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 from typing import Literal
 
-from pipeline.bench.orchestrate import benchmark
+from pipeline.bench.orchestrate import benchmark, ship_point
 from pipeline.core.artifact import Artifact, Format, load_cached
 from pipeline.core.disk import disk_full, is_disk_full
 from pipeline.core.errors import PipelineError, RecipeError
@@ -25,7 +25,7 @@ from pipeline.run.passed import passed_last_time, remember_passed
 from pipeline.run.prepare import Prepared
 from pipeline.runtime.threads import set_torch_threads
 from pipeline.ship.bundle import build_bundle
-from pipeline.ship.rule import batch_dependence, choose_shipped, may_ship
+from pipeline.ship.rule import batch_dependence, choose_shipped, may_ship, slower_note
 from pipeline.verify.cases import split_generation
 from pipeline.verify.gate import step_gate
 from pipeline.verify.parity import Parity, blame, measure_accuracy, verify_all
@@ -106,7 +106,7 @@ def _run_claimed(prepared: Prepared, build: bool, bench: BenchMode) -> RunResult
         failed_gate = frozenset(step.name for step in prepared.steps if not may_ship(parity, step.name))
         measured = benchmark(recipe, ctx.model, artifacts, prepared.out_dir / "bench", force=bench == "force",
                              measure=bench != "reuse", failed_gate=failed_gate)
-        result.bench, result.ratios = measured.results, measured.ratios
+        result.bench, result.ratios, result.unmeasured = measured.results, measured.ratios, measured.unmeasured
     result.shipped, result.ship_note = choose_shipped(recipe.ship, [s.name for s in prepared.steps], parity,
                                                       result.bench, result.ratios)
     _ship(result)
@@ -115,14 +115,20 @@ def _run_claimed(prepared: Prepared, build: bool, bench: BenchMode) -> RunResult
 
 
 def _ship(result: RunResult) -> None:
-    """Bundle the chosen step, saying why it was chosen when that was not plain, and when its rows depend
-    on their batch more than its precision's default allows."""
+    """Bundle the chosen step, saying why it was chosen when that was not plain, when it is slower than
+    eager or its parent, and when its rows depend on their batch more than its precision's default allows."""
     if result.shipped is not None:
+        step = next(s for s in result.steps if s.name == result.shipped)
+        bench = result.recipe.bench
+        point = ship_point(result.recipe) or (min(bench.batches), max(bench.seqs))
+        slower = slower_note(result.shipped, step.source, result.ratios, point)
+        if slower and result.recipe.ship.step:
+            slower += f" (it ships because the recipe names it: ship.step: {result.recipe.ship.step})"
         dependence = batch_dependence(result.parity.get(result.shipped),
                                       str(result.artifacts[result.shipped].precision))
-        if dependence:
-            log.warning("%s", dependence)
-            result.ship_note = "; ".join(filter(None, [result.ship_note, dependence]))
+        for warning in filter(None, [slower, dependence]):
+            log.warning("%s", warning)
+            result.ship_note = "; ".join(filter(None, [result.ship_note, warning]))
     if result.ship_note:
         log.info("%s", result.ship_note)
     if result.shipped is not None:

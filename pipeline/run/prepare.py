@@ -1,5 +1,5 @@
-"""A recipe made ready to run: validated in full (recipe, chain, model's whereabouts, every pass's config,
-the output folder), with its pass context and its plan; nothing written yet."""
+"""A recipe made ready to run: validated in full (recipe, chain, model's whereabouts, its input and output
+names, every pass's config, the output folder), with its pass context and its plan; nothing written yet."""
 
 from __future__ import annotations
 
@@ -42,12 +42,13 @@ class Prepared:
 
 def prepare(recipe_path: Path, overrides: list[str] | None = None, out: Path | None = None,
             force: bool = False) -> Prepared:
-    """Load and validate the recipe, the chain, the model's whereabouts, every pass's config and the
-    output folder (``force``: write into a folder this tool did not make)."""
+    """Load and validate the recipe, the chain, the model's whereabouts and input and output names, every
+    pass's config and the output folder (``force``: write into a folder this tool did not make)."""
     recipe = load_recipe(recipe_path, overrides)
     steps = build_steps(recipe)
     base_dir = Path.cwd()
     handle = ModelHandle(recipe.model, recipe.task, recipe.inputs.names, recipe.output_names, base_dir)
+    handle.check_io()  # inputs.names and inputs.outputs against the model, from its config (no weights)
     axes = recipe.dynamic_axes
     if recipe.task == "text-generation":  # the cache tensors join the inputs and outputs
         _, axes = with_cache(handle, axes)

@@ -71,10 +71,28 @@ def choose_shipped(spec: ShipSpec, steps: list[str], parity: dict[str, Parity], 
         if entries:
             return fastest_told_apart(entries, parity)
         timed = {name: row["p50_ms"] for name in allowed for row in bench.get(name, {}).get("rows", [])
-                 if (row["batch"], row["seq"]) == point}
+                 if (row["batch"], row["seq"]) == point and row.get("measured", True)}
         if timed:
             return min(timed, key=timed.__getitem__), (
                 f"ship.fastest_at {list(point)}: no ratio over eager there (eager was not measured); "
                 "picked by p50 alone")
         log.warning("ship.fastest_at %s: no benchmark at that point; shipping the last passing step", point)
     return (allowed[-1] if allowed else None), None
+
+
+def slower_note(shipped: str, parent: str, ratios: list[Ratio], point: tuple[int, int]) -> str | None:
+    """What to say when the shipped step is slower at ``point`` than eager (its ratio under 1) or than its
+    parent (told apart from it); None when it is not, or when the point has no ratio for it."""
+    at = {e["target"]: e for e in ratios if (e["batch"], e["seq"]) == point}
+    own = at.get(shipped)
+    if own is None:
+        return None
+    slower = []
+    if own["ratio"] < 1.0:
+        slower.append(f"eager ({speedup_text(own)} over it)")
+    above = at.get(parent)
+    if above is not None and separated(above, own):
+        slower.append(f"its parent {parent} ({speedup_text(above)} over eager against {speedup_text(own)})")
+    if not slower:
+        return None
+    return f"the shipped step {shipped} is slower at b{point[0]} s{point[1]} than {' and than '.join(slower)}"

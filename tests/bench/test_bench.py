@@ -9,15 +9,19 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from pipeline.bench.orchestrate import grid_points, round_plans
+from pipeline.bench.orchestrate import grid_points, grid_row, round_plans
+from pipeline.bench.rounds import RoundPlan
 from pipeline.cli import _overrides, _parser, main
 from pipeline.recipe.schema import BenchSpec
 
+# these tests are not about noise: a round that other processes (other tests) disturb still counts
+NOISE_ALLOWED = ["--set", "bench.max_others_cpu=1", "--set", "bench.max_steal=1",
+                 "--set", "bench.max_baseline_spread=1000"]
 ROW = {"batch", "seq", "p50_ms", "p90_ms", "p99_ms", "mean_ms", "cv", "throughput", "peak_rss_mb"}
 FAST = ["--set", "bench.min_seconds=0.05", "--set", "bench.min_repeats=5", "--set", "bench.throughput_seconds=0.05",
         "--set", "bench.warmup_seconds=0.01", "--set", "bench.best_batch.max_batch=4",
         "--set", "bench.best_batch.seq=16", "--set", "bench.real_data.max_length=32", "--set", "bench.rounds=3",
-        "--set", "bench.pause_seconds=0.01", "--full-grid"]
+        "--set", "bench.pause_seconds=0.01", "--full-grid", *NOISE_ALLOWED]
 NO_REAL_DATA = ["--set", "bench.real_data=null"]  # what a test does not look at, it does not wait for
 
 
@@ -106,3 +110,23 @@ def test_the_default_grid_is_batch_one_at_every_length_and_the_ship_point_and_fu
     for command in ("optimize", "bench"):
         assert _overrides(_parser().parse_args([command, "r.yaml", "--full-grid"])) == ["bench.grid=full"]
         assert _overrides(_parser().parse_args([command, "r.yaml"])) == []
+
+
+def _blocks(medians: list[float], spike: float = 1.0) -> list[dict]:
+    """One block per round: nine calls at the round's median and one call ``spike`` times slower."""
+    return [{"latencies_ms": [ms] * 9 + [ms * spike], "peak_rss_mb": 100.0} for ms in medians]
+
+
+def test_a_row_is_unstable_when_its_median_moves_between_rounds_not_when_single_calls_spike() -> None:
+    plan = RoundPlan(rounds=8, max_round_spread=0.10)
+    spiky = grid_row(_blocks([10.0, 10.1, 9.9, 10.0, 10.2, 9.8, 10.0, 10.1], spike=8.0), 1, 128, plan)
+    assert spiky["cv"] > 0.5 and not spiky["unstable"] and spiky["unstable_reasons"] == []
+    moving = grid_row(_blocks([10.0, 13.0, 10.0, 13.0, 10.0, 13.0, 10.0, 13.0]), 1, 128, plan)
+    assert moving["unstable"] and moving["round_spread"] == pytest.approx(0.26, abs=0.01)
+    assert "round medians spread 26%" in moving["unstable_reasons"][0]
+
+
+def test_a_point_that_could_not_be_measured_marks_its_rows() -> None:
+    row = grid_row(_blocks([10.0] * 4), 1, 8, RoundPlan(rounds=4), problem="every round was disturbed")
+    assert row["measured"] is False and row["unstable"]
+    assert row["unstable_reasons"] == ["not measured: every round was disturbed"]

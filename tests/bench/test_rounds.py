@@ -3,6 +3,7 @@ each protocol is exact and the test takes milliseconds."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -18,10 +19,17 @@ from pipeline.bench.rounds import (
     block_length,
     bootstrap_interval,
     measure_point,
+    measure_point_checked,
+    point_problem,
     ratio_entry,
     resample,
     rotated,
+    speedup_text,
 )
+from pipeline.recipe.schema import ShipSpec
+from pipeline.report.summary import speedup_cell
+from pipeline.ship.rule import choose_shipped
+from pipeline.verify.parity import Parity
 
 POINT = (1, 128)
 BLOCK = {"min_repeats": 15}
@@ -235,3 +243,74 @@ def test_the_bootstrap_draws_runs_of_rounds_so_slow_stretches_widen_the_interval
         clustered = np.diff(bootstrap_interval(list(ratios), seed=1))[0]
         widening.append(clustered / np.diff(bootstrap_interval(list(rng.permutation(ratios)), seed=1))[0])
     assert np.mean(widening) > 1.25
+
+
+def _restarting(targets: list[ProcessTarget]) -> tuple[Callable[[], list[ProcessTarget]], list[int]]:
+    """A restart that moves every target to its next generation of processes, and the generations seen."""
+    seen = [0]
+
+    def restart() -> list[ProcessTarget]:
+        seen.append(seen[-1] + 1)
+        for target in targets:
+            target.generation = seen[-1]
+        return targets
+
+    return restart, seen
+
+
+def test_a_baseline_100x_slower_in_one_process_is_flagged_measured_again_and_then_trusted() -> None:
+    clock = Clock()
+    slow_once = (1.0, 100.0, 1.0, 1.0, 1.0, 1.0)  # eager's second process runs 100x slower
+    eager = ProcessTarget("eager", 60.0, clock, drift=0.0, offsets=slow_once)
+    fast = ProcessTarget("fast", 20.0, clock, drift=0.0, offsets=(1.0,) * 6)
+    restart, seen = _restarting([eager, fast])
+    plan = RoundPlan(rounds=6, generations=3, block=BLOCK)
+    rounds = measure_point_checked([eager, fast], POINT, plan, "eager", quiet, clock.sleep, restart)
+    assert seen == [0, 1, 2, 3, 4, 5]  # three generations of processes, then three fresh ones for the second try
+    assert rounds.problem is None and len(rounds.rounds) == 6 and eager.generation == 5
+    entry = ratio_entry(rounds, "fast", "eager", 0.10, plan.min_rounds)
+    assert entry is not None and entry["measured"] and entry["ratio"] == pytest.approx(3.0)
+
+
+def test_a_baseline_that_stays_implausible_is_not_measured_and_ships_nothing() -> None:
+    clock = Clock()
+    eager = ProcessTarget("eager", 60.0, clock, drift=0.0, offsets=(1.0, 100.0) * 3)
+    fast = ProcessTarget("fast", 20.0, clock, drift=0.0, offsets=(1.0,) * 6)
+    restart, _ = _restarting([eager, fast])
+    plan = RoundPlan(rounds=6, generations=3, block=BLOCK)
+    rounds = measure_point_checked([eager, fast], POINT, plan, "eager", quiet, clock.sleep, restart)
+    assert rounds.problem is not None and "moved 100.0x between rounds and processes" in rounds.problem
+    entry = ratio_entry(rounds, "fast", "eager", 0.10, plan.min_rounds)
+    assert entry is not None and not entry["measured"] and entry["unstable"]
+    assert entry["reasons"][0].startswith("not measured: eager's median latency moved")
+    assert speedup_text(entry) == "not measured"
+    # the run keeps such an entry apart from the ratios (pipeline.bench.orchestrate); the ship rule sees none
+    parity = {"fast": Parity(passed=True, metrics={"out": {"cos_min": 1.0, "max_abs": 0.0}}, tolerance={}),
+              "slow": Parity(passed=True, metrics={"out": {"cos_min": 1.0, "max_abs": 0.0}}, tolerance={})}
+    measured = [e for e in [entry] if e["measured"]]
+    chosen, note = choose_shipped(ShipSpec(fastest_at=POINT), ["fast", "slow"], parity, {}, measured)
+    assert chosen == "slow" and note is None  # no figure at the ship point: the rule's last passing step
+
+
+def test_a_point_with_one_surviving_round_prints_no_interval() -> None:
+    quiet_round = Round(["eager", "fast"], {"eager": {"latencies_ms": [10.0]}, "fast": {"latencies_ms": [2.0]}},
+                        Disturbance(0, 0))
+    noisy = [Round(["eager", "fast"], {"eager": {"latencies_ms": [10.0]}, "fast": {"latencies_ms": [3.0]}},
+                   Disturbance(0, 0.6), dropped="other processes used 60% of the cores") for _ in range(10)]
+    rounds = PointRounds(POINT, [*noisy, quiet_round])
+    plan = RoundPlan(rounds=8)
+    assert point_problem(rounds, plan, "eager") == "1 undisturbed round(s) of 8, fewer than the 4 an interval needs"
+    entry = ratio_entry(rounds, "fast", "eager", 0.10, plan.min_rounds)
+    assert entry is not None and not entry["measured"] and entry["unstable"]
+    assert speedup_text(entry) == "not measured" and "[" not in speedup_cell(entry)
+    assert "1 round(s) measured both, fewer than the 4" in entry["reasons"][0]
+
+
+def test_every_round_disturbed_twice_is_not_measured() -> None:
+    clock = Clock()
+    targets = [DriftingTarget("eager", 10.0, clock, drift=0.0), DriftingTarget("fast", 5.0, clock, drift=0.0)]
+    plan = RoundPlan(rounds=3, max_redo=2, block=BLOCK)
+    rounds = measure_point_checked(targets, POINT, plan, "eager", _noisy_samples(set(range(20))), clock.sleep)
+    assert rounds.problem is not None and rounds.problem.startswith("every round was disturbed")
+    entry = ratio_entry(rounds, "fast", "eager", 0.10, plan.min_rounds)
+    assert entry is not None and not entry["measured"]

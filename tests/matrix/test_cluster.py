@@ -22,7 +22,8 @@ pytestmark = pytest.mark.slow
 ROOT = Path(__file__).resolve().parents[2]
 QUICK_BENCH = {"batches": [1], "seqs": [8], "rounds": 3, "ship_point_rounds": 4, "min_seconds": 0.3, "min_repeats": 5,
                "warmup_seconds": 0.01, "throughput_seconds": 0.05, "pause_seconds": 0.01, "best_batch": None,
-               "real_data": None}
+               "real_data": None, "max_others_cpu": 1, "max_steal": 1,
+               "max_baseline_spread": 1000}
 
 
 def children_running(marker: str) -> list[tuple[int, int]]:

@@ -45,7 +45,8 @@ def cnn_recipe(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
                    {"int8_dynamic": {"from": "onnx_simplify"}}],
         "verify": {"tolerance": {"int8": {"min_cosine": 0.95}}},
         "bench": {"grid": "full", "batches": [1, 4], "seqs": [1], "min_seconds": 0.05, "min_repeats": 5,
-                  "throughput_seconds": 0.05, "warmup_seconds": 0.01, "best_batch": {"seq": 1, "max_batch": 4}},
+                  "throughput_seconds": 0.05, "warmup_seconds": 0.01, "best_batch": {"seq": 1, "max_batch": 4},
+                  "max_others_cpu": 1, "max_steal": 1, "max_baseline_spread": 1000},
         "ship": {"step": "onnx_simplify"},
     }))
     return path

@@ -75,6 +75,9 @@ CASES = [
     ("missing-corpus", edit("inputs", {"corpus": "nope.txt"}), [], "inputs.corpus: file nope.txt does not exist"),
     ("missing-accuracy-file", edit("verify.accuracy", {"file": "nope.csv"}), [], "verify.accuracy"),
     ("hub-model-offline", edit("model.source", "no-such-org/no-such-model"), [], "hub is unreachable"),
+    ("unknown-output", edit("inputs", {"outputs": ["last_hiden_state"]}), [],
+     "inputs.outputs: 'last_hiden_state' is not an output of BertModel; it gives last_hidden_state, pooler_output"),
+    ("unknown-input", edit("inputs", {"names": ["input_ids", "atention_mask"]}), [], "inputs.names: 'atention_mask'"),
 ]
 
 
@@ -102,3 +105,20 @@ def test_bad_input_exits_2_with_one_line(change, args: list[str], expected: str,
 
 def test_the_catalogue_holds_at_least_25_cases() -> None:
     assert len(CASES) >= 25
+
+
+@pytest.mark.parametrize("kind", ["missing", "file", "dangling-link"])
+def test_ship_check_of_no_folder_exits_2_naming_it_once(kind: str, tmp_path: Path,
+                                                        capsys: pytest.CaptureFixture) -> None:
+    target = tmp_path / "bundle"
+    if kind == "file":
+        target.write_text("not a bundle")
+    elif kind == "dangling-link":
+        target.symlink_to(tmp_path / "gone")
+    code = main(["ship", "--check", str(target)])
+    captured = capsys.readouterr()
+    err = captured.err.strip().splitlines()
+    assert code == 2, err
+    assert len(err) == 1 and err[0].startswith("error: ship --check: ") and err[0].count(str(target)) == 1, err
+    assert ("is not a folder" if kind == "file" else "does not exist") in err[0]
+    assert captured.out == ""

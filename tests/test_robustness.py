@@ -25,6 +25,7 @@ from pipeline.engine.pass_api import Pass, PassConfig, PassContext, PassOutput
 from pipeline.engine.registry import register
 from pipeline.run.passed import PASSED
 from pipeline.run.replay import RECORD
+from pipeline.run.shipped import SHIPPED
 
 
 @register
@@ -61,7 +62,8 @@ def _intact(out: Path) -> None:
     for folder in steps:
         manifest = read_manifest(folder)
         assert manifest is not None and load_cached(folder, manifest["key"]) is not None, folder
-    assert not [p for p in out.iterdir() if p.name.startswith(".") and p.name not in (".lock", MARKER, RECORD, PASSED)]
+    records = (".lock", MARKER, RECORD, PASSED, SHIPPED)
+    assert not [p for p in out.iterdir() if p.name.startswith(".") and p.name not in records]
     assert json.loads((out / "report.json").read_text())["ok"]
 
 

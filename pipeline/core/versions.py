@@ -12,8 +12,9 @@ from pipeline.core.store import sha256_file, sha256_text
 
 SOURCE_PACKAGES = ("pipeline", "passes")  # the packages whose code decides what a run does
 LIBRARIES = ("torch", "transformers", "onnx", "onnxscript", "onnxruntime", "onnxruntime-gpu", "onnxsim", "numpy",
-             "openvino", "nncf")
-MODULES = ("torch", "transformers", "onnx", "onnxscript", "onnxruntime", "onnxsim", "numpy", "openvino", "nncf")
+             "openvino", "nncf", "sentence-transformers")
+MODULES = ("torch", "transformers", "onnx", "onnxscript", "onnxruntime", "onnxsim", "numpy", "openvino", "nncf",
+           "sentence_transformers")
 
 
 @functools.cache

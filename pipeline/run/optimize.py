@@ -23,8 +23,9 @@ from pipeline.report.outcome import RunResult
 from pipeline.report.write import write_reports
 from pipeline.run.passed import passed_last_time, remember_passed
 from pipeline.run.prepare import Prepared
+from pipeline.run.shipped import holds, keep_a_measured_choice, unchanged_bundle
 from pipeline.runtime.threads import set_torch_threads
-from pipeline.ship.bundle import build_bundle
+from pipeline.ship.bundle import SHIP_DIR, build_bundle
 from pipeline.ship.rule import batch_dependence, choose_shipped, may_ship, slower_note
 from pipeline.verify.cases import split_generation
 from pipeline.verify.gate import step_gate
@@ -51,23 +52,24 @@ def _load_built(prepared: Prepared) -> dict[str, Artifact]:
 BenchMode = Literal["skip", "reuse", "cached", "force"]
 
 
-def run(prepared: Prepared, build: bool = True, bench: BenchMode = "cached") -> RunResult:
+def run(prepared: Prepared, build: bool = True, bench: BenchMode = "cached", ship: bool = True) -> RunResult:
     """Build (or load) every artifact, verify, benchmark, choose what ships, bundle it, write reports.
 
     ``bench``: skip; reuse cached results only; cached results else measure; force a new measurement.
+    Without ``ship``, the bundle in the folder is left as it is (``verify``).
     """
     try:
         with claimed(prepared.out_dir, prepared.recipe.name) as waited:
             if waited:  # the run we waited for may have built (or removed) steps since the plan was made
                 prepared.planned = plan(prepared.steps, prepared.ctx, prepared.out_dir)
-            return _run_claimed(prepared, build, bench)
+            return _run_claimed(prepared, build, bench, ship)
     except Exception as exc:
         if is_disk_full(exc) and not isinstance(exc, PipelineError):
             raise disk_full(exc, prepared.out_dir) from None
         raise
 
 
-def _run_claimed(prepared: Prepared, build: bool, bench: BenchMode) -> RunResult:
+def _run_claimed(prepared: Prepared, build: bool, bench: BenchMode, ship: bool) -> RunResult:
     recipe, ctx = prepared.recipe, prepared.ctx
     set_torch_threads(recipe.bench.threads)  # once for the run: the reference, the passes and verification
     passed_before = passed_last_time(prepared.out_dir)
@@ -109,7 +111,11 @@ def _run_claimed(prepared: Prepared, build: bool, bench: BenchMode) -> RunResult
         result.bench, result.ratios, result.unmeasured = measured.results, measured.ratios, measured.unmeasured
     result.shipped, result.ship_note = choose_shipped(recipe.ship, [s.name for s in prepared.steps], parity,
                                                       result.bench, result.ratios)
-    _ship(result)
+    kept = keep_a_measured_choice(result) or unchanged_bundle(result)
+    if ship and not kept:
+        _ship(result)
+    elif result.shipped is not None and holds(result.out_dir / SHIP_DIR, result.artifacts[result.shipped]):
+        result.bundle = result.out_dir / SHIP_DIR
     write_reports(result)
     return result
 

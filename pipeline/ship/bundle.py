@@ -1,11 +1,14 @@
 """The deployment bundle: the shipped artifact with what it takes to serve it, and proof that it is whole.
 
-``<out>/ship/`` holds the model file(s), ``config.json`` and the tokenizer files (so transformers,
-Optimum's ORTModel classes and, for an OpenVINO IR, optimum-intel's OVModel classes load the folder
-as it is), ``manifest.json`` (the sha256 of every file, the
-lineage from the source model, library versions, the parity verdict and any benchmark rows) and, for
-ONNX, a Triton Inference Server model repository under ``triton/``. Every path in it is relative, so
-the folder can be moved or copied anywhere.
+``<out>/ship/`` holds the model file(s) at its root, ``config.json`` and the tokenizer files (so
+transformers, Optimum's ORTModel classes and, for an OpenVINO IR, optimum-intel's OVModel classes load the
+folder as it is); for a sentence-transformers model, its head's files too, so SentenceTransformer loads it
+with the onnx or openvino backend (pipeline.ship.sentence); ``manifest.json`` (the sha256 of every file, the
+lineage from the source model, library versions, the parity verdict, any benchmark rows, and ``requires``:
+what it takes to run, pipeline.ship.requires); and ``README.md``, saying how to load it and what it needs.
+With ``ship.triton: true``, an ONNX bundle also holds a Triton Inference Server model repository under
+``triton/`` (a second copy of the model, so it is opt-in). Every model file is shipped once by default.
+Every path in it is relative, so the folder can be moved or copied anywhere.
 
 The bundle is built in a staging folder and swapped in with one rename: a bundle shipped before
 stays whole if anything fails midway.
@@ -29,8 +32,12 @@ from pipeline.core.store import MANIFEST, json_safe, read_json, sha256_file, sta
 from pipeline.core.versions import library_versions
 from pipeline.engine.chain import Step
 from pipeline.model.loading import ModelHandle, _auto_class
+from pipeline.model.sentence import SentenceHead
 from pipeline.recipe.load import Recipe
 from pipeline.runtime.sessions import OPENVINO_CONFIG
+from pipeline.ship.readme import bundle_readme
+from pipeline.ship.requires import requirements
+from pipeline.ship.sentence import sentence_summary, serving_head, write_sentence_files, write_tokenizer
 from pipeline.ship.triton import DEFAULT_MAX_BATCH, write_repository
 from pipeline.verify.parity import Parity
 
@@ -39,6 +46,10 @@ log = logging.getLogger(__name__)
 SHIP_DIR = "ship"
 TRITON_DIR = "triton"
 CONFIG_FILE = "config.json"
+README = "README.md"
+# an IR's compile options as a file of their own: SentenceTransformer takes its path as ov_config (not
+# openvino_config.json, which optimum-intel reads as its own quantization config)
+OV_COMPILE_CONFIG = "ov_compile_config.json"
 BUNDLE_VERSION = 1
 SHIPPABLE = (Format.ONNX, Format.TORCHSCRIPT, Format.TORCH_EXPORT, Format.OPENVINO)
 # An OpenVINO IR ships under the names optimum-intel's OVModel classes load (openvino.Core().read_model
@@ -70,6 +81,8 @@ class ShippedRun(Protocol):
     def bench(self) -> dict[str, BenchResult]: ...
     @property
     def ratios(self) -> list[Ratio]: ...
+    @property
+    def unmeasured(self) -> list[Ratio]: ...
 
 
 def build_bundle(result: ShippedRun, max_batch_size: int = DEFAULT_MAX_BATCH) -> Path:
@@ -97,16 +110,23 @@ def _write_bundle(result: ShippedRun, artifact: Artifact, final: Path, max_batch
     with staging_folder(final) as tmp:
         copied = copy_artifact(artifact, tmp, BUNDLE_NAMES.get(artifact.format, {}))
         write_config(handle, tmp)
-        write_tokenizer(handle, tmp)
+        head = serving_head(handle, artifact)
+        write_tokenizer(handle, tmp, head.max_seq_length if head else None)
+        if head is not None:
+            write_sentence_files(head, tmp)
         triton = None
-        if artifact.format is Format.ONNX:
+        if artifact.format is Format.ONNX and result.recipe.ship.triton:
             triton = write_repository(tmp / bundled_name(artifact), tmp / TRITON_DIR, result.recipe.name,
                                       result.recipe.device, max_batch_size)
+        serving = serving_facts(result, artifact, tmp, triton.relative_to(tmp) if triton else None, head)
+        if artifact.format is Format.OPENVINO:
+            write_json_atomic(tmp / OV_COMPILE_CONFIG, serving["openvino_config"])
+        write_readme(tmp, {**bundle_manifest(result, result.shipped, {}, serving), "files": None})
         files = bundle_files(tmp)
         changed = sorted(rel for rel, digest in copied.items() if files.get(rel) != digest)
         if changed:
             raise ArtifactError(f"ship: {', '.join(changed)} in the bundle no longer match the step's artifact")
-        manifest = bundle_manifest(result, result.shipped, files, triton.relative_to(tmp) if triton else None)
+        manifest = bundle_manifest(result, result.shipped, files, serving)
         write_json_atomic(tmp / MANIFEST, manifest)
         make_readable(tmp)
         check_not_cut_short(tmp, final)
@@ -248,16 +268,34 @@ def write_config(handle: ModelHandle, dest: Path) -> None:
         write_json_atomic(dest / CONFIG_FILE, json_safe(data))
 
 
-def write_tokenizer(handle: ModelHandle, dest: Path) -> None:
-    """The tokenizer's files, when the model has a tokenizer."""
-    tokenizer = handle.tokenizer
-    if tokenizer is not None:
-        tokenizer.save_pretrained(str(dest))
+def write_readme(dest: Path, info: dict[str, Any]) -> None:
+    """README.md: how to load the bundle and what it needs (pipeline.ship.readme), from the manifest's facts."""
+    (dest / README).write_text(bundle_readme(info), encoding="utf-8")
+
+
+def serving_facts(result: ShippedRun, artifact: Artifact, folder: Path, triton: Path | None,
+                  head: SentenceHead | None) -> dict[str, Any]:
+    """What the manifest and README say about serving the bundle in ``folder``: ``requires``, ``sentence`` (the
+    head laid out for SentenceTransformer, or None), the Triton repository, the IR's compile options and the file
+    they are in."""
+    assert artifact.path is not None
+    ov_config = openvino_config(artifact) if artifact.format is Format.OPENVINO else None
+    return {
+        "requires": requirements(artifact.format, folder / bundled_name(artifact), result.recipe.device, ov_config),
+        "sentence": sentence_summary(result.model, head, artifact),
+        "triton": {"model": result.recipe.name, "path": triton.as_posix(), "copy_of": bundled_name(artifact)}
+        if triton else None,
+        # the compile options the IR was verified and benchmarked with: pass them to compile_model (or as
+        # ov_config to optimum-intel's from_pretrained), or the CPU plugin may pick another precision
+        "openvino_config": ov_config,
+        "openvino_config_file": OV_COMPILE_CONFIG if ov_config is not None else None,
+    }
 
 
 # -- manifest ---------------------------------------------------------------------------------
-def bundle_manifest(result: ShippedRun, name: str, files: dict[str, str], triton: Path | None) -> dict[str, Any]:
-    """manifest.json of the bundle: what it holds, where it came from, and how it was checked."""
+def bundle_manifest(result: ShippedRun, name: str, files: dict[str, str], serving: dict[str, Any]) -> dict[str, Any]:
+    """manifest.json of the bundle: what it holds, where it came from, how it was checked, and what it takes to
+    serve it (``serving``: serving_facts)."""
     recipe, handle = result.recipe, result.model
     artifact = result.artifacts[name]
     assert artifact.path is not None
@@ -269,11 +307,7 @@ def bundle_manifest(result: ShippedRun, name: str, files: dict[str, str], triton
         "parity": parity_summary(result.parity.get(name)), "bench": bench_summary(result, name),
         "task": recipe.task, "device": recipe.device, "inputs": list(handle.input_names),
         "outputs": list(handle.output_names), "random_weights": handle.spec.weights == "random",
-        "triton": {"model": recipe.name, "path": triton.as_posix()} if triton else None,
-        # the compile options the IR was verified and benchmarked with: pass them to compile_model (or as
-        # ov_config to optimum-intel's from_pretrained), or the CPU plugin may pick another precision
-        "openvino_config": openvino_config(artifact) if artifact.format is Format.OPENVINO else None,
-        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        **serving, "readme": README, "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     })
 
 
@@ -319,6 +353,7 @@ def bench_summary(result: ShippedRun, name: str) -> dict[str, Any] | None:
     summary = {key: measured[key] for key in BENCH_KEYS if measured.get(key) is not None}
     summary["rows"] = [{key: row[key] for key in CONTRACT_ROW_KEYS if key in row} for row in measured.get("rows", [])]
     summary["ratios"] = [entry for entry in result.ratios if entry.get("target") == name]
+    summary["not_measured"] = [entry for entry in result.unmeasured if entry.get("target") == name]
     if isinstance(summary.get("best_batch"), dict):
         summary["best_batch"] = {k: v for k, v in summary["best_batch"].items() if k != "curve"}
     return summary

@@ -14,14 +14,17 @@ from pipeline.model.inputs import Inputs
 class CaseKind(str, Enum):
     """What a case checks: one forward call (shapes, sentences, a decode step on eager's cache), a batch
     of labeled texts for task accuracy (also a forward call), a sentence alone or the same sentences in a
-    padded batch (forward calls, compared with eager and with each other: batch invariance), or a prompt
-    whose greedy tokens are compared with eager ``generate``'s (prompts in, tokens out)."""
+    padded batch (forward calls, compared with eager and with each other: batch invariance), texts tokenized
+    as SentenceTransformer tokenizes them (a forward call judged on its output pooled by the model's head
+    against SentenceTransformer's sentence embedding), or a prompt whose greedy tokens are compared with eager
+    ``generate``'s (prompts in, tokens out)."""
 
     FORWARD = "forward"
     ACCURACY = "accuracy"
     GENERATE = "generate"
     ALONE = "alone"  # one sentence, batch 1, no padding (a forward call)
     PADDED = "padded"  # the same sentences in one batch padded far past their length (a forward call)
+    EMBEDDING = "embedding"  # texts truncated at max_seq_length; ``Case.embedding`` holds SentenceTransformer's
 
     def __str__(self) -> str:
         return self.value
@@ -35,6 +38,7 @@ class Case:
     inputs: Inputs
     outputs: dict[str, np.ndarray]
     kind: CaseKind = CaseKind.FORWARD
+    embedding: np.ndarray | None = None  # EMBEDDING cases: SentenceTransformer's embeddings (batch, dim)
 
     @property
     def has_cache(self) -> bool:

@@ -12,6 +12,7 @@ from pipeline.model.loading import ModelHandle
 from pipeline.recipe.load import Recipe
 from pipeline.runtime.runner import Runner
 from pipeline.verify.cases import Case
+from pipeline.verify.embedding import embedding_head
 from pipeline.verify.metrics import worst
 from pipeline.verify.parity import check, run_cases
 
@@ -20,6 +21,7 @@ def step_gate(recipe: Recipe, handle: ModelHandle, step: Step, cases: list[Case]
     """The gate of ``step``: runs a candidate file (of the format the step produces) on ``cases`` and judges
     it with the step's tolerance for the candidate's precision."""
     fmt = step.pass_cls.produces
+    head = embedding_head(recipe, handle)
 
     def gate(path: Path, precision: str) -> GateResult:
         run_model = Runner(handle, recipe.device, threads=recipe.bench.threads).open(
@@ -28,7 +30,7 @@ def step_gate(recipe: Recipe, handle: ModelHandle, step: Step, cases: list[Case]
         if errors:
             return GateResult(False, errors, -1.0, float("inf"))
         parity = check(cases, outputs, None, lambda output: recipe.verify.tolerance_for(step.name, precision, output),
-                       recipe.task == "text-classification")
+                       recipe.task == "text-classification", head=head)
         return GateResult(parity.passed, parity.failures, worst(parity.metrics, "cos_min", min),
                           worst(parity.metrics, "max_abs", max))
 

@@ -13,12 +13,14 @@ from pipeline.core.errors import PipelineError, described
 from pipeline.core.progress import stage
 from pipeline.model.cache import cache_layout, comparable
 from pipeline.model.loading import ModelHandle
+from pipeline.model.sentence import SentenceHead
 from pipeline.recipe.schema import AccuracySpec, Tolerance
 from pipeline.runtime.runner import ModelFn, Outputs, Runner
 from pipeline.verify.accuracy import AccuracyScore, label_ids, load_labeled, score
 from pipeline.verify.batching import failures as batch_failures
 from pipeline.verify.batching import invariance
 from pipeline.verify.cases import Case, CaseKind
+from pipeline.verify.embedding import TOKEN_OUTPUT, embedding_head, embedding_parity
 from pipeline.verify.greedy import greedy, token_match
 from pipeline.verify.metrics import combine, compare
 
@@ -43,6 +45,7 @@ class Parity:
     per_case: dict[str, dict[str, dict[str, Any]]] = field(default_factory=dict)
     generation: dict[str, Any] | None = None
     batch_invariance: dict[str, dict[str, Any]] = field(default_factory=dict)
+    embedding: dict[str, Any] | None = None  # the pooled sentence embedding against SentenceTransformer's
 
     def to_json(self) -> dict[str, Any]:
         """The ``parity`` entry of report.json."""
@@ -53,6 +56,8 @@ class Parity:
             out["exempt"] = True
         if self.generation is not None:
             out["generation"] = self.generation
+        if self.embedding is not None:
+            out["embedding"] = self.embedding
         return out
 
 
@@ -120,18 +125,31 @@ def failures(metrics: dict[str, dict[str, Any]], tolerance: dict[str, Tolerance]
 
 
 def check(cases: list[Case], actual: list[Outputs], parent: list[Outputs] | None,
-          tolerance_of: Callable[[str], Tolerance], classification: bool = False, exempt: bool = False) -> Parity:
-    """Compare an artifact's outputs with eager (the gate) and with its parent artifact (blame)."""
-    eager = [case.outputs for case in cases]
-    per_case = _per_case(cases, eager, actual, classification)
+          tolerance_of: Callable[[str], Tolerance], classification: bool = False, exempt: bool = False,
+          head: SentenceHead | None = None) -> Parity:
+    """Compare an artifact's outputs with eager (the gate) and with its parent artifact (blame); and, where the
+    reference holds embedding cases, its token embeddings pooled by ``head`` with SentenceTransformer's.
+
+    The embedding cases (texts at the model's max_seq_length, which may be past every shape the recipe names) are
+    judged on the pooled embedding alone; their token metrics are reported beside it, not gated."""
+    raw = [i for i, case in enumerate(cases) if case.kind is not CaseKind.EMBEDDING]
+    raw_cases, raw_actual = [cases[i] for i in raw], [actual[i] for i in raw]
+    per_case = _per_case(raw_cases, [case.outputs for case in raw_cases], raw_actual, classification)
     metrics = _combined(per_case)
     tolerance = {name: tolerance_of(name) for name in metrics}
     batch = invariance(cases, actual)
     missed = failures(metrics, tolerance) + batch_failures(batch, lambda name: tolerance[name].min_batch_cosine)
-    vs_parent = _combined(_per_case(cases, parent, actual, classification)) if parent is not None else {}
+    embedding, embedding_missed = embedding_parity(
+        cases, actual, head, (tolerance.get(TOKEN_OUTPUT) or tolerance_of(TOKEN_OUTPUT)).min_embedding_cosine)
+    missed += embedding_missed
+    vs_parent = (_combined(_per_case(raw_cases, [parent[i] for i in raw], raw_actual, classification))
+                 if parent is not None else {})
+    # a model without embedding cases reports the tolerance it always did
+    hidden = None if embedding is not None else {"min_embedding_cosine"}
     return Parity(passed=not missed, metrics=metrics,
-                  tolerance={name: tol.model_dump() for name, tol in tolerance.items()},
-                  failures=missed, exempt=exempt, vs_parent=vs_parent, per_case=per_case, batch_invariance=batch)
+                  tolerance={name: tol.model_dump(exclude=hidden) for name, tol in tolerance.items()},
+                  failures=missed, exempt=exempt, vs_parent=vs_parent, per_case=per_case, batch_invariance=batch,
+                  embedding=embedding)
 
 
 class Blame(TypedDict):
@@ -208,7 +226,7 @@ def _verify_step(step: Step, artifact: Artifact, runner: Runner, cases: list[Cas
     parent = outputs.get(step.source) if step.source != "eager" else None
     parity = check(cases, results, parent,
                    lambda output: recipe.verify.tolerance_for(step.name, artifact.precision, output),
-                   recipe.task == "text-classification", exempt=exempt)
+                   recipe.task == "text-classification", exempt=exempt, head=embedding_head(recipe, runner.handle))
     if prompts:
         check_generation(parity, fn, prompts, runner.handle, recipe.verify.generation.new_tokens,
                          recipe.verify.tolerance_for(step.name, artifact.precision, "logits").min_token_match)

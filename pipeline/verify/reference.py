@@ -27,10 +27,13 @@ from pipeline.runtime.runner import ModelFn, Runner
 from pipeline.verify.accuracy import accuracy_batches, load_labeled
 from pipeline.verify.batching import batch_case_inputs, padded_length
 from pipeline.verify.cases import Case, CaseKind
+from pipeline.verify.embedding import embedding_cases, embedding_key
 from pipeline.verify.greedy import eager_generate, prompt_batches, steps
 
 log = logging.getLogger(__name__)
 FILE = "reference.npz"
+# an embedding case's SentenceTransformer embeddings, beside its inputs/<name> and outputs/<name> arrays
+EMBEDDING_ARRAY = "embedding/sentence_embedding"
 
 
 
@@ -105,6 +108,9 @@ def reference_key(recipe: Any, handle: ModelHandle, base_dir: Path) -> str:
              "corpus": sha256_file(corpus) if handle.tokenizer is not None and corpus.is_file() else None,
              "accuracy": _accuracy_digest(recipe, base_dir),
              "versions": library_versions()}
+    embedding = embedding_key(recipe, handle)
+    if embedding is not None:  # sentence-transformers models only: every other model's key is what it was
+        parts["embedding"] = embedding
     return sha256_text(canonical_json(parts))
 
 
@@ -138,6 +144,8 @@ def _save(folder: Path, key: str, seed: int, cases: list[Case]) -> None:
     for case in cases:
         arrays.update({f"{case.name}/inputs/{k}": v for k, v in case.inputs.items()})
         arrays.update({f"{case.name}/outputs/{k}": v for k, v in case.outputs.items()})
+        if case.embedding is not None:
+            arrays[f"{case.name}/{EMBEDDING_ARRAY}"] = case.embedding
     buffer = io.BytesIO()
     np.savez_compressed(buffer, **arrays)
     write_bytes_atomic(folder / FILE, buffer.getvalue())
@@ -180,7 +188,10 @@ def _read_cases(path: Path, names: list[str], kinds: list[str]) -> list[Case]:
         outputs = {k.split("/")[-1]: v for k, v in arrays.items() if k.startswith(f"{name}/outputs/")}
         if not inputs or (not outputs and kind != CaseKind.GENERATE.value):
             raise ValueError(f"case {name!r} has no arrays")
-        cases.append(Case(name, inputs, outputs, CaseKind(kind)))
+        embedding = arrays.get(f"{name}/{EMBEDDING_ARRAY}")
+        if (embedding is None) != (kind != CaseKind.EMBEDDING.value):
+            raise ValueError(f"case {name!r} ({kind}) {'lacks' if embedding is None else 'has'} an embedding")
+        cases.append(Case(name, inputs, outputs, CaseKind(kind), embedding))
     return cases
 
 
@@ -195,6 +206,7 @@ def reference(recipe: Any, handle: ModelHandle, folder: Path, base_dir: Path, de
     cases = [Case(name, inputs, run(inputs), kind) for name, (kind, inputs) in _cases_inputs(recipe, handle).items()]
     if handle.task == "text-generation":
         cases += _decoding_cases(recipe, handle, run)
+    cases += embedding_cases(recipe, handle, run, device)
     _save(folder, key, recipe.inputs.seed, cases)
     log.info("reference: computed %d cases from a fresh eager model", len(cases))
     return cases

@@ -23,11 +23,11 @@ REGULAR_ONLY = "(a bundle holds regular files only)"
 
 @pytest.fixture(scope="module")
 def onnx_run(tmp_path_factory: pytest.TempPathFactory, tiny_bert_config: Path) -> RunResult:
-    """The tiny BERT exported to ONNX, verified and ready to ship."""
+    """The tiny BERT exported to ONNX, verified and ready to ship, with a Triton repository (ship.triton)."""
     folder = tmp_path_factory.mktemp("links")
     with pytest.MonkeyPatch.context() as mp:
         mp.chdir(folder)
-        return run_recipe(folder, tiny_bert_config, ["onnx_export"], out=folder / "out")
+        return run_recipe(folder, tiny_bert_config, ["onnx_export"], out=folder / "out", ship={"triton": True})
 
 
 @pytest.fixture(scope="module")
@@ -123,8 +123,8 @@ def test_building_a_bundle_never_ships_a_link(onnx_run: RunResult, tmp_path: Pat
                                               monkeypatch: pytest.MonkeyPatch) -> None:
     write_tokenizer = ship.write_tokenizer
 
-    def tokenizer_as_a_link(handle: object, dest: Path) -> None:
-        write_tokenizer(handle, dest)
+    def tokenizer_as_a_link(handle: object, dest: Path, max_length: int | None = None) -> None:
+        write_tokenizer(handle, dest, max_length)
         shutil.move(dest / "tokenizer.json", tmp_path / "tokenizer.json")
         (dest / "tokenizer.json").symlink_to(tmp_path / "tokenizer.json")
 

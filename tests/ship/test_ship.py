@@ -1,4 +1,4 @@
-"""The deployment bundle on a tiny random BERT: contents, manifest, integrity check, Triton repository,
+"""The deployment bundle on a tiny random BERT: contents, manifest, integrity check, Triton repository (opt-in),
 loading (onnxruntime, torch.jit in a fresh process, OpenVINO), and atomic replacement."""
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ import yaml
 
 from pipeline.core.errors import ArtifactError, ParityError
 from pipeline.core.store import TMP_PREFIX
+from pipeline.recipe.schema import ShipSpec
 from pipeline.report.outcome import RunResult
 from pipeline.run.optimize import run
 from pipeline.run.prepare import prepare
@@ -31,12 +32,13 @@ VERIFY = {"shapes": [[1, 9], [3, 77]], "sentence_batches": 2}
 TEXT_NAMES = ["input_ids", "attention_mask", "token_type_ids"]
 
 
-def run_recipe(folder: Path, config: Path, passes: list[Any], out: Path | None = None) -> RunResult:
+def run_recipe(folder: Path, config: Path, passes: list[Any], out: Path | None = None,
+               ship: dict[str, Any] | None = None) -> RunResult:
     """Write a recipe named ``tiny`` into ``folder``, run it there, and return the result."""
     recipe = folder / "tiny.yaml"
     recipe.write_text(yaml.safe_dump({
         "model": {"source": str(config), "tokenizer": "packaged:all-MiniLM-L6-v2"},
-        "task": "feature-extraction", "passes": passes, "verify": VERIFY,
+        "task": "feature-extraction", "passes": passes, "verify": VERIFY, "ship": ship or {},
     }))
     result = run(prepare(recipe, out=out), bench="skip")
     assert result.shipped is not None
@@ -55,6 +57,17 @@ def onnx_run(tmp_path_factory: pytest.TempPathFactory, tiny_bert_config: Path) -
 @pytest.fixture(scope="module")
 def onnx_bundle(onnx_run: RunResult) -> Path:
     return build_bundle(onnx_run)
+
+
+def with_triton(result: RunResult, out_dir: Path) -> RunResult:
+    """The same run with ``ship.triton: true``, shipping into ``out_dir``."""
+    recipe = result.recipe.model_copy(update={"ship": ShipSpec(triton=True)})
+    return dataclasses.replace(result, recipe=recipe, out_dir=out_dir)
+
+
+@pytest.fixture(scope="module")
+def triton_bundle(onnx_run: RunResult, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return build_bundle(with_triton(onnx_run, tmp_path_factory.mktemp("triton")))
 
 
 def manifest_of(bundle: Path) -> dict[str, Any]:
@@ -83,15 +96,16 @@ def test_onnx_bundle_holds_model_config_tokenizer_and_manifest(onnx_run: RunResu
     manifest = manifest_of(onnx_bundle)
     on_disk = {p.relative_to(onnx_bundle).as_posix() for p in onnx_bundle.rglob("*") if p.is_file()}
     assert set(manifest["files"]) == on_disk - {"manifest.json"}
-    assert {"model.onnx", "config.json", "tokenizer_config.json", "triton/tiny/config.pbtxt",
-            "triton/tiny/1/model.onnx"} <= on_disk
+    assert {"model.onnx", "config.json", "tokenizer_config.json", "README.md"} <= on_disk
+    assert not (onnx_bundle / "triton").exists()  # opt-in (ship.triton): it would be a second copy of the model
     shipped = onnx_run.artifacts[onnx_run.shipped]
     assert manifest["files"]["model.onnx"] == shipped.sha256
     assert (manifest["format"], manifest["precision"], manifest["model_file"]) == ("onnx", "fp32", "model.onnx")
     assert (manifest["step"], manifest["task"], manifest["device"]) == ("02_onnx_simplify", "feature-extraction", "cpu")
     assert manifest["inputs"] == TEXT_NAMES and manifest["outputs"] == ["last_hidden_state"]
     assert manifest["random_weights"] is True and manifest["bench"] is None
-    assert manifest["triton"] == {"model": "tiny", "path": "triton/tiny"}
+    assert manifest["triton"] is None and manifest["readme"] == "README.md" and manifest["sentence"] is None
+    assert manifest["requires"]["runtime"] == "onnxruntime" and manifest["requires"]["contrib_ops"] == []
     assert {"torch", "transformers", "onnx", "onnxruntime"} <= set(manifest["versions"])
     parity = manifest["parity"]
     assert parity["passed"] is True and parity["exempt"] is False and "cases" not in parity
@@ -158,12 +172,15 @@ def test_check_bundle_finds_a_changed_byte_a_deleted_file_and_an_added_one(onnx_
     data[len(data) // 2] ^= 0x01
     model.write_bytes(bytes(data))
     (copy / "tokenizer_config.json").unlink()
-    (copy / "triton" / "notes.txt").write_text("not shipped")
+    (copy / "notes").mkdir()
+    (copy / "notes" / "notes.txt").write_text("not shipped")
+    (copy / "README.md").write_text("edited")
     problems = check_bundle(copy)
-    assert len(problems) == 3, problems
-    assert problems[0].startswith("model.onnx: changed")
-    assert problems[1] == "tokenizer_config.json: missing"
-    assert problems[2] == "triton/notes.txt: not listed in manifest.json"
+    assert len(problems) == 4, problems
+    assert problems[0].startswith("README.md: changed")
+    assert problems[1].startswith("model.onnx: changed")
+    assert problems[2] == "tokenizer_config.json: missing"
+    assert problems[3] == "notes/notes.txt: not listed in manifest.json"
 
 
 def test_check_bundle_without_a_manifest(onnx_bundle: Path, tmp_path: Path) -> None:
@@ -224,11 +241,15 @@ def _value(tokens: list[str], i: int) -> tuple[Any, int]:
     return (int(token) if re.fullmatch(r"-?\d+", token) else token), i + 1
 
 
-def test_triton_repository_matches_the_graph(onnx_bundle: Path) -> None:
+def test_triton_repository_matches_the_graph(triton_bundle: Path) -> None:
     import onnxruntime as ort
 
-    repo = onnx_bundle / "triton" / "tiny"
-    assert (repo / "1" / "model.onnx").read_bytes() == (onnx_bundle / "model.onnx").read_bytes()
+    repo = triton_bundle / "triton" / "tiny"
+    assert (repo / "1" / "model.onnx").read_bytes() == (triton_bundle / "model.onnx").read_bytes()
+    manifest = manifest_of(triton_bundle)
+    assert manifest["triton"] == {"model": "tiny", "path": "triton/tiny", "copy_of": "model.onnx"}
+    assert check_bundle(triton_bundle) == [] and "tritonserver --model-repository" in (
+        triton_bundle / "README.md").read_text()
     config = parse_pbtxt((repo / "config.pbtxt").read_text())
     assert set(config) <= TOP_FIELDS
     assert config["name"] == ["tiny"] and config["platform"] == ["onnxruntime_onnx"]
@@ -293,7 +314,8 @@ def test_external_data_bundle(tmp_path: Path, tiny_bert_config: Path, monkeypatc
     import onnxruntime as ort
 
     monkeypatch.chdir(tmp_path)
-    result = run_recipe(tmp_path, tiny_bert_config, [{"onnx_export": {"external_data": "always"}}])
+    result = run_recipe(tmp_path, tiny_bert_config, [{"onnx_export": {"external_data": "always"}}],
+                        ship={"triton": True})
     bundle = build_bundle(result)
     files = set(manifest_of(bundle)["files"])
     # Triton's layout for a multi-file ONNX model: a folder named model.onnx in the version folder.
@@ -328,7 +350,8 @@ def test_torchscript_bundle_loads_in_a_fresh_process(tmp_path: Path, tiny_bert_c
     assert bundle == Path("artifacts/tiny/ship")
     manifest = manifest_of(bundle)
     assert (manifest["format"], manifest["model_file"], manifest["triton"]) == ("torchscript", "model.pt", None)
-    assert {"model.pt", "config.json", "tokenizer_config.json"} <= set(manifest["files"])
+    assert {"model.pt", "config.json", "tokenizer_config.json", "README.md"} <= set(manifest["files"])
+    assert manifest["requires"]["runtime"] == "torch" and "torch.jit.load" in (bundle / "README.md").read_text()
     assert not (bundle / "triton").exists() and check_bundle(bundle) == []
 
     inputs, outputs = reference_cases(result.out_dir)["random_b3_s77"]
@@ -350,6 +373,13 @@ def test_openvino_bundle_uses_optimum_intel_names_and_loads_with_openvino(tmp_pa
     assert {"openvino_model.xml", "openvino_model.bin", "config.json"} <= set(manifest["files"])
     assert not (bundle / "model.xml").exists() and check_bundle(bundle) == []
     assert manifest["openvino_config"]["INFERENCE_PRECISION_HINT"] == "f32"
+    # the compile options, as a file of their own (SentenceTransformer takes its path) and in `requires`
+    assert json.loads((bundle / "ov_compile_config.json").read_text()) == manifest["openvino_config"]
+    requires = manifest["requires"]
+    assert (requires["runtime"], requires["device"], requires["ir_version"]) == ("openvino", "CPU", 11)
+    assert requires["compile_config"] == manifest["openvino_config"]
+    assert requires["min_version"] == requires["verified_with"] == ov.__version__.split("-")[0]
+    assert "ov_compile_config.json" in (bundle / "README.md").read_text()
 
     inputs, outputs = reference_cases(result.out_dir)["random_b3_s77"]
     model = ov.Core().read_model(str(bundle / "openvino_model.xml"))
@@ -360,11 +390,11 @@ def test_openvino_bundle_uses_optimum_intel_names_and_loads_with_openvino(tmp_pa
 
 
 # -- atomicity and refusals -------------------------------------------------------------------
-@pytest.mark.parametrize("where", ["write_tokenizer", "write_repository", "bundle_manifest"])
+@pytest.mark.parametrize("where", ["write_tokenizer", "write_repository", "write_readme", "bundle_manifest"])
 def test_a_failed_rebuild_leaves_the_previous_bundle_whole(onnx_run: RunResult, tmp_path: Path,
                                                           monkeypatch: pytest.MonkeyPatch, where: str) -> None:
     out = tmp_path / "out"
-    result = dataclasses.replace(onnx_run, out_dir=out)
+    result = with_triton(onnx_run, out)
     bundle = build_bundle(result)
     before = (bundle / "manifest.json").read_bytes()
 

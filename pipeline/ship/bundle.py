@@ -351,7 +351,8 @@ def bench_summary(result: ShippedRun, name: str) -> dict[str, Any] | None:
     if not isinstance(measured, dict):  # not measured (or a record that is not one)
         return None
     summary = {key: measured[key] for key in BENCH_KEYS if measured.get(key) is not None}
-    summary["rows"] = [{key: row[key] for key in CONTRACT_ROW_KEYS if key in row} for row in measured.get("rows", [])]
+    summary["rows"] = [{key: row[key] for key in (*CONTRACT_ROW_KEYS, "unstable", "measured") if key in row}
+                       for row in measured.get("rows", [])]
     summary["ratios"] = [entry for entry in result.ratios if entry.get("target") == name]
     summary["not_measured"] = [entry for entry in result.unmeasured if entry.get("target") == name]
     if isinstance(summary.get("best_batch"), dict):

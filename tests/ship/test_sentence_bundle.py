@@ -1,11 +1,13 @@
 """The bundle of a sentence-transformers model serves like its source: SentenceTransformer loads the ONNX bundle
-with backend="onnx" (``.venv-optimum``) and the OpenVINO IR bundle with backend="openvino" (``.venv-intel``) and
-gives the eager model's sentence embeddings, on a text longer than its 256 tokens and on short ones.
+with backend="onnx" (``.venv-optimum``) and the OpenVINO IR bundles, fp32 and int8, with backend="openvino"
+(``.venv-intel``) and gives the eager model's sentence embeddings, on a text longer than its 256 tokens and on
+short ones (int8 at the int8 gate's bound).
 
-A real run on the packaged all-MiniLM-L6-v2 (onnx_export, ort_optimize with its contrib operators, and
-openvino_convert), two bundles from it; sentence-transformers loads these backends through Optimum, which pins
-other transformers releases than this environment's, so the loading runs in those environments
-(tests/ship/sentence_load.py) and the embeddings come back to be compared with eager SentenceTransformer here.
+A real run on the packaged all-MiniLM-L6-v2 (onnx_export, ort_optimize with its contrib operators,
+openvino_convert, ov_weight_int8), three bundles from it; sentence-transformers loads these backends through
+Optimum, which pins other transformers releases than this environment's, so the loading runs in those
+environments (tests/ship/sentence_load.py) and the embeddings come back to be compared with eager
+SentenceTransformer here.
 """
 
 from __future__ import annotations
@@ -33,7 +35,9 @@ ROOT = Path(__file__).resolve().parents[2]
 LOADER = Path(__file__).with_name("sentence_load.py")
 PYTHONS = {"onnx": ROOT / ".venv-optimum" / "bin" / "python", "openvino": ROOT / ".venv-intel" / "bin" / "python"}
 MAKE = {"onnx": "make optimum-env", "openvino": "make intel-env"}
-STEPS = {"onnx": "ort_optimize", "openvino": "openvino_convert"}
+# bundle -> (sentence-transformers backend, the step it ships): fused fp32 ONNX, fp32 IR, and an int8 IR
+CASES = {"onnx": ("onnx", "ort_optimize"), "openvino": ("openvino", "openvino_convert"),
+         "openvino-int8": ("openvino", "ov_weight_int8")}
 MIN_COSINE = {"fp32": 0.999, "fp16": 0.999, "int8": 0.99}  # int8: the int8 gate's min_cosine
 SHORT = ["A short sentence.", "Bundles serve like their source models."]
 HEAD_FILES = {"modules.json", "sentence_bert_config.json", "config_sentence_transformers.json", "1_Pooling/config.json",
@@ -50,7 +54,7 @@ def minilm_run(tmp_path_factory: pytest.TempPathFactory) -> RunResult:
         "model": {"source": "packaged:all-MiniLM-L6-v2", "attn_implementation": "eager"},
         "task": "feature-extraction",
         "passes": [{"onnx_export": {"opset": 17}}, {"ort_optimize": {"model_type": "bert"}},
-                   {"openvino_convert": {"from": "onnx_export"}}],
+                   {"openvino_convert": {"from": "onnx_export"}}, {"ov_weight_int8": {"group_sizes": [64]}}],
         "verify": {"shapes": [[1, 9]], "sentence_batches": 1, "batch_cases": {"sentences": 0}},
     }))
     with pytest.MonkeyPatch.context() as mp:
@@ -60,9 +64,9 @@ def minilm_run(tmp_path_factory: pytest.TempPathFactory) -> RunResult:
 
 @pytest.fixture(scope="module")
 def bundles(minilm_run: RunResult) -> dict[str, Path]:
-    """The ONNX (fused) and OpenVINO IR bundles of the run, by sentence-transformers backend."""
-    return {backend: build_bundle(dataclasses.replace(minilm_run, shipped=step, out_dir=minilm_run.out_dir / backend))
-            for backend, step in STEPS.items()}
+    """The ONNX (fused), OpenVINO IR and int8 IR bundles of the run, by case."""
+    return {case: build_bundle(dataclasses.replace(minilm_run, shipped=step, out_dir=minilm_run.out_dir / case))
+            for case, (_, step) in CASES.items()}
 
 
 @pytest.fixture(scope="module")
@@ -93,7 +97,8 @@ def cosine(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 
 
 def test_the_bundles_are_laid_out_as_sentence_transformers_reads_them(bundles: dict[str, Path]) -> None:
-    for backend, bundle in bundles.items():
+    for case, bundle in bundles.items():
+        backend = CASES[case][0]
         manifest = json.loads((bundle / "manifest.json").read_text())
         assert set(manifest["files"]) == HEAD_FILES | MODEL_FILES[backend], backend
         assert check_bundle(bundle) == []
@@ -119,13 +124,12 @@ def load_in(backend: str, bundle: Path, texts: list[str], tmp_path: Path) -> tup
     return np.load(tmp_path / "out.npy"), json.loads(proc.stdout.strip().splitlines()[-1])
 
 
-@pytest.mark.parametrize("backend", list(STEPS))
-def test_sentence_transformers_loads_the_bundle_and_matches_eager(backend: str, bundles: dict[str, Path],
+@pytest.mark.parametrize("case", list(CASES))
+def test_sentence_transformers_loads_the_bundle_and_matches_eager(case: str, bundles: dict[str, Path],
                                                                    texts: list[str], eager: np.ndarray,
                                                                    tmp_path: Path) -> None:
-    if backend == "openvino":
-        pytest.importorskip("openvino", reason="OpenVINO is not installed (the openvino extra)")
-    bundle = bundles[backend]
+    backend = CASES[case][0]
+    bundle = bundles[case]
     got, said = load_in(backend, bundle, texts, tmp_path)
     assert said["max_seq_length"] == 256 and said["tokens"][0] == 256, said  # truncated where the source does
     assert said["modules"] == ["Transformer", "Pooling", "Normalize"], said

@@ -135,10 +135,13 @@ def test_manifest_summarises_the_benchmark(onnx_run: RunResult, tmp_path: Path) 
     result = dataclasses.replace(onnx_run, out_dir=tmp_path,
                                  bench={onnx_run.shipped: measured},
                                  ratios=[{"target": onnx_run.shipped, "ratio": 2.0, "ci95": [1.9, 2.1]},
-                                         {"target": "other", "ratio": 3.0, "ci95": [2.9, 3.1]}])
+                                         {"target": "other", "ratio": 3.0, "ci95": [2.9, 3.1]}],
+                                 unmeasured=[{"target": onnx_run.shipped, "batch": 8, "seq": 16, "measured": False,
+                                              "reasons": ["not measured: every round was disturbed"]}])
     bench = manifest_of(build_bundle(result))["bench"]
     assert bench["rows"] == [{k: v for k, v in row.items() if k != "samples_ms"}]
     assert bench["ratios"] == [{"target": onnx_run.shipped, "ratio": 2.0, "ci95": [1.9, 2.1]}]
+    assert [entry["measured"] for entry in bench["not_measured"]] == [False]  # the manifest says so too
     assert bench["best_batch"] == {"batch": 8, "throughput": 900.0}
     assert bench["real_data"] == {"sentences": 64} and bench["fingerprint"] == {"cpu": "x"}
     assert "load_seconds" not in bench

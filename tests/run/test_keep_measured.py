@@ -22,6 +22,7 @@ QUICK = ["--set", "bench.batches=[1]", "--set", "bench.seqs=[8]", "--set", "benc
          # other tests' load is no reason to measure a point again
          "--set", "bench.max_others_cpu=1", "--set", "bench.max_steal=1", "--set", "bench.max_baseline_spread=1000"]
 OUT = Path("artifacts/tiny")
+pytestmark = pytest.mark.slow  # each test benchmarks a tiny run first (about 15 s)
 
 
 @pytest.fixture
@@ -68,3 +69,14 @@ def test_a_changed_artifact_is_not_kept(benched: Path) -> None:
     remember_measured_choice(OUT, "onnx_export", "another key", (1, 8))  # an earlier artifact's choice
     assert main(["optimize", str(benched), *QUICK, "--set", "bench.rounds=3", "--no-bench"]) == 0
     assert _verdict() == (True, "torchscript")
+
+
+def test_an_edited_record_of_the_choice_is_ignored_with_a_warning(benched: Path, capsys: pytest.CaptureFixture) -> None:
+    record = json.loads((OUT / SHIPPED).read_text())
+    record["step"] = "onnx_export" if record["step"] == "torchscript" else "torchscript"
+    (OUT / SHIPPED).write_text(json.dumps(record))  # the seal no longer checks
+    capsys.readouterr()
+    assert main(["optimize", str(benched), *QUICK, "--set", "bench.rounds=3", "--no-bench"]) == 0
+    err = capsys.readouterr().err
+    assert f"{SHIPPED}: not a record of the shipped step this tool sealed" in err
+    assert _verdict() == (True, "torchscript")  # nothing kept: the rule's last passing step

@@ -83,6 +83,7 @@ def _pooled(head: SentenceHead, case: Case, hidden: np.ndarray | None = None) ->
     return head.embed(np.asarray(hidden, dtype=np.float64), case.inputs["attention_mask"])
 
 
+@pytest.mark.slow  # loads the packaged MiniLM in SentenceTransformer and here (about 6 s)
 def test_the_head_over_eager_gives_sentence_transformers_embedding_on_the_packaged_minilm(tmp_path: Path) -> None:
     from sentence_transformers import SentenceTransformer
 

@@ -14,8 +14,10 @@ from pipeline.report.summary import (
     generation_matches,
     generation_table,
     machine,
+    point_text,
     ratio_at,
     ratio_notes,
+    ship_lines,
     size_text,
     speedup_cell,
     summary_point,
@@ -43,24 +45,26 @@ def print_plan(recipe_name: str, out_dir: Path, planned: list[PlannedStep]) -> N
 
 
 def print_summary(result: RunResult) -> None:
-    """The summary table: artifact, format, precision, size, parity, error vs eager, p50, throughput, speed-up."""
+    """The summary table (artifact, format, precision, size, parity, error vs eager, and at one point for every
+    target p50, measured throughput and speed-up), then what ships and why."""
     spec = result.model.spec
     weights = f" (RANDOM weights, seed {spec.seed})" if spec.weights == "random" else ""
     point = summary_point(result)
-    at = f" b{point[0]} s{point[1]}" if point else ""
+    at = f" {point_text(point)}" if point else ""
     table = Table(title=f"{result.recipe.name}: {len(result.steps)} steps{weights}")
     for column in ("artifact", "format", "precision", "size", "built", "parity", "max abs err", "min cosine",
-                   "batch inv.", f"p50 ms{at}", "best samples/s", f"vs eager{at} [95%]"):
+                   "batch inv.", f"p50 ms{at}", f"samples/s{at}", f"vs eager{at} [95%]"):
         table.add_column(column, justify="left" if column in ("artifact", "format", "parity") else "right")
     for r in summary_rows(result):
         table.add_row(r["step"] + (" (shipped)" if r["shipped"] else ""), r["format"], r["precision"],
                       size_text(r["bytes"]), "cached" if r["cached"] else "built", r["verdict"],
                       _fmt(r["max_abs"], 2, "e"), _fmt(r["cos_min"], 6), _fmt(r["batch_cos_min"], 6),
-                      _fmt(r["p50_ms"]),
-                      _fmt(r["best_throughput"], 1), r["speedup_cell"])
+                      _cell(r["p50_ms"], 2, r["point_measured"]),
+                      _cell(r["throughput"], 1, r["point_measured"]), r["speedup_cell"])
     console.print(table)
-    if result.ship_note:
-        console.print(result.ship_note)
+    if result.shipped is not None:  # why nothing ships is said by print_gate_failure
+        for line in ship_lines(result, lambda text: f"[bold]{text}[/]"):
+            console.print(line)
     if result.accuracy:
         parts = [f"eager {result.accuracy['eager']['accuracy']:.3f}"] + [
             f"{name} {s['accuracy']:.3f} (agrees {s['agreement']:.3f})"
@@ -106,6 +110,10 @@ def _fmt(value: float | None, digits: int = 2, kind: str = "f") -> str:
     return "-" if value is None else f"{value:.{digits}{kind}}"
 
 
+def _cell(value: float | None, digits: int, measured: bool | None) -> str:
+    return "not measured" if measured is False else _fmt(value, digits)
+
+
 def print_bench(result: RunResult) -> None:
     """Latency percentiles, spread and measured throughput of every target at every grid point."""
     bench = result.bench
@@ -124,6 +132,7 @@ def print_bench(result: RunResult) -> None:
             table.add_row(target, str(row["batch"]), str(row["seq"]), _fmt(row["p50_ms"]), _fmt(row["p90_ms"]),
                           _fmt(row["p99_ms"]), _fmt(row["cv"]), f"{row['throughput']:.1f}",
                           f"{row['tokens_per_s']:.0f}", speedup, f"{row['peak_rss_mb']:.0f}",
+                          "NOT MEASURED" if not row.get("measured", True) else
                           "UNSTABLE" if row.get("unstable") else "")
     console.print(table)
     for line in ratio_notes(result):

@@ -2,13 +2,19 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from typing import Any
+
 from pipeline.report.outcome import RunResult
+from pipeline.report.plots import GRID_PLOTS, SHIP_PLOT, plot_names
 from pipeline.report.summary import (
     generation_matches,
     generation_table,
     machine,
+    point_text,
     ratio_at,
     ratio_notes,
+    ship_lines,
     size_text,
     speedup_cell,
     summary_point,
@@ -25,19 +31,34 @@ def _table(header: list[str], rows: list[list[str]]) -> list[str]:
             *["| " + " | ".join(row) + " |" for row in rows]]
 
 
+def _point_cell(value: float | None, fmt: str, measured: bool | None) -> str:
+    return "not measured" if measured is False else _num(value, fmt)
+
+
 def _summary(result: RunResult) -> list[str]:
-    point = summary_point(result)
-    at = f"b{point[0]} s{point[1]}" if point else "-"
+    at = point_text(summary_point(result))
     rows = []
     for r in summary_rows(result):
         name = f"**{r['step']}** (shipped)" if r["shipped"] else r["step"]
         rows.append([name, r["format"], r["precision"], size_text(r["bytes"]), r["verdict"],
                      _num(r["max_abs"], ".2e"), _num(r["cos_min"], ".6f"), _num(r["batch_cos_min"], ".6f"),
-                     _num(r["p50_ms"], ".2f"), _num(r["best_throughput"], ".1f"), r["speedup_cell"]])
+                     _point_cell(r["p50_ms"], ".2f", r["point_measured"]),
+                     _point_cell(r["throughput"], ".1f", r["point_measured"]), r["speedup_cell"]])
     header = ["artifact", "format", "precision", "size", "parity", "max abs err vs eager", "min cosine",
-              "batch invariance (min cosine, alone vs padded)", f"p50 ms ({at})", "best samples/s",
+              "batch invariance (min cosine, alone vs padded)", f"p50 ms ({at})", f"samples/s ({at})",
               f"speed-up over eager ({at}) [95% interval]"]
     return _table(header, rows)
+
+
+def _what_ships(result: RunResult, plots: list[str]) -> list[str]:
+    """The first section: what ships, its speed-up and parity, why, and the plot of every candidate."""
+    lines = ["## What ships and why", "", *[f"{line}  " for line in ship_lines(result, lambda t: f"**{t}**")]]
+    if result.shipped is not None:
+        lines.append("Bundle: `ship/`." if result.bundle is not None else "Its bundle is not in `ship/` (run `ship`).")
+    lines.append("")
+    if SHIP_PLOT in plots:
+        lines += [f"![what ships: speed-up over eager against parity](plots/{SHIP_PLOT}.png)", ""]
+    return lines
 
 
 def _parity(result: RunResult) -> list[str]:
@@ -72,7 +93,11 @@ def _accuracy(result: RunResult) -> list[str]:
     return ["## Task accuracy", "", *_table(["model", "accuracy", "agreement with eager", "examples"], rows), ""]
 
 
-def _bench(result: RunResult) -> list[str]:
+def _flag(row: Mapping[str, Any]) -> str:
+    return "not measured" if not row.get("measured", True) else ("unstable" if row.get("unstable") else "")
+
+
+def _bench(result: RunResult, plots: list[str]) -> list[str]:
     if not result.bench:
         return []
     rows = []
@@ -83,8 +108,10 @@ def _bench(result: RunResult) -> list[str]:
             rows.append([target, str(r["batch"]), str(r["seq"]), f"{r['p50_ms']:.2f}", f"{r['p90_ms']:.2f}",
                          f"{r['p99_ms']:.2f}", f"{r['cv']:.3f}", f"{r['throughput']:.1f}",
                          speedup_cell(ratio_at(result, target, (r["batch"], r["seq"]))), f"{r['peak_rss_mb']:.0f}",
-                         "unstable" if r.get("unstable") else ""])
+                         _flag(r)])
+    grid = [name for name in plots if name in GRID_PLOTS]
     lines = ["## Latency and throughput", "",
+             *([" ".join(f"![{name}](plots/{name}.png)" for name in grid), ""] if grid else []),
              *_table(["target", "batch", "seq", "p50 ms", "p90 ms", "p99 ms", "CV", "samples/s",
                       "vs eager [95% interval]", "peak RSS MB", "flag"], rows), "",
              *[f"- {line}" for line in ratio_notes(result)], ""]
@@ -93,12 +120,13 @@ def _bench(result: RunResult) -> list[str]:
         best, real = res.get("best_batch") or {}, res.get("real_data") or {}
         if not best and not real:
             continue
-        extra.append([target, str(best.get("batch", "-")), _num(best.get("throughput"), ".1f"),
+        extra.append([target, str(best.get("batch", "-")), str(best.get("seq", "-")),
+                      _num(best.get("throughput"), ".1f"),
                       str(best.get("stopped_by", "-")), _num(real.get("padded_sentences_per_s"), ".1f"),
                       _num(real.get("sorted_sentences_per_s"), ".1f")])
     if extra:
         lines += ["Best batch size and real-data throughput (the corpus through tokenize and run; sentences/s):", "",
-                  *_table(["target", "best batch", "samples/s", "search stopped by", "padded to max length",
+                  *_table(["target", "best batch", "at seq", "samples/s", "search stopped by", "padded to max length",
                            "sorted by length"], extra), ""]
     env = machine(result)
     if env:
@@ -137,20 +165,17 @@ def _generation(result: RunResult) -> list[str]:
 
 
 def markdown(result: RunResult) -> str:
-    """The whole report.md."""
+    """The whole report.md: what ships and why first (with the plot of every candidate), then the summary
+    table and the details."""
     recipe, model = result.recipe, result.model
     random = model.spec.weights == "random"
-    lines = [f"# {recipe.name}", "", recipe.description, "",
+    plots = plot_names(result)
+    lines = [f"# {recipe.name}", "", *_what_ships(result, plots),
+             *([recipe.description, ""] if recipe.description else []),
              f"Model: `{model.spec.source or model.spec.factory}` ({recipe.task})"
              + (f", **random weights** (seed {model.spec.seed}): parity is real, task quality is not" if random else "")
              + ".", "",
-             f"Shipped: **{result.shipped}** (bundle `ship/`)." if result.shipped
-             else "**Nothing shipped: no artifact the recipe may ship passed the parity gate.**", "",
-             *([result.ship_note, ""] if result.ship_note else []),
              *_summary(result), ""]
-    plots = ["latency_vs_batch", "throughput_vs_seq", "speedup", "parity_error", "memory"]
-    if result.bench:
-        lines += ["![latency](plots/latency_vs_batch.png) ![throughput](plots/throughput_vs_seq.png)", ""]
-    lines += _parity(result) + _generation(result) + _accuracy(result) + _bench(result)
+    lines += _parity(result) + _generation(result) + _accuracy(result) + _bench(result, plots)
     lines += ["Plots: " + ", ".join(f"[{p}](plots/{p}.png)" for p in plots), ""]
     return "\n".join(line for line in lines if line is not None) + "\n"

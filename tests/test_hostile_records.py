@@ -373,7 +373,7 @@ def _linked(path: Path) -> None:
 
 
 MUTATIONS = {"corrupt": _corrupt, "truncated": _truncate, "wrong-type": _wrong_type, "linked": _linked}
-READ_BACK = [".last-run.json", ".model-pipeline", ".passed.json", "01_onnx_export/manifest.json",
+READ_BACK = [".last-run.json", ".model-pipeline", ".passed.json", ".shipped.json", "01_onnx_export/manifest.json",
              "01_onnx_export/model.onnx", "reference/manifest.json", "reference/reference.npz", "bench/eager.json",
              "bench/onnx_export.json", "bench/ratios.json"]
 

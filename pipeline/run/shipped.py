@@ -45,11 +45,11 @@ def keep_a_measured_choice(result: RunResult) -> bool:
     point = ship_point(result.recipe)
     if point is None:
         return False
+    record = measured_choice(result.out_dir, point)  # read first: an edited record is said, whatever comes next
     measured = {e["target"] for e in result.ratios if (e["batch"], e["seq"]) == point}
     if result.shipped in measured:
         remember_measured_choice(result.out_dir, result.shipped, result.artifacts[result.shipped].key, point)
         return False
-    record = measured_choice(result.out_dir, point)
     step = record["step"] if record is not None else None
     if record is None or step is None or step not in result.artifacts or not may_ship(result.parity, step) \
             or result.artifacts[step].key != record["key"]:

@@ -23,7 +23,7 @@ from pipeline.report.outcome import RunResult
 from pipeline.report.write import write_reports
 from pipeline.run.passed import passed_last_time, remember_passed
 from pipeline.run.prepare import Prepared
-from pipeline.run.shipped import holds, keep_a_measured_choice, unchanged_bundle
+from pipeline.run.shipped import bundle_in_place, keep_a_measured_choice
 from pipeline.runtime.threads import set_torch_threads
 from pipeline.ship.bundle import SHIP_DIR, build_bundle
 from pipeline.ship.rule import batch_dependence, choose_shipped, may_ship, slower_note
@@ -111,18 +111,21 @@ def _run_claimed(prepared: Prepared, build: bool, bench: BenchMode, ship: bool) 
         result.bench, result.ratios, result.unmeasured = measured.results, measured.ratios, measured.unmeasured
     result.shipped, result.ship_note = choose_shipped(recipe.ship, [s.name for s in prepared.steps], parity,
                                                       result.bench, result.ratios)
-    kept = keep_a_measured_choice(result) or unchanged_bundle(result)
-    if ship and not kept:
-        _ship(result)
-    elif result.shipped is not None and holds(result.out_dir / SHIP_DIR, result.artifacts[result.shipped]):
+    kept = keep_a_measured_choice(result)
+    _say_why(result)
+    # a bundle already in the folder stays when it holds the shipped step (verify, or a kept choice), or
+    # when it says all this run would write into it; otherwise it is written
+    if result.shipped is not None and bundle_in_place(result, same_summaries=ship and not kept):
         result.bundle = result.out_dir / SHIP_DIR
+    elif ship and result.shipped is not None:
+        result.bundle = build_bundle(result)
     write_reports(result)
     return result
 
 
-def _ship(result: RunResult) -> None:
-    """Bundle the chosen step, saying why it was chosen when that was not plain, when it is slower than
-    eager or its parent, and when its rows depend on their batch more than its precision's default allows."""
+def _say_why(result: RunResult) -> None:
+    """Say why the chosen step ships when that was not plain, when it is slower than eager or its parent,
+    and when its rows depend on their batch more than its precision's default allows."""
     if result.shipped is not None:
         step = next(s for s in result.steps if s.name == result.shipped)
         bench = result.recipe.bench
@@ -137,8 +140,6 @@ def _ship(result: RunResult) -> None:
             result.ship_note = "; ".join(filter(None, [result.ship_note, warning]))
     if result.ship_note:
         log.info("%s", result.ship_note)
-    if result.shipped is not None:
-        result.bundle = build_bundle(result)
 
 
 def _suspect_steps(prepared: Prepared, parity: dict[str, Parity], cached: dict[str, bool],

@@ -11,7 +11,6 @@ from pathlib import Path
 from typing import Any
 
 from pipeline.bench.orchestrate import ship_point
-from pipeline.core.artifact import Artifact
 from pipeline.core.seal import read_record, write_record
 from pipeline.core.store import MANIFEST, json_safe, read_json
 from pipeline.report.outcome import RunResult
@@ -40,8 +39,7 @@ def measured_choice(out_dir: Path, point: tuple[int, int]) -> dict[str, Any] | N
 def keep_a_measured_choice(result: RunResult) -> bool:
     """Where the recipe ships the fastest step at a point: remember a choice this run measured there; when
     this run measured no ratio there, ship the step chosen there by measurement before instead, if its
-    artifact is the same and passes its gate now. True when the bundle of that choice is in the folder,
-    intact, and stays as it is."""
+    artifact is the same and passes its gate now. True when that earlier choice ships."""
     point = ship_point(result.recipe)
     if point is None:
         return False
@@ -60,25 +58,22 @@ def keep_a_measured_choice(result: RunResult) -> bool:
                 f"{f' rather than {result.shipped}' if result.shipped else ''}")
         log.warning("%s", note)
         result.shipped, result.ship_note = step, note
-    return holds(result.out_dir / SHIP_DIR, result.artifacts[step])
+    return True
 
 
-def holds(bundle: Path, artifact: Artifact) -> bool:
-    """Whether the folder's bundle is intact and holds ``artifact`` (its model file's bytes)."""
+def bundle_in_place(result: RunResult, same_summaries: bool) -> bool:
+    """Whether the folder's bundle is intact and holds the shipped step's artifact (its model file's bytes);
+    with ``same_summaries``, also under that step's name with the parity verdict and benchmark this run would
+    write into it (a run that re-used everything). The cheap checks come first, hashing the files last."""
+    name, bundle = result.shipped, result.out_dir / SHIP_DIR
     manifest = read_json(bundle / MANIFEST)
     lineage = manifest.get("lineage") if manifest else None
-    return bool(lineage) and isinstance(lineage, list) and isinstance(lineage[-1], dict) \
-        and lineage[-1].get("sha256") == artifact.sha256 and check_bundle(bundle) == []
-
-
-def unchanged_bundle(result: RunResult) -> bool:
-    """Whether the folder's bundle already says all this run would write into it: intact, the shipped step's
-    artifact, the same parity verdict and the same benchmark (a run that re-used everything); then it is
-    left as it is rather than written again."""
-    name = result.shipped
-    if name is None or not holds(result.out_dir / SHIP_DIR, result.artifacts[name]):
+    if name is None or manifest is None or not isinstance(lineage, list) or not lineage \
+            or not isinstance(lineage[-1], dict) or lineage[-1].get("sha256") != result.artifacts[name].sha256:
         return False
-    manifest = read_json(result.out_dir / SHIP_DIR / MANIFEST) or {}
-    now = json.loads(json.dumps(json_safe({"parity": parity_summary(result.parity.get(name)),
-                                           "bench": bench_summary(result, name)})))
-    return manifest.get("name") == name and all(manifest.get(key) == value for key, value in now.items())
+    if same_summaries:
+        now = json.loads(json.dumps(json_safe({"name": name, "parity": parity_summary(result.parity.get(name)),
+                                               "bench": bench_summary(result, name)})))
+        if any(manifest.get(key) != value for key, value in now.items()):
+            return False
+    return check_bundle(bundle) == []

@@ -19,6 +19,7 @@ SENTENCE_CONFIG = "sentence_bert_config.json"
 POOLING_MODES = {"pooling_mode_mean_tokens": "mean", "pooling_mode_cls_token": "cls",
                  "pooling_mode_max_tokens": "max", "pooling_mode_lasttoken": "lasttoken"}
 KNOWN_MODULES = ("Transformer", "Pooling", "Normalize")
+TOKEN_EMBEDDINGS = "last_hidden_state"  # the output the Transformer module hands to pooling
 
 
 @dataclass(frozen=True)

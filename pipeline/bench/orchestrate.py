@@ -104,7 +104,8 @@ def worker_spec(recipe: Recipe, handle: ModelHandle, target: str, artifact: Arti
 
 def generation_spec(recipe: Recipe, handle: ModelHandle) -> WorkerSpec:
     """What a decoder's worker needs besides the grid: the cache layout, and the generation benchmark."""
-    out: WorkerSpec = {"cache": dataclasses.asdict(cache_layout(handle.hf_config))}
+    out: WorkerSpec = {"cache": dataclasses.asdict(cache_layout(handle.hf_config)),
+                       "decoder_points": recipe.bench.decoder_points}
     if recipe.bench.generation is not None:
         corpus = recipe.inputs.corpus_path
         out["generation"] = {**recipe.bench.generation.model_dump(), "corpus": str(handle.base_dir / corpus)}

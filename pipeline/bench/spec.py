@@ -32,6 +32,7 @@ class WorkerSpec(TypedDict, total=False):
     best_batch: dict[str, Any]  # the recipe's best-batch search, with its memory limit
     real_data: dict[str, Any]  # the recipe's real-data benchmark, with its corpus
     cache: dict[str, Any]  # a decoder's cache layout
+    decoder_points: str  # a decoder's grid point (batch, seq): "prefill" of seq tokens or "decode" after seq
     generation: dict[str, Any]  # a decoder's generation benchmark
 
 

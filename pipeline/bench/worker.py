@@ -82,13 +82,18 @@ def target_backend(spec: WorkerSpec) -> Any:
 
 
 def grid_inputs(spec: WorkerSpec, batch: int, seq: int) -> Inputs:
-    """The inputs of one grid point: random tokens (a decoder's with an empty cache) or the factory's examples."""
+    """The inputs of one grid point: random tokens (a decoder's: a prefill of ``seq`` tokens with an empty
+    cache, or one decode step after a cache of ``seq`` positions) or the factory's examples."""
     if spec.get("examples"):
         from pipeline.model.inputs import resize_examples
 
         examples = {k: np.asarray(v["data"], dtype=v["dtype"]) for k, v in spec["examples"].items()}
         return resize_examples(examples, batch)
-    if spec.get("cache"):  # a decoder's forward point is a prefill: the prompt with an empty cache
+    if spec.get("cache") and spec.get("decoder_points") == "decode":  # one new token per row after seq positions
+        token = random_tokens(["input_ids"], batch, 1, spec["vocab_size"], seed=batch * 1000 + seq, pad_fraction=0)
+        return {**token, "attention_mask": np.ones((batch, seq + 1), dtype=np.int64),
+                **CacheLayout(**spec["cache"]).empty(batch, seq, seed=batch * 1000 + seq)}
+    if spec.get("cache"):  # a prefill: the prompt with an empty cache
         tokens = random_tokens(list(INPUTS), batch, seq, spec["vocab_size"], seed=batch * 1000 + seq, pad_fraction=0)
         return {**tokens, **CacheLayout(**spec["cache"]).empty(batch)}
     return random_tokens(spec["input_names"], batch, seq, spec["vocab_size"], seed=batch * 1000 + seq, pad_fraction=0)

@@ -28,6 +28,7 @@ class Precision(str, Enum):
     FP32 = "fp32"
     FP16 = "fp16"
     INT8 = "int8"
+    INT4 = "int4"  # 4-bit weights (int8 or float activations), where some layers may keep 8 bits
 
     def __str__(self) -> str:
         return self.value

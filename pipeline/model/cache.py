@@ -19,7 +19,8 @@ INPUTS = ("input_ids", "attention_mask")
 
 @dataclass(frozen=True)
 class CacheLayout:
-    """Shape of a decoder's key/value cache: layers, heads and head size."""
+    """Shape of a decoder's key/value cache: layers, key/value heads (fewer than the query heads with
+    grouped-query attention) and head size."""
 
     layers: int
     heads: int
@@ -55,7 +56,10 @@ def cache_layout(config: Any) -> CacheLayout:
         layers, heads, hidden = config.num_hidden_layers, config.num_attention_heads, config.hidden_size
     except AttributeError as exc:
         raise ModelError(f"task text-generation: the model config has no layer, head or hidden size ({exc})") from None
-    return CacheLayout(int(layers), int(heads), int(hidden) // int(heads))
+    # grouped-query attention caches fewer key/value heads than it has query heads
+    kv_heads = getattr(config, "num_key_value_heads", None) or heads
+    head_dim = getattr(config, "head_dim", None) or int(hidden) // int(heads)
+    return CacheLayout(int(layers), int(kv_heads), int(head_dim))
 
 
 def check_inputs(names: list[str]) -> None:

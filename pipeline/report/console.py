@@ -79,9 +79,11 @@ def print_summary(result: RunResult) -> None:
 
 def print_generation(result: RunResult) -> None:
     """Greedy tokens equal to eager's, and the generation benchmark (text-generation)."""
-    for folder, g in generation_matches(result):
+    for folder, g, ppl in generation_matches(result):
+        said = (f"; perplexity {ppl['artifact']:.3f} against eager's {ppl['eager']:.3f} ({ppl['increase']:+.2%})"
+                if ppl else "")
         console.print(f"{folder}: greedy generation {g['matched']}/{g['tokens']} tokens equal to eager "
-                      f"generate's ({g['sequences_equal']}/{g['sequences']} sequences)")
+                      f"generate's ({g['sequences_equal']}/{g['sequences']} sequences){said}")
     rows = generation_table(result)
     if not rows:
         return

@@ -142,12 +142,20 @@ def _generation(result: RunResult) -> list[str]:
     lines = []
     matches = generation_matches(result)
     if matches:
-        rows = [[name, f"{g['matched']}/{g['tokens']}", f"{g['sequences_equal']}/{g['sequences']}",
-                 _num(g.get("min_share"), ".4f")] for name, g in matches]
-        lines += ["## Greedy generation against eager `generate`", "",
-                  f"{matches[0][1]['new_tokens']} new tokens per corpus prompt; a sequence counts up to its first "
-                  "token that differs.", "",
-                  *_table(["artifact", "tokens equal to eager's", "sequences equal", "gate (share)"], rows), ""]
+        rows = [[name, f"{g['matched']}/{g['tokens']} ({g['share']:.2%})", f"{g['sequences_equal']}/{g['sequences']}",
+                 _num(g.get("min_share"), ".4f"),
+                 f"{p['artifact']:.3f} ({p['increase']:+.2%})" if p else "-",
+                 f"+{p['max_increase']:.2%}" if p and p.get("max_increase") is not None else "-"]
+                for name, g, p in matches]
+        eager_ppl = next((p for _, _, p in matches if p), None)
+        lines += ["## Greedy generation and perplexity against eager", "",
+                  f"{matches[0][1]['new_tokens']} new tokens per corpus prompt ({matches[0][1]['sequences']} prompts), "
+                  "greedy, against eager `generate`; only the tokens a user sees count (up to and including an "
+                  "end-of-text token), each sequence up to its first token that differs."
+                  + (f" Perplexity on the held-out text ({eager_ppl['tokens']} predicted tokens): eager "
+                     f"{eager_ppl['eager']:.3f}." if eager_ppl else ""), "",
+                  *_table(["artifact", "tokens equal to eager's", "sequences equal", "gate (share)",
+                           "perplexity (vs eager)", "gate (increase)"], rows), ""]
     table = generation_table(result)
     if table:
         rows = [[r["target"], str(r["batch"]), str(r["prompt_tokens"]), str(r["new_tokens"]), f"{r['ttft_p50_ms']:.2f}",
@@ -174,6 +182,8 @@ def markdown(result: RunResult) -> str:
              *([recipe.description, ""] if recipe.description else []),
              f"Model: `{model.spec.source or model.spec.factory}` ({recipe.task})"
              + (f", **random weights** (seed {model.spec.seed}): parity is real, task quality is not" if random else "")
+             + (f", weights from a **GGUF {model.gguf_weights} file**, dequantized to fp32 by transformers: eager "
+                f"is that model, quantization error included" if model.gguf_weights else "")
              + ".", "",
              *_summary(result), ""]
     lines += _parity(result) + _generation(result) + _accuracy(result) + _bench(result, plots)

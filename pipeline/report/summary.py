@@ -290,11 +290,11 @@ def ship_lines(result: RunResult, strong: Any = lambda text: text) -> list[str]:
     return lines
 
 
-def generation_matches(result: RunResult) -> list[tuple[str, dict[str, Any]]]:
-    """(step folder, greedy tokens against eager's) of every step checked by generation."""
-    matches = [(step.folder, result.parity[step.name].generation) for step in result.steps
-               if step.name in result.parity]
-    return [(folder, generation) for folder, generation in matches if generation]
+def generation_matches(result: RunResult) -> list[tuple[str, dict[str, Any], dict[str, Any] | None]]:
+    """(step folder, greedy tokens against eager's, perplexity against eager's or None) of every step checked
+    by generation."""
+    verdicts = [(step.folder, result.parity[step.name]) for step in result.steps if step.name in result.parity]
+    return [(folder, parity.generation, parity.perplexity) for folder, parity in verdicts if parity.generation]
 
 
 def generation_table(result: RunResult) -> list[dict[str, Any]]:

@@ -79,7 +79,7 @@ def _run_claimed(prepared: Prepared, build: bool, bench: BenchMode, ship: bool) 
     cached: dict[str, bool] = {}
 
     def gate_for(step: Step) -> Gate:
-        return step_gate(recipe, ctx.model, step, cases)
+        return step_gate(recipe, ctx.model, step, cases, prompts)
 
     if build:
         artifacts = run_chain(prepared.planned, ctx, lambda item, _a, hit: cached.__setitem__(item.step.name, hit),

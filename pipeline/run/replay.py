@@ -36,13 +36,14 @@ ENVIRONMENT = ("CUDA_VISIBLE_DEVICES", "OMP_NUM_THREADS", "MKL_NUM_THREADS", "HF
 
 
 def _source_state(source: str, base_dir: Path) -> dict[str, Any] | None:
-    """The files a model or tokenizer comes from (``packaged:NAME``, a folder or a config file), or None
+    """The files a model or tokenizer comes from (``packaged:NAME``, a folder, a config or GGUF file), or None
     when they cannot be told cheaply (a hub id)."""
     if source.startswith("packaged:"):
         try:
-            return folder_state(packaged_path(source.split(":", 1)[1]))
+            packaged = packaged_path(source.split(":", 1)[1])
         except ModelError:
             return None
+        return {"file": sha256_file(packaged)} if packaged.is_file() else folder_state(packaged)
     path = Path(source) if Path(source).is_absolute() else base_dir / source
     if path.is_file():
         return {"config": sha256_file(path)}

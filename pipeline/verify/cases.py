@@ -16,8 +16,8 @@ class CaseKind(str, Enum):
     of labeled texts for task accuracy (also a forward call), a sentence alone or the same sentences in a
     padded batch (forward calls, compared with eager and with each other: batch invariance), texts tokenized
     as SentenceTransformer tokenizes them (a forward call judged on its output pooled by the model's head
-    against SentenceTransformer's sentence embedding), or a prompt whose greedy tokens are compared with eager
-    ``generate``'s (prompts in, tokens out)."""
+    against SentenceTransformer's sentence embedding), a prompt whose greedy tokens are compared with eager
+    ``generate``'s (prompts in, tokens out), or windows of a held-out text (the perplexity)."""
 
     FORWARD = "forward"
     ACCURACY = "accuracy"
@@ -25,6 +25,7 @@ class CaseKind(str, Enum):
     ALONE = "alone"  # one sentence, batch 1, no padding (a forward call)
     PADDED = "padded"  # the same sentences in one batch padded far past their length (a forward call)
     EMBEDDING = "embedding"  # texts truncated at max_seq_length; ``Case.embedding`` holds SentenceTransformer's
+    PERPLEXITY = "perplexity"  # windows of a held-out text: each row's summed NLL, not one call's outputs
 
     def __str__(self) -> str:
         return self.value
@@ -46,7 +47,11 @@ class Case:
         return any(name.startswith(PAST_PREFIX) for name in self.inputs)
 
 
+DECODING = (CaseKind.GENERATE, CaseKind.PERPLEXITY)
+
+
 def split_generation(cases: list[Case]) -> tuple[list[Case], list[Case]]:
-    """(forward cases, generation cases): the latter hold prompts and eager's tokens, not one call's outputs."""
-    return ([case for case in cases if case.kind is not CaseKind.GENERATE],
-            [case for case in cases if case.kind is CaseKind.GENERATE])
+    """(forward cases, decoding cases): the latter hold prompts and eager's tokens, or text windows and
+    eager's likelihoods, not one call's outputs."""
+    return ([case for case in cases if case.kind not in DECODING],
+            [case for case in cases if case.kind in DECODING])

@@ -20,8 +20,8 @@ from pipeline.verify.accuracy import AccuracyScore, label_ids, load_labeled, sco
 from pipeline.verify.batching import failures as batch_failures
 from pipeline.verify.batching import invariance
 from pipeline.verify.cases import Case, CaseKind
+from pipeline.verify.decoding import judge_decoding
 from pipeline.verify.embedding import embedding_head, embedding_parity
-from pipeline.verify.greedy import greedy, token_match
 from pipeline.verify.metrics import combine, compare
 
 if TYPE_CHECKING:
@@ -44,6 +44,7 @@ class Parity:
     vs_parent: dict[str, dict[str, Any]] = field(default_factory=dict)
     per_case: dict[str, dict[str, dict[str, Any]]] = field(default_factory=dict)
     generation: dict[str, Any] | None = None
+    perplexity: dict[str, Any] | None = None  # a decoder's on the held-out text, against eager's
     batch_invariance: dict[str, dict[str, Any]] = field(default_factory=dict)
     embedding: dict[str, Any] | None = None  # the pooled sentence embedding against SentenceTransformer's
 
@@ -56,6 +57,8 @@ class Parity:
             out["exempt"] = True
         if self.generation is not None:
             out["generation"] = self.generation
+        if self.perplexity is not None:
+            out["perplexity"] = self.perplexity
         if self.embedding is not None:
             out["embedding"] = self.embedding
         return out
@@ -175,30 +178,20 @@ def blame(parities: dict[str, Parity], parents: dict[str, str]) -> Blame | None:
     return {"step": step, "parent": parents.get(step), "output": output, "max_abs_added": added}
 
 
-def check_generation(parity: Parity, fn: ModelFn, prompts: list[Case], handle: ModelHandle, new_tokens: int,
-                     min_share: float | None) -> None:
-    """Greedy generation with the artifact against eager ``generate``'s tokens; a share below
-    ``min_share`` fails the verdict."""
-    layout = cache_layout(handle.hf_config)
-    try:
-        tokens = [greedy(fn, case.inputs, layout, new_tokens) for case in prompts]
-    except Exception as exc:  # an artifact that cannot decode fails there, with the reason
+def check_decoding(parity: Parity, fn: ModelFn, decoding: list[Case], handle: ModelHandle, new_tokens: int,
+                   tolerance: Tolerance) -> None:
+    """The token gate (greedy tokens, perplexity) on the decoding cases; what misses fails the verdict."""
+    verdict = judge_decoding(fn, decoding, cache_layout(handle.hf_config), new_tokens, tolerance)
+    parity.generation, parity.perplexity = verdict.generation, verdict.perplexity
+    if verdict.failures:
         parity.passed = False
-        parity.failures.append(f"greedy generation does not run: {described(exc)}")
-        return
-    parity.generation = {**token_match([case.outputs["tokens"] for case in prompts], tokens),
-                         "new_tokens": new_tokens, "min_share": min_share}
-    share = parity.generation["share"]
-    if min_share is not None and share < min_share:
-        parity.passed = False
-        parity.failures.append(f"generated tokens: {parity.generation['matched']}/{parity.generation['tokens']} "
-                               f"equal to eager's (share {share:.4f} < {min_share:.4f})")
+        parity.failures.extend(verdict.failures)
 
 
 def verify_all(recipe: Recipe, steps: list[Step], handle: ModelHandle, artifacts: dict[str, Artifact],
                cases: list[Any], prompts: list[Case] | None = None) -> tuple[dict[str, Parity], dict[str, list[Any]]]:
-    """Parity of every step's artifact against eager and against its parent, with greedy generation on
-    ``prompts`` (text-generation); and every output computed."""
+    """Parity of every step's artifact against eager and against its parent, with the token gate on
+    ``prompts``, the decoding cases (text-generation); and every output computed."""
     runner = Runner(handle, recipe.device, threads=recipe.bench.threads)
     outputs: dict[str, list[Any]] = {"eager": [case.outputs for case in cases]}
     verdicts = {}
@@ -228,8 +221,8 @@ def _verify_step(step: Step, artifact: Artifact, runner: Runner, cases: list[Cas
                    lambda output: recipe.verify.tolerance_for(step.name, artifact.precision, output),
                    recipe.task == "text-classification", exempt=exempt, head=embedding_head(recipe, runner.handle))
     if prompts:
-        check_generation(parity, fn, prompts, runner.handle, recipe.verify.generation.new_tokens,
-                         recipe.verify.tolerance_for(step.name, artifact.precision, "logits").min_token_match)
+        check_decoding(parity, fn, prompts, runner.handle, recipe.verify.generation.new_tokens,
+                       recipe.verify.tolerance_for(step.name, artifact.precision, "logits"))
     return parity
 
 

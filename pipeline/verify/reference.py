@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 
 from pipeline.core.errors import RecipeError
-from pipeline.core.limits import check_memory
+from pipeline.core.limits import check_memory, text_lines
 from pipeline.core.seal import read_record, write_record
 from pipeline.core.store import canonical_json, sha256_file, sha256_text, write_bytes_atomic
 from pipeline.core.versions import library_versions
@@ -29,6 +29,7 @@ from pipeline.verify.batching import batch_case_inputs, padded_length
 from pipeline.verify.cases import Case, CaseKind
 from pipeline.verify.embedding import embedding_cases, embedding_key
 from pipeline.verify.greedy import eager_generate, prompt_batches, steps
+from pipeline.verify.perplexity import DEFAULT_TEXT, text_windows, window_outputs
 
 log = logging.getLogger(__name__)
 FILE = "reference.npz"
@@ -81,9 +82,35 @@ def _decoding_cases(recipe: Any, handle: ModelHandle, run: ModelFn) -> list[Case
         cases += [Case(f"decode_{i + 1}", inputs, outputs) for i, (inputs, outputs, _) in enumerate(decoded)]
     model = handle.load().module.model  # a fresh model: generate keeps no state, but an exporter might
     for i, prompt in enumerate(prompt_batches(handle.tokenizer, sentences[:spec.prompts], spec.batch)):
-        tokens = eager_generate(model, prompt, spec.new_tokens, handle.tokenizer.pad_token_id)
-        cases.append(Case(f"generate_{i}", prompt, {"tokens": tokens}, CaseKind.GENERATE))
-    return cases
+        generated = eager_generate(model, prompt, spec.new_tokens, handle.tokenizer.pad_token_id)
+        cases.append(Case(f"generate_{i}", prompt, generated, CaseKind.GENERATE))
+    return cases + _perplexity_cases(recipe, handle, run)
+
+
+def perplexity_text(recipe: Any, base_dir: Path) -> Path | None:
+    """The held-out text the perplexity is measured on (None when the recipe measures none)."""
+    spec = recipe.verify.perplexity
+    if spec is None or recipe.task != "text-generation":
+        return None
+    if spec.file is None:
+        return DEFAULT_TEXT
+    path = base_dir / spec.file
+    if not path.is_file():
+        raise RecipeError(f"verify.perplexity.file: {spec.file} does not exist")
+    return path
+
+
+def _perplexity_cases(recipe: Any, handle: ModelHandle, run: ModelFn) -> list[Case]:
+    """Windows of the held-out text with eager's summed likelihoods (``perplexity_<i>`` cases)."""
+    path = perplexity_text(recipe, handle.base_dir)
+    if path is None:
+        return []
+    spec = recipe.verify.perplexity
+    text = "".join(text_lines(path, f"verify.perplexity.file: {path}"))
+    windows = text_windows(handle.tokenizer, text, spec.window, spec.batch, spec.windows,
+                           cache_layout(handle.hf_config))
+    return [Case(f"perplexity_{i}", inputs, window_outputs(run, inputs), CaseKind.PERPLEXITY)
+            for i, inputs in enumerate(windows)]
 
 
 def _accuracy_digest(recipe: Any, base_dir: Path) -> str | None:
@@ -108,6 +135,10 @@ def reference_key(recipe: Any, handle: ModelHandle, base_dir: Path) -> str:
              "corpus": sha256_file(corpus) if handle.tokenizer is not None and corpus.is_file() else None,
              "accuracy": _accuracy_digest(recipe, base_dir),
              "versions": library_versions()}
+    text = perplexity_text(recipe, base_dir)
+    if text is not None:  # decoders only: every other model's key is what it was
+        parts["perplexity"] = {"spec": recipe.verify.perplexity.model_dump(mode="json"), "text": sha256_file(text),
+                               "visible_tokens": True}
     embedding = embedding_key(recipe, handle)
     if embedding is not None:  # sentence-transformers models only: every other model's key is what it was
         parts["embedding"] = embedding

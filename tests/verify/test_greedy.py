@@ -14,7 +14,15 @@ from pipeline.model.inputs import Inputs, load_sentences
 from pipeline.model.loading import ModelHandle
 from pipeline.model.spec import ModelSpec
 from pipeline.runtime.runner import run_module
-from pipeline.verify.greedy import eager_generate, greedy, next_inputs, prompt_batches, steps, token_match
+from pipeline.verify.greedy import (
+    eager_generate,
+    greedy,
+    next_inputs,
+    prompt_batches,
+    steps,
+    token_match,
+    visible_lengths,
+)
 
 VOCAB = 11
 LAYOUT = CacheLayout(layers=2, heads=1, head_dim=3)
@@ -122,7 +130,19 @@ def test_token_match_of_identical_tokens_is_complete() -> None:
     want = [np.array([[1, 2, 3], [4, 5, 6]]), np.array([[7, 8, 9]])]
     match = token_match(want, [w.copy() for w in want])
     assert match == {"sequences": 3, "tokens": 9, "matched": 9, "share": 1.0, "sequences_equal": 3,
-                     "first_differences": []}
+                     "sequences_share": 1.0, "first_differences": []}
+
+
+def test_only_the_tokens_a_user_sees_count_up_to_and_including_the_end_of_text() -> None:
+    want = [np.array([[1, 2, 0, 0, 0], [3, 4, 5, 6, 7]])]  # row 0 ended at its 3rd token (end-of-text 0)
+    got = [np.array([[1, 2, 0, 8, 9], [3, 4, 5, 6, 7]])]  # what follows an end-of-text is never shown
+    visible = [visible_lengths(want[0], {0})]
+    assert visible[0].tolist() == [3, 5]
+    match = token_match(want, got, visible)
+    assert (match["tokens"], match["matched"], match["sequences_equal"]) == (8, 8, 2)
+    early = [np.array([[1, 0, 7, 7, 7], [3, 4, 5, 6, 7]])]  # an end-of-text one token early is a difference
+    assert token_match(want, early, visible)["first_differences"] == [1]
+    assert visible_lengths(want[0], set()).tolist() == [5, 5]  # a model without an end-of-text token
 
 
 def test_tokens_after_the_first_difference_never_count_even_when_they_agree_again() -> None:
@@ -161,7 +181,7 @@ def test_greedy_with_the_eager_decoder_gives_generates_tokens_on_left_padded_pro
     assert all(p["attention_mask"][:, -1].all() for p in prompts)  # left padding: every row ends in a real token
     assert not prompts[0]["attention_mask"].all()
     loaded: Any = gpt2.load().module  # the decoder wrapper: its causal LM and cache layout
-    expected = [eager_generate(loaded.model, p, 5, gpt2.tokenizer.pad_token_id) for p in prompts]
+    expected = [eager_generate(loaded.model, p, 5, gpt2.tokenizer.pad_token_id)["tokens"] for p in prompts]
     assert [e.shape for e in expected] == [(3, 5), (2, 5)]
     tokens = [greedy(lambda x: run_module(loaded, x, gpt2.input_names, gpt2.output_names), p, loaded.layout, 5)
               for p in prompts]

@@ -2,7 +2,9 @@
 
 ``<out>/ship/`` holds the model file(s) at its root, ``config.json`` and the tokenizer files (so
 transformers, Optimum's ORTModel classes and, for an OpenVINO IR, optimum-intel's OVModel classes load the
-folder as it is); for a sentence-transformers model, its head's files too, so SentenceTransformer loads it
+folder as it is); for a decoder, ``generation_config.json`` and a tokenizer set up for ``generate``, so
+ORTModelForCausalLM or OVModelForCausalLM generates from it (pipeline.ship.generation); for a
+sentence-transformers model, its head's files too, so SentenceTransformer loads it
 with the onnx or openvino backend (pipeline.ship.sentence); ``manifest.json`` (the sha256 of every file, the
 lineage from the source model, library versions, the parity verdict, any benchmark rows, and ``requires``:
 what it takes to run, pipeline.ship.requires); and ``README.md``, saying how to load it and what it needs.
@@ -35,6 +37,13 @@ from pipeline.model.loading import ModelHandle, _auto_class
 from pipeline.model.sentence import SentenceHead
 from pipeline.recipe.load import Recipe
 from pipeline.runtime.sessions import OPENVINO_CONFIG
+from pipeline.ship.generation import (
+    finish_tokenizer,
+    generation_summary,
+    is_decoder,
+    legacy_config,
+    write_generation_config,
+)
 from pipeline.ship.readme import bundle_readme
 from pipeline.ship.requires import requirements
 from pipeline.ship.sentence import sentence_summary, serving_head, write_sentence_files, write_tokenizer
@@ -112,6 +121,9 @@ def _write_bundle(result: ShippedRun, artifact: Artifact, final: Path, max_batch
         write_config(handle, tmp)
         head = serving_head(handle, artifact)
         write_tokenizer(handle, tmp, head.max_seq_length if head else None)
+        finish_tokenizer(tmp, is_decoder(handle))
+        if is_decoder(handle):
+            write_generation_config(handle, tmp)
         if head is not None:
             write_sentence_files(head, tmp)
         triton = None
@@ -258,7 +270,7 @@ def exported_config(handle: ModelHandle) -> dict[str, Any] | None:
     if handle.task == "text-classification":
         data["id2label"] = {str(k): v for k, v in config.id2label.items()}
         data["label2id"] = {str(k): int(v) for k, v in config.label2id.items()}
-    return data
+    return legacy_config(data) if is_decoder(handle) else data
 
 
 def write_config(handle: ModelHandle, dest: Path) -> None:
@@ -276,13 +288,16 @@ def write_readme(dest: Path, info: dict[str, Any]) -> None:
 def serving_facts(result: ShippedRun, artifact: Artifact, folder: Path, triton: Path | None,
                   head: SentenceHead | None) -> dict[str, Any]:
     """What the manifest and README say about serving the bundle in ``folder``: ``requires``, ``sentence`` (the
-    head laid out for SentenceTransformer, or None), the Triton repository, the IR's compile options and the file
-    they are in."""
+    head laid out for SentenceTransformer, or None), ``generation`` (how a decoder's bundle loads for generate, or
+    None), the Triton repository, the IR's compile options and the file they are in."""
     assert artifact.path is not None
     ov_config = openvino_config(artifact) if artifact.format is Format.OPENVINO else None
+    device = result.recipe.device
     return {
-        "requires": requirements(artifact.format, folder / bundled_name(artifact), result.recipe.device, ov_config),
+        "requires": requirements(artifact.format, folder / bundled_name(artifact), device, ov_config,
+                                 result.model.task),
         "sentence": sentence_summary(result.model, head, artifact),
+        "generation": generation_summary(result.model, artifact, device),
         "triton": {"model": result.recipe.name, "path": triton.as_posix(), "copy_of": bundled_name(artifact)}
         if triton else None,
         # the compile options the IR was verified and benchmarked with: pass them to compile_model (or as
@@ -307,6 +322,7 @@ def bundle_manifest(result: ShippedRun, name: str, files: dict[str, str], servin
         "parity": parity_summary(result.parity.get(name)), "bench": bench_summary(result, name),
         "task": recipe.task, "device": recipe.device, "inputs": list(handle.input_names),
         "outputs": list(handle.output_names), "random_weights": handle.spec.weights == "random",
+        "gguf_weights": handle.gguf_weights,
         **serving, "readme": README, "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     })
 

@@ -1,5 +1,5 @@
 """README.md inside a bundle: what it is, what it needs to run, and how to load it, written from the same
-facts as manifest.json (its ``requires`` and ``sentence`` entries), so the two cannot disagree."""
+facts as manifest.json (its ``requires``, ``sentence`` and ``generation`` entries), so the two cannot disagree."""
 
 from __future__ import annotations
 
@@ -20,6 +20,11 @@ def bundle_readme(info: dict[str, Any]) -> str:
              "removed or added."]
     if info.get("random_weights"):
         lines += ["", "**Random weights**: this bundle was built from seeded random weights, not trained ones."]
+    if info.get("gguf_weights"):
+        lines += ["", f"**Weights from a GGUF file**: the source model's weights were stored as "
+                      f"{info['gguf_weights']} in a GGUF file and dequantized to fp32 by transformers. The parity "
+                      f"gate compared this bundle with that dequantized model, so it carries the error of "
+                      f"{info['gguf_weights']} on top of its own."]
     lines += ["", "## What it needs", "", *requirement_lines(info), "", "## How to load it", ""]
     lines += loading_sections(info)
     if info.get("triton"):
@@ -58,6 +63,10 @@ def requirement_lines(info: dict[str, Any]) -> list[str]:
         lines.append(f"- device `{requires.get('device')}`")
     lines.append(f"- inputs {', '.join(f'`{name}`' for name in info['inputs'])}; outputs "
                  f"{', '.join(f'`{name}`' for name in info['outputs'])}")
+    loader = requires.get("generation")
+    if loader:
+        lines.append(f"- for `generate`: `{loader['package']}` >= {loader['min_version']} (its "
+                     f"`{loader['class']}`), which brings the transformers release it supports")
     sentence = info.get("sentence")
     if sentence:
         norm = ", then L2-normalised" if sentence["normalize"] else ""
@@ -88,19 +97,19 @@ def loading_sections(info: dict[str, Any]) -> list[str]:
                      'bundle = "path/to/this/folder"',
                      f'model = SentenceTransformer(bundle, backend="{backend}"{kwargs})',
                      'embeddings = model.encode(["A sentence to embed."])', "```", ""]
-    if fmt == "onnx":
+    sections += generation_sections(info)
+    if fmt == "onnx" and info.get("generation"):
+        sections += decoder_onnx_section(info)
+    elif fmt == "onnx":
         text = [name for name in info["inputs"] if name in TEXT_INPUTS]
         names = "[" + ", ".join(f'"{name}"' for name in text) + "]"
-        cache = [] if len(text) == len(info["inputs"]) else [
-            "# a decoder also takes its cache, past_key_values.<i>.key / .value (batch x heads x past length x head "
-            "size; past length 0 for the prompt), and returns it grown as present.<i>.key / .value"]
         sections += ["### onnxruntime", "", "```python", "import onnxruntime as ort",
                      "from transformers import AutoTokenizer", "", 'bundle = "path/to/this/folder"',
                      "tokenizer = AutoTokenizer.from_pretrained(bundle)",
                      f'session = ort.InferenceSession(f"{{bundle}}/{model_file}", '
                      f'providers=["{info["requires"].get("execution_provider")}"])',
                      'feed = tokenizer(["A sentence."], padding=True, truncation=True, return_tensors="np")',
-                     *cache, f"outputs = session.run(None, {{name: feed[name] for name in {names}}})", "```", ""]
+                     f"outputs = session.run(None, {{name: feed[name] for name in {names}}})", "```", ""]
         if task in OPTIMUM_CLASSES:
             cls = f"ORTModelFor{OPTIMUM_CLASSES[task]}"
             sections += ["### Optimum", "", f"`optimum-onnx[onnxruntime]` finds `{model_file}` at the root:", "",
@@ -128,3 +137,51 @@ def loading_sections(info: dict[str, Any]) -> list[str]:
                      f'module = torch.export.load("path/to/this/folder/{model_file}").module()',
                      "outputs = module(" + ", ".join(info["inputs"]) + ")  # int64 tensors, in this order", "```", ""]
     return sections
+
+
+def generation_sections(info: dict[str, Any]) -> list[str]:
+    """A decoder's bundle in Optimum's (ONNX) or optimum-intel's (IR) class, generating greedily: the tokens its
+    parity gate checked. Empty for a format neither class loads."""
+    loader = (info.get("generation") or {}).get("loader")
+    if not loader:
+        return []
+    kwargs = ", ".join(f"{key}={value!r}" for key, value in loader["kwargs"].items())
+    openvino = info["format"] == "openvino"
+    if openvino:
+        kwargs += ", ov_config=config"
+    note = ("the IR is stateless (its cache is an input and an output), so `stateful=False`; optimum-intel warns "
+            "that the model has no state" if openvino else
+            f"`{info['model_file']}` at the root is the file it looks for; it warns that a graph without a "
+            f"`position_ids` input is a legacy one, and a later optimum-onnx may stop loading such graphs")
+    return [f"### Generation ({loader['class']})", "",
+            f"`{loader['package']}` loads the bundle as it is and generates with transformers' `generate`. The graph "
+            f"has no `position_ids` input: it counts positions from the attention mask, as `generate` does with the "
+            f"left padding the tokenizer here applies. {note[0].upper()}{note[1:]}.", "",
+            "```python", *(["import json", ""] if openvino else []),
+            f"from {loader['module']} import {loader['class']}", "from transformers import AutoTokenizer", "",
+            'bundle = "path/to/this/folder"', "tokenizer = AutoTokenizer.from_pretrained(bundle)  # pads on the left",
+            *([f'config = json.load(open(f"{{bundle}}/{info["openvino_config_file"]}"))'] if openvino else []),
+            f"model = {loader['class']}.from_pretrained(bundle, {kwargs})",
+            'prompts = tokenizer(["The capital of France is", "Once upon a time"], padding=True, return_tensors="pt")',
+            "tokens = model.generate(**prompts, max_new_tokens=32, do_sample=False)  # greedy, as verified",
+            'print(tokenizer.batch_decode(tokens[:, prompts["input_ids"].shape[1]:], skip_special_tokens=True))',
+            "```", ""]
+
+
+def decoder_onnx_section(info: dict[str, Any]) -> list[str]:
+    """One step of a decoder's graph in onnxruntime: the prompt with an empty cache."""
+    cache = info["generation"]["cache"]
+    shape = f"(batch, {cache['kv_heads']}, 0, {cache['head_dim']})"
+    return ["### onnxruntime", "", "One call is one step: tokens, their attention mask (past and current tokens) "
+            "and the cache in; logits and the grown cache out.", "", "```python", "import numpy as np",
+            "import onnxruntime as ort", "from transformers import AutoTokenizer", "", 'bundle = "path/to/this/folder"',
+            "tokenizer = AutoTokenizer.from_pretrained(bundle)",
+            f'session = ort.InferenceSession(f"{{bundle}}/{info["model_file"]}", '
+            f'providers=["{info["requires"].get("execution_provider")}"])',
+            'feed = dict(tokenizer(["A prompt."], padding=True, return_tensors="np"))',
+            'batch = feed["input_ids"].shape[0]',
+            f"for i in range({cache['layers']}):  # the prompt's cache is empty: 0 past positions",
+            '    for kind in ("key", "value"):',
+            f'        feed[f"past_key_values.{{i}}.{{kind}}"] = np.zeros({shape}, dtype=np.float32)',
+            "logits, *present = session.run(None, feed)  # present.<i>.key / .value, in that order: the next step's "
+            "cache", "```", ""]

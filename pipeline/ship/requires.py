@@ -9,6 +9,9 @@
 - OpenVINO IR: OpenVINO, from the release that wrote and verified it (an older one may lack its operator
   sets), the device, and the compile options it was verified with (manifest.json's ``openvino_config``).
 - TorchScript and torch.export: torch, the release that wrote it.
+- A decoder's bundle (task text-generation) also names the package whose class loads it for ``generate``:
+  optimum-onnx's ORTModelForCausalLM for ONNX, optimum-intel's OVModelForCausalLM for an IR (pipeline.ship.generation),
+  from the release this project loads bundles with (tests/ship/test_decoder_bundle.py).
 """
 
 from __future__ import annotations
@@ -29,6 +32,9 @@ ORT_RELEASES = (("1.10", 15, 8), ("1.11", 16, 8), ("1.12", 17, 8), ("1.14", 18, 
                 ("1.17", 20, 9), ("1.18", 21, 10))
 RUNTIME_PACKAGES = {Format.ONNX: ("onnxruntime", "onnxruntime-gpu"), Format.OPENVINO: ("openvino",),
                     Format.TORCHSCRIPT: ("torch",), Format.TORCH_EXPORT: ("torch",)}
+# (package, class, oldest release this project generates with) of the class that loads a decoder's bundle
+GENERATION_PACKAGES = {Format.ONNX: ("optimum-onnx[onnxruntime]", "ORTModelForCausalLM", "0.1.0"),
+                       Format.OPENVINO: ("optimum-intel[openvino]", "OVModelForCausalLM", "2.2.0")}
 RUNTIMES = {Format.ONNX: "onnxruntime", Format.OPENVINO: "openvino", Format.TORCHSCRIPT: "torch",
             Format.TORCH_EXPORT: "torch"}
 
@@ -43,9 +49,10 @@ def installed(packages: tuple[str, ...]) -> str | None:
     return None
 
 
-def requirements(fmt: Format, model_file: Path, device: str, openvino_config: dict[str, Any] | None) -> dict[str, Any]:
-    """manifest.json's ``requires``: the runtime, its minimum and verified versions, where it runs, and for ONNX
-    the graph's opset, IR version and non-standard operators."""
+def requirements(fmt: Format, model_file: Path, device: str, openvino_config: dict[str, Any] | None,
+                 task: str | None = None) -> dict[str, Any]:
+    """manifest.json's ``requires``: the runtime, its minimum and verified versions, where it runs, for ONNX
+    the graph's opset, IR version and non-standard operators, and for a decoder the package that generates."""
     verified = installed(RUNTIME_PACKAGES[fmt])
     requires: dict[str, Any] = {"runtime": RUNTIMES[fmt], "min_version": verified, "verified_with": verified}
     if fmt is Format.ONNX:
@@ -57,7 +64,17 @@ def requirements(fmt: Format, model_file: Path, device: str, openvino_config: di
         requires["compile_config"] = openvino_config
     else:
         requires["device"] = device
+    if task == "text-generation":
+        requires["generation"] = generation_requirements(fmt)
     return requires
+
+
+def generation_requirements(fmt: Format) -> dict[str, str] | None:
+    """The package whose class loads a decoder's bundle of format ``fmt`` for ``generate`` (None: no such class)."""
+    if fmt not in GENERATION_PACKAGES:
+        return None
+    package, cls, version = GENERATION_PACKAGES[fmt]
+    return {"package": package, "class": cls, "min_version": version}
 
 
 def onnx_requirements(model_file: Path, verified: str | None) -> dict[str, Any]:

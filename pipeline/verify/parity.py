@@ -147,10 +147,12 @@ def check(cases: list[Case], actual: list[Outputs], parent: list[Outputs] | None
     missed += embedding_missed
     vs_parent = (_combined(_per_case(raw_cases, [parent[i] for i in raw], raw_actual, classification))
                  if parent is not None else {})
-    # a model without embedding cases reports the tolerance it always did
-    hidden = None if embedding is not None else {"min_embedding_cosine"}
+    # a model without embedding cases, or without a cache, reports the tolerance it always did
+    hidden = set() if embedding is not None else {"min_embedding_cosine"}
+    if not any(case.has_cache for case in cases):
+        hidden |= {"min_sequences_equal", "max_perplexity_increase"}
     return Parity(passed=not missed, metrics=metrics,
-                  tolerance={name: tol.model_dump(exclude=hidden) for name, tol in tolerance.items()},
+                  tolerance={name: tol.model_dump(exclude=hidden or None) for name, tol in tolerance.items()},
                   failures=missed, exempt=exempt, vs_parent=vs_parent, per_case=per_case, batch_invariance=batch,
                   embedding=embedding)
 

@@ -61,8 +61,7 @@ def requirement_lines(info: dict[str, Any]) -> list[str]:
                      f"CPU plugin may run another precision (bf16 where the CPU has it)")
     else:
         lines.append(f"- device `{requires.get('device')}`")
-    lines.append(f"- inputs {', '.join(f'`{name}`' for name in info['inputs'])}; outputs "
-                 f"{', '.join(f'`{name}`' for name in info['outputs'])}")
+    lines.append(io_line(info))
     loader = requires.get("generation")
     if loader:
         lines.append(f"- for `generate`: `{loader['package']}` >= {loader['min_version']} (its "
@@ -74,6 +73,17 @@ def requirement_lines(info: dict[str, Any]) -> list[str]:
                      f"mask{norm}; inputs truncated at {sentence['max_seq_length']} tokens (the tokenizer's "
                      f"`model_max_length`, sentence-transformers' `max_seq_length`)")
     return lines
+
+
+def io_line(info: dict[str, Any]) -> str:
+    """The inputs and outputs; a decoder's cache as one pattern rather than a name per layer."""
+    cache = (info.get("generation") or {}).get("cache")
+    if cache:
+        return (f"- inputs `input_ids`, `attention_mask` and the cache, `past_key_values.<i>.key` / `.value` for i in "
+                f"0..{cache['layers'] - 1} (batch x {cache['kv_heads']} x past length x {cache['head_dim']}, float32); "
+                f"outputs `logits` and the grown cache, `present.<i>.key` / `.value`")
+    return (f"- inputs {', '.join(f'`{name}`' for name in info['inputs'])}; outputs "
+            f"{', '.join(f'`{name}`' for name in info['outputs'])}")
 
 
 def _options(config: dict[str, Any]) -> str:
@@ -145,7 +155,8 @@ def generation_sections(info: dict[str, Any]) -> list[str]:
     loader = (info.get("generation") or {}).get("loader")
     if not loader:
         return []
-    kwargs = ", ".join(f"{key}={value!r}" for key, value in loader["kwargs"].items())
+    kwargs = ", ".join(f'{key}="{value}"' if isinstance(value, str) else f"{key}={value!r}"
+                       for key, value in loader["kwargs"].items())
     openvino = info["format"] == "openvino"
     if openvino:
         kwargs += ", ov_config=config"

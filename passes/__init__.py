@@ -18,4 +18,5 @@ BUILTIN_PASSES: dict[str, str] = {
     "matmul_nbits": "passes.precision.matmul_nbits:MatMulNBitsPass",
     "nncf_int8": "passes.precision.nncf_int8:NncfInt8Pass",
     "ov_weight_int8": "passes.precision.ov_weight_int8:OvWeightInt8Pass",
+    "ov_weight_compress": "passes.precision.ov_weight_compress:OvWeightCompressPass",
 }

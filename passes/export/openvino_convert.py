@@ -61,6 +61,7 @@ class OpenVinoConvertPass(Pass):
             inputs = ou.inputs_to_check(ctx)
             expected = [ou.run_checked(parent.path, x) for x in inputs]
             model = ov.convert_model(str(parent.path))
+            settle_names(model, ctx.io)
             precision = parent.precision
         else:
             raise ValueError(f"openvino_convert reads ONNX or the eager model, not a {parent.format.value} artifact")
@@ -109,6 +110,18 @@ def convert_eager(ctx: PassContext, example: Inputs) -> Any:
     for port, name in zip(model.outputs, io.output_names, strict=True):
         port.get_tensor().set_names({name})
     return model
+
+
+def settle_names(model: Any, io: IOSpec) -> None:
+    """Leave each input and output port with the recipe's name alone. OpenVINO's ONNX frontend drops a
+    Cast to the type a tensor already has and gives the tensor the Cast's output name too; a port's
+    ``get_any_name`` may then return that internal name (a decoder's ``attention_mask`` read as
+    ``/Cast_1_output_0``), which no caller feeds."""
+    for ports, declared in ((model.inputs, io.input_names), (model.outputs, io.output_names)):
+        for port in ports:
+            names = port.get_names() & set(declared)
+            if len(names) == 1:
+                port.get_tensor().set_names(names)
 
 
 def dynamic_shape(io: IOSpec, name: str, shape: tuple[int, ...]) -> list[int]:

@@ -89,7 +89,7 @@ def test_a_row_does_not_depend_on_its_batch_mates(tiny_fused: Artifact, tiny_ctx
 def test_four_bits_and_exclusions(tiny_onnx: Artifact, tiny_ctx: PassContext, tmp_path: Path) -> None:
     output = _quantize(tiny_onnx, tiny_ctx, tmp_path / "q", bits=4, symmetric=False,
                        nodes_to_exclude=["*layer.[0-9]/output/dense/MatMul"])
-    assert output.meta["weight_bits"] == 4 and output.meta["precision"] == "int8"
+    assert output.meta["weight_bits"] == 4 and output.meta["precision"] == "int4"
     assert output.stats["excluded_nodes"] == 2
     assert output.stats["matmul_nbits"] == WEIGHT_MATMULS - 2 and output.stats["float_matmuls"] == 2
     model = onnx.load(str(tmp_path / "q" / output.file))
@@ -159,7 +159,7 @@ def test_recipe_runs_end_to_end(write_tiny_recipe: Callable[..., Path]) -> None:
 
 def test_repair_keeps_the_most_harmful_matmuls_in_float(write_tiny_recipe: Callable[..., Path]) -> None:
     """4 bits against a bound they miss: the repair keeps MatMuls in float (named to the quantizer) until it passes."""
-    step = {"matmul_nbits": {"bits": 4, "symmetric": False, "repair": True}}
+    step = {"matmul_nbits": {"bits": 4, "symmetric": False, "repair": True, "repair_to": "float"}}
     strict = {**VERIFY, "steps": {"matmul_nbits": {"tolerance": {"min_cosine": 0.999999}}}}
     stats = _run(write_tiny_recipe("repaired", ["onnx_export", step], verify=strict))["artifacts"][-1]["stats"]
     kept = stats["repair"]["kept_in_float"]

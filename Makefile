@@ -4,7 +4,8 @@
 #                                                                      Ray, kills, Optimum loading a bundle)
 # make matrix [MATRIX=recipes/matrix_demo.yaml] [ARGS="--address HOST:6379"]   a recipe matrix on Ray
 # make peers [RECIPE=minilm] [ARGS="--max-batch 16"]                  side by side with Optimum, optimum-intel, Olive,
-#                                                                      NNCF, onnxruntime and torch.compile
+#                                                                      NNCF, onnxruntime and torch.compile (a decoder
+#                                                                      recipe: onnxruntime-genai and optimum-intel)
 SHELL := /bin/bash
 comma := ,
 PYTHON ?= python3
@@ -23,7 +24,7 @@ OPTIMUM_VENV ?= .venv-optimum
 INTEL_VENV ?= .venv-intel
 OLIVE_VENV ?= .venv-olive
 
-.PHONY: setup optimize dry-run verify bench matrix test test-slow lint clean optimum-env intel-env olive-env peers
+.PHONY: setup optimize dry-run verify bench matrix test test-slow lint clean optimum-env intel-env olive-env genai-env peers
 
 $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -66,8 +67,21 @@ lint: setup
 # its own process, all measured in the project's interleaved rounds (about 10-15 minutes on 2 cores; not part
 # of `make test`).
 # Writes benchmarks/results/<recipe>-<date>.md, .json and .png.
-peers: setup optimum-env intel-env olive-env
+# A text-generation recipe (`make peers RECIPE=smollm2`) meets onnxruntime-genai's model builder and
+# optimum-intel's OVModelForCausalLM instead, through the project's token gate and in interleaved generation
+# rounds (benchmarks/decoder_peers.py; about 15-20 minutes on 2 cores).
+DECODER_RECIPE = $(shell grep -qs '^task: *text-generation' recipes/$(RECIPE).yaml && echo yes)
+PEER_ENVS = $(if $(DECODER_RECIPE),genai-env intel-env,optimum-env intel-env olive-env)
+peers: setup $(PEER_ENVS)
 	$(PY) benchmarks/peers.py recipes/$(RECIPE).yaml $(ARGS)
+
+# onnxruntime-genai (its model builder and Generator) needs only onnxruntime, which the main environment
+# already has at a version it accepts, so it goes there: pip changes nothing else
+genai-env: $(VENV)/.genai-installed
+
+$(VENV)/.genai-installed: $(VENV)/.installed
+	$(PY) -m pip install --quiet '$(if $(filter gpu,$(ORT)),onnxruntime-genai-cuda,onnxruntime-genai)>=0.18'
+	touch $@
 
 # A peer's own virtual environment at $(1): created when missing, pip upgraded, $(TORCH) installed first.
 define new-env

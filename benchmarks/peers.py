@@ -1,5 +1,8 @@
 """Side by side with the tools users would pick instead (`make peers RECIPE=minilm`).
 
+A text-generation recipe (`make peers RECIPE=smollm2`) goes to benchmarks/decoder_peers.py, with its own
+options (``--batches 1,4 --rounds 8 ...``); what follows is an encoder recipe's run.
+
     python benchmarks/peers.py recipes/minilm.yaml [--batches 1,8] [--seqs 128] [--max-batch 32] ...
 
 In one run, for the recipe's model: this project's artifacts (the recipe is run first; cached
@@ -32,6 +35,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # run as a script: the repository root holds the benchmarks package
 
+from benchmarks import decoder_peers  # noqa: E402
 from benchmarks.peer_build import add_stats  # noqa: E402
 from benchmarks.peer_measure import Settings  # noqa: E402
 from benchmarks.peer_plot import plot  # noqa: E402
@@ -45,7 +49,9 @@ from benchmarks.peer_run import (  # noqa: E402
 )
 from benchmarks.peer_table import Point  # noqa: E402
 from pipeline.bench.fingerprint import fingerprint  # noqa: E402
+from pipeline.core.errors import PipelineError  # noqa: E402
 from pipeline.core.versions import library_versions  # noqa: E402
+from pipeline.recipe.load import load_recipe  # noqa: E402
 from pipeline.report.outcome import RunResult  # noqa: E402
 from pipeline.run.optimize import run  # noqa: E402
 from pipeline.run.prepare import prepare  # noqa: E402
@@ -149,8 +155,22 @@ def setup_logging(verbose: bool) -> None:
         logging.getLogger(name).setLevel(logging.DEBUG if verbose else logging.INFO)
 
 
+def generates_text(argv: list[str]) -> bool:
+    """Whether the recipe (the first argument that is no option) is a text-generation one; a recipe that
+    does not load is left to the encoder run, which says why."""
+    recipe = next((a for a in argv if not a.startswith("-")), None)
+    try:
+        return recipe is not None and load_recipe(Path(recipe)).task == "text-generation"
+    except PipelineError:
+        return False
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run the recipe, build the peers, check and benchmark everything, write the report."""
+    argv = sys.argv[1:] if argv is None else argv
+    if generates_text(argv):
+        setup_logging("-v" in argv or "--verbose" in argv)
+        return decoder_peers.main([a for a in argv if a not in ("-v", "--verbose")])
     args = parse_args(argv)
     setup_logging(args.verbose)
     recipe_path, out_dir = args.recipe.resolve(), args.out.resolve()
@@ -189,7 +209,7 @@ def main(argv: list[str] | None = None) -> int:
             "ship_point_rounds": recipe.bench.ship_point_rounds,
             "settings": settings_meta(settings, point, result, timeout),
             "timings": timings, "plot": f"{md_path.stem}.png", "busy_threshold": settings.quiet_threshold,
-            "command": shlex.join(["python", "benchmarks/peers.py", *(sys.argv[1:] if argv is None else argv)])}
+            "command": shlex.join(["python", "benchmarks/peers.py", *argv])}
     plot(targets, point, f"{recipe.name} against its peers ({date}; {meta['fingerprint']['cpu']}, "
                          f"{recipe.bench.threads} threads)", md_path.with_suffix(".png"))
     md, js = write(targets, meta, md_path)

@@ -16,9 +16,12 @@ from tests.conftest import TINY_LLAMA
 
 pytestmark = pytest.mark.slow
 ROOT = Path(__file__).resolve().parents[2]
-# weights drawn with a smaller spread than TINY_LLAMA's default: 8-bit weights keep 98% of its greedy tokens
-# (751/768 measured), careless 4-bit ones 45%, so a repair has room to pass the int4 gate (90%)
+# weights drawn with a smaller spread than TINY_LLAMA's default: 8-bit weights (blocks of 32) keep 98% of its
+# greedy tokens (751/768 measured), careless 4-bit ones 45%
 MODEL = {**TINY_LLAMA, "initializer_range": 0.05}
+# every MatMul at 8 bits in the careless config's blocks of 64 keeps 680/768 of the tokens (0.885), under the
+# int4 preset's 0.9: the gate asks for 0.8, which careless int4 (346/768) misses by far
+MIN_SHARE = 0.8
 
 
 def _recipe(folder: Path, int4: dict[str, object]) -> Path:
@@ -33,7 +36,8 @@ def _recipe(folder: Path, int4: dict[str, object]) -> Path:
                    {"matmul_nbits": {"name": "int4_weights", "bits": 4, "block_size": 64, "symmetric": True,
                                      "algorithm": "rtn", **int4}}],
         "verify": {"shapes": [[1, 7], [3, 37]], "sentence_batches": 1, "sentence_batch_size": 4,
-                   "generation": {"new_tokens": 16, "prompts": 48, "batch": 16, "decode_steps": 2}},
+                   "generation": {"new_tokens": 16, "prompts": 48, "batch": 16, "decode_steps": 2},
+                   "tolerance": {"int4": {"min_token_match": MIN_SHARE}}},
         "bench": {"enabled": False},
         "ship": {"step": "int4_weights"},
     }
@@ -55,7 +59,7 @@ def test_a_careless_int4_fails_on_token_match_and_the_repair_brings_it_back(tmp_
     assert "token match" in said and "int4_weights" in said
     report = json.loads((tmp_path / "careless" / "report.json").read_text())
     verdict = report["artifacts"][1]["parity"]
-    assert not verdict["passed"] and verdict["generation"]["share"] < 0.9
+    assert not verdict["passed"] and verdict["generation"]["share"] < MIN_SHARE
     assert not (tmp_path / "careless" / "ship").exists()
 
     # the bound on how much the repair may take out of 4 bits is raised: on two layers, 7 of 15 MatMuls back at
@@ -65,7 +69,7 @@ def test_a_careless_int4_fails_on_token_match_and_the_repair_brings_it_back(tmp_
     assert repaired.returncode == 0, (repaired.stdout + repaired.stderr)[-3000:]
     report = json.loads((tmp_path / "repaired" / "report.json").read_text())
     row = report["artifacts"][1]
-    assert row["parity"]["passed"] and row["parity"]["generation"]["share"] >= 0.9
+    assert row["parity"]["passed"] and row["parity"]["generation"]["share"] >= MIN_SHARE
     assert report["shipped_step"] == "int4_weights"
     manifest = json.loads((tmp_path / "repaired" / "02_int4_weights" / "manifest.json").read_text())
     stats = manifest["stats"]

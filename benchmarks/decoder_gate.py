@@ -22,7 +22,7 @@ from pipeline.verify.greedy import greedy, token_match
 from pipeline.verify.perplexity import perplexity_change, window_outputs
 
 ModelFn = Callable[[Inputs], dict[str, np.ndarray]]
-PRESETS = ("int8", "int4")
+PRESETS = ("int8", "int4")  # the presets every peer is judged under
 
 
 def roll_rows(values: np.ndarray, shifts: np.ndarray, axis: int) -> np.ndarray:

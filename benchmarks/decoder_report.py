@@ -13,28 +13,31 @@ from typing import Any
 
 import numpy as np
 
+from benchmarks.decoder_gate import PRESETS
 from benchmarks.peer_table import Target
 from pipeline.bench.rounds import bootstrap_interval
 from pipeline.core.store import json_safe
 
-PRESETS = ("int8", "int4")
+
+def grid_row(bench: dict[str, Any] | None, batch: int) -> dict[str, Any]:
+    """The worker result's row at ``batch`` (empty when it has none)."""
+    return next((row for row in (bench or {}).get("rows", []) if row["batch"] == batch), {})
 
 
 def round_speeds(bench: dict[str, Any] | None, batch: int, new_tokens: int) -> list[float]:
     """Tokens/s of each round at ``batch`` (batch x new tokens over the round's median generation time)."""
-    for row in (bench or {}).get("rows", []):
-        if row["batch"] == batch:
-            return [batch * new_tokens / (ms / 1e3) for ms in row.get("round_p50_ms", []) if ms > 0]
-    return []
+    return [batch * new_tokens / (ms / 1e3) for ms in grid_row(bench, batch).get("round_p50_ms", []) if ms > 0]
 
 
 def speed(bench: dict[str, Any] | None, batch: int, new_tokens: int, label: str) -> dict[str, Any] | None:
-    """Median tokens/s over the rounds with a 95% bootstrap interval (None when not measured)."""
+    """Median tokens/s over the rounds with a 95% bootstrap interval (None when nothing was timed);
+    ``measured`` is False when the point's rounds could not carry a ratio (pipeline.bench.rounds)."""
     values = round_speeds(bench, batch, new_tokens)
     if not values:
         return None
     low, high = bootstrap_interval(values, seed=zlib.crc32(label.encode()))
-    return {"tokens_per_s": float(np.median(values)), "ci95": [low, high], "rounds": len(values)}
+    return {"tokens_per_s": float(np.median(values)), "ci95": [low, high], "rounds": len(values),
+            "measured": grid_row(bench, batch).get("measured", True)}
 
 
 def ratio_of(ratios: list[dict[str, Any]], name: str, batch: int) -> dict[str, Any] | None:
@@ -66,7 +69,8 @@ def row(target: Target, ratios: list[dict[str, Any]], batches: tuple[int, ...], 
                 {"ratio": entry["ratio"], "ci95": entry["ci95"], "rounds": entry["rounds"],
                  "measured": entry.get("measured", True), "reasons": entry.get("reasons", [])}
             if target.name == "eager":
-                measured["vs_eager"] = {"ratio": 1.0, "ci95": [1.0, 1.0], "rounds": measured["rounds"]}
+                measured["vs_eager"] = {"ratio": 1.0, "ci95": [1.0, 1.0], "rounds": measured["rounds"],
+                                        "measured": measured["measured"]}
         out["speed"][batch] = measured
     return out
 
@@ -88,7 +92,8 @@ def cells(line: dict[str, Any], batches: tuple[int, ...]) -> list[str]:
         ratio = measured.get("vs_eager")
         ratio_text = "-" if not ratio else interval_text(ratio["ratio"], ratio["ci95"], 2, "x") \
             if ratio.get("measured", True) else "not measured"
-        out += [interval_text(measured["tokens_per_s"], measured["ci95"], 1), ratio_text]
+        speed_text = interval_text(measured["tokens_per_s"], measured["ci95"], 1)
+        out += [speed_text if measured.get("measured", True) else f"not measured ({speed_text})", ratio_text]
     if line["reference"]:
         return out + ["reference", "reference", f"{line['perplexity']:.3f}" if line["perplexity"] else "-",
                       "reference", "reference"]
@@ -111,6 +116,24 @@ def markdown_table(lines: list[dict[str, Any]], batches: tuple[int, ...]) -> str
     return "\n".join(text)
 
 
+def rounds_text(ratios: list[dict[str, Any]], batches: tuple[int, ...]) -> list[str]:
+    """Per batch size, how many rounds the ratios rest on and how many were dropped, or why none do."""
+    out = []
+    for batch in batches:
+        entry = next((r for r in ratios if r["batch"] == batch), None)
+        if entry is None:
+            continue
+        if not entry.get("measured", True):
+            why = entry["reasons"][0].split(" (")[0]
+            busy = f" (other processes used up to {entry['others_cpu_max']:.0%} of the cores)" \
+                if entry.get("others_cpu_max") is not None else ""
+            out.append(f"- batch {batch}: {why}{busy}; its numbers are shown in brackets only")
+        else:
+            out.append(f"- batch {batch}: ratios over {entry['rounds']} rounds, {entry.get('dropped', 0)} more "
+                       "dropped as disturbed")
+    return out
+
+
 def failures_text(lines: list[dict[str, Any]]) -> list[str]:
     """A bullet per target that could not be built, checked or measured."""
     return [f"- {line['target']}: {line['error']}" for line in lines if line["error"]]
@@ -121,6 +144,9 @@ def markdown(lines: list[dict[str, Any]], meta: dict[str, Any], batches: tuple[i
     parts = [f"# {meta['recipe']} against its peers ({meta['date']})", "",
              f"Model: {meta['model']}. CPU: {meta['cpu']}, {meta['threads']} threads. {meta['protocol']}", "",
              markdown_table(lines, batches), ""]
+    rounds = rounds_text(meta.get("ratios", []), batches)
+    if rounds:
+        parts += ["Rounds:", "", *rounds, ""]
     failed = failures_text(lines)
     if failed:
         parts += ["Not in the table:", "", *failed, ""]

@@ -21,7 +21,7 @@ from benchmarks.decoder_build import (
     intel_peers,
     shipped_target,
 )
-from benchmarks.decoder_gate import decoding_metrics, right_padded, step_outputs, verdicts
+from benchmarks.decoder_gate import PRESETS, decoding_metrics, right_padded, step_outputs, verdicts
 from benchmarks.peer_build import INTEL_PYTHON, reason
 from benchmarks.peer_table import Target
 from pipeline.core.artifact import Artifact, Format
@@ -158,7 +158,7 @@ def build_targets(prepared: Prepared, args: argparse.Namespace, work: Path, case
     """Every target, built and judged: (targets, the fp32 folder, versions of the peers' environments)."""
     recipe, handle = prepared.recipe, prepared.model
     gate = Gate(cases, cache_layout(handle.hf_config), recipe.verify.generation.new_tokens,
-                {p: recipe.verify.tolerance_for("peer", p, "logits") for p in ("int8", "int4")}, recipe.bench.threads)
+                {p: recipe.verify.tolerance_for("peer", p, "logits") for p in PRESETS}, recipe.bench.threads)
     hf_dir = hf_folder(handle, work / "hf")
     targets = [eager_target(prepared, hf_dir, gate)]
     versions: dict[str, Any] = {}

@@ -83,7 +83,7 @@ def cpu_precision() -> str:
     """The precision OpenVINO's CPU plugin computes in by default on this machine (bf16 where the CPU has it)."""
     import openvino as ov
 
-    return str(ov.Core().get_property("CPU", "INFERENCE_PRECISION_HINT"))
+    return ov.Core().get_property("CPU", "INFERENCE_PRECISION_HINT").get_type_name()
 
 
 def run_cases(xml: Path, cases: list[tuple[str, str, dict[str, Any]]], new_tokens: int, pad_id: int,

@@ -201,11 +201,18 @@ def test_rows_and_markdown() -> None:
     assert "- optimum-intel-int4: InvalidGroupSizeError: group size 128" in text
 
 
-def test_an_unmeasured_ratio_says_so() -> None:
+def test_an_unmeasured_point_says_so() -> None:
     ratios = [{**RATIOS[0], "measured": False, "reasons": ["not measured: every round was disturbed"]}]
-    text = markdown([row(targets()[1], ratios, (1,), 32)], {"recipe": "r", "date": "d", "model": "m", "cpu": "c",
-                                                          "threads": 2, "protocol": "", "command": "c"}, (1,))
-    assert "| not measured |" in text
+    peer = targets()[1]
+    assert peer.bench is not None
+    peer.bench["rows"][0]["measured"] = False
+    meta = {"recipe": "r", "date": "d", "model": "m", "cpu": "c", "threads": 2, "protocol": "", "command": "c",
+            "ratios": ratios}
+    text = markdown([row(peer, ratios, (1,), 32)], meta, (1,))
+    assert "| not measured (76.4 [76.4, 76.4]) | not measured |" in text
+    assert "- batch 1: not measured: every round was disturbed; its numbers are shown in brackets only" in text
+    assert "- batch 1: ratios over 2 rounds, 0 more dropped as disturbed" in markdown(
+        [row(targets()[1], RATIOS, (1,), 32)], {**meta, "ratios": RATIOS}, (1,))
 
 
 def test_a_text_generation_recipe_goes_to_the_decoder_run(tmp_path: Path) -> None:

@@ -18,6 +18,12 @@ package beyond onnxruntime; HQQ uses torch):
   float ones each call dequantizes every weight first, which makes decoding many times slower (measured below);
   at 8 bits they do not run at all, so hqq takes 4 bits only.
 
+- ``grid``: for weights that already lie on a grid of blocks of 32 (a model read from a GGUF file: Q4_0, Q4_1,
+  Q8_0), that grid, found in the weights and stored exactly (``passes/_support/weight_grid.py``): no second
+  rounding. 4-bit grids take 4 bits, 8-bit grids 8 (at ``bits: 8`` every grid takes 8); a weight on no grid is
+  quantized by rtn at ``bits`` and named in the manifest (``grid.requantized``). ``block_size`` applies to those.
+  Q4_1's float minimum is carried by a block-sum term (see ``weight_grid``).
+
 GPTQ (``GPTQWeightOnlyQuantConfig``) runs too, with calibration inputs, but is not offered: on SmolLM2-135M it
 took 520 s on a loaded 2-core machine (one forward pass per MatMul input and sample) for min logits cosine 0.950,
 against 0.946 for rtn.
@@ -64,9 +70,17 @@ perplexity increase, decode step, size; blocks of 32 unless said.
     4 bits k_quant                 29  +35.7%   15.2 ms  192 MB   (0.944)
     4 bits hqq                     94   +8.5%    145 ms  206 MB   (0.993; rounded to uint8 zero points 0.928)
 
-No 4-bit build keeps the int4 gate's 90% of tokens on it; hqq comes closest in perplexity, at ten times rtn's
-decode time. With ``repair: true`` the localised order put the output projection first (to 8 bits), which left
-the gate's min cosine (over cases with a random cache, -0.07) where it was: the repair stopped for want of progress.
+    4 bits grid (the file's Q4_1)  934  +0.00%   23.3 ms  307 MB   accuracy_level 1, output projection float
+      accuracy_level 4              374           21.3 ms            (int8 compute quantizes the activations)
+      output projection 8 bits      670                              (its Q8_0 grid, at accuracy_level 4)
+      both at accuracy_level 4      340           18.6 ms
+    (grid decode steps after 64 cached positions; 8 bits at accuracy_level 1 on the output projection alone made
+    a step 108 ms)
+
+Outside ``grid``, no 4-bit build keeps the int4 gate's 90% of tokens on it; hqq comes closest in perplexity, at
+ten times rtn's decode time. With ``repair: true`` the localised order put the output projection first (to 8
+bits), which left the gate's min cosine (over cases with a random cache, -0.07) where it was: the repair stopped
+for want of progress.
 """
 
 from __future__ import annotations
@@ -91,6 +105,7 @@ from passes._support.onnx_io import (
     save_model,
     weight_bytes,
 )
+from passes._support.weight_grid import grid_offsets, pack_codes, place_grids
 from passes.repair.localize import rank_nodes
 from passes.repair.options import RepairingPass, RepairOptions, convert_with_repair
 from passes.repair.search import RepairStrategy
@@ -104,7 +119,7 @@ if TYPE_CHECKING:  # onnx is imported where it runs, so listing passes stays fas
 
 log = logging.getLogger(__name__)
 
-Algorithm = Literal["rtn", "k_quant", "hqq"]
+Algorithm = Literal["rtn", "k_quant", "hqq", "grid"]
 FORWARD_SELECTION_MAX = 32  # more candidates than this are ranked by localised error, not a build each
 # ops between the output projection and the logits output: one non-constant input each (bias, scale, cast)
 PASS_THROUGH = frozenset({"Identity", "Cast", "Reshape", "Squeeze", "Unsqueeze", "Flatten", "Add", "Sub", "Mul",
@@ -123,7 +138,9 @@ class MatMulNBitsConfig(RepairOptions):
                                 "(activations quantized per block of each row), 1 = fp32, 0 = the kernel's default.")
     algorithm: Algorithm = Field(default="rtn", description="rtn: round to nearest (seconds); k_quant: "
                                  "llama.cpp's scale search (minutes); hqq: fitted float zero points (accurate, "
-                                 "but onnxruntime's CPU kernel runs them slowly).")
+                                 "but onnxruntime's CPU kernel runs them slowly); grid: the 4- or 8-bit grid of "
+                                 "blocks of 32 the weights already lie on (a GGUF source's), stored exactly, "
+                                 "and rtn for weights on none.")
     lm_head: bool = Field(default=True, description="Quantize the output projection (the MatMul that makes the "
                                                     "logits) at `bits`; false keeps it in float.")
     embedding: bool = Field(default=False, description="Quantize the input embedding table at `bits` "
@@ -143,7 +160,7 @@ class MatMulNBitsConfig(RepairOptions):
 
     @model_validator(mode="after")
     def _consistent(self) -> MatMulNBitsConfig:
-        if self.algorithm != "rtn" and self.symmetric and "symmetric" in self.model_fields_set:
+        if self.algorithm in ("k_quant", "hqq") and self.symmetric and "symmetric" in self.model_fields_set:
             raise ValueError(f"algorithm {self.algorithm} is asymmetric (zero points of its own): "
                              "drop symmetric: true")
         if self.algorithm == "hqq" and self.bits == 8:
@@ -155,7 +172,7 @@ class MatMulNBitsConfig(RepairOptions):
     @property
     def zero_points(self) -> bool:
         """Whether the weights carry zero points (asymmetric)."""
-        return self.algorithm != "rtn" or not self.symmetric
+        return self.algorithm in ("k_quant", "hqq") or not self.symmetric
 
 
 READ_INSTEAD = "quantize the unsimplified export or the fused graph (`from: onnx_export` or `from: ort_optimize`)"
@@ -228,17 +245,8 @@ def block_quantize_rows(table: np.ndarray, bits: int, block: int, symmetric: boo
         zero = np.clip(np.round(-low / np.where(scale == 0, 1, scale)), 0, top)
     steps = np.where(scale == 0, 1, scale)[..., None]
     data = np.clip(np.round(values / steps) + zero[..., None], 0, top).astype(np.uint8).reshape(rows, -1)[:, :cols]
-    zeros = None if symmetric else _pack(zero.astype(np.uint8), bits)
-    return _pack(data, bits), scale.astype(table.dtype), zeros
-
-
-def _pack(values: np.ndarray, bits: int) -> np.ndarray:
-    """uint8 values of ``bits`` bits packed along the last axis, low-order first (as is at 8 bits)."""
-    if bits == 8:
-        return values
-    if values.shape[-1] % 2:
-        values = np.concatenate([values, np.zeros((*values.shape[:-1], 1), np.uint8)], axis=-1)
-    return (values[..., 0::2] | (values[..., 1::2] << 4)).astype(np.uint8)
+    zeros = None if symmetric else pack_codes(zero.astype(np.uint8), bits)
+    return pack_codes(data, bits), scale.astype(table.dtype), zeros
 
 
 def quantize_embedding(model: onnx.ModelProto, gather: str, bits: int, block: int, symmetric: bool) -> None:
@@ -335,7 +343,14 @@ class NBitsQuantize:
         if eight:
             rtn = config.model_copy(update={"algorithm": "rtn", "symmetric": True})
             model = quantize_matmuls(model, rtn, 8, keep=set(weight_nodes_of(model, "MatMul")) - eight)
-        model = quantize_matmuls(model, config, config.bits, keep=in_float)
+        if config.algorithm == "grid":
+            names = [name for name in weight_nodes_of(model, "MatMul") if name not in in_float]
+            place_grids(model, names, config.bits, config.accuracy_level)
+            _import_contrib_domain(model)
+            rtn = config.model_copy(update={"algorithm": "rtn"})
+            model = quantize_matmuls(model, rtn, config.bits, keep=in_float | grid_offsets(model))
+        else:
+            model = quantize_matmuls(model, config, config.bits, keep=in_float)
         if self.embedding is not None and self.embedding not in in_float:
             bits = 8 if self.embedding in eight else config.bits
             quantize_embedding(model, self.embedding, bits, config.block_size, not config.zero_points)
@@ -436,12 +451,14 @@ class MatMulNBitsPass(RepairingPass):
         weights = [*found, *([ends.embedding] if ends.embedding else [])]
         stats = {**_stats(source, model, found, len(excluded)), "lm_head": ends.lm_head,
                  "embedding": ends.embedding, "weight_nodes": weight_nodes_by_bits(model, weights), **repaired}
+        if config.algorithm == "grid":
+            stats["grid"] = grid_record(model, list(candidates))
         if repaired:
             kept = [row["node"] for row in repaired["repair"]["kept_in_float"]]
             stats["repaired"] = {"to": 8 if config.bits == 4 and config.repair_to == 8 else "float", "nodes": kept}
         stats.update(bytes_before=files_bytes(parent_path), bytes_after=files_bytes(out))
         _log(stats, config)
-        warnings = [*ends.warnings, *warnings, *_warnings(stats)]
+        warnings = [*ends.warnings, *warnings, *_warnings(stats, config)]
         meta = {"precision": precision, "weight_bits": config.bits, "block_size": config.block_size}
         return PassOutput(file=out.name, meta=meta, stats=stats, warnings=warnings)
 
@@ -459,9 +476,25 @@ def _log(stats: dict[str, Any], config: MatMulNBitsConfig) -> None:
              len(groups["float"]), stats["float_gemms"], stats["bytes_before"], stats["bytes_after"])
 
 
-def _warnings(stats: dict[str, Any]) -> list[str]:
-    """What the counts say went wrong: nothing quantized, Gemms left in float."""
+def grid_record(model: onnx.ModelProto, candidates: list[str]) -> dict[str, Any]:
+    """For the manifest: how many candidates were stored on their grid (and how many of those carry a block-sum
+    term), and which were quantized by rtn because their weight lies on no grid."""
+    placed = {node.name.rsplit("_Q", 1)[0]: len(node.input) > 3 for node in model.graph.node
+              if node.op_type == "MatMulNBits" and node.input[1].endswith("_grid_codes")}
+    return {"exact": len(placed), "asymmetric": sum(placed.values()),
+            "requantized": [name for name in candidates if name not in placed]}
+
+
+def _warnings(stats: dict[str, Any], config: MatMulNBitsConfig) -> list[str]:
+    """What the counts say went wrong: nothing quantized, Gemms left in float, slow 8-bit nodes, weights that
+    lay on no grid."""
     warnings = [] if stats["matmul_nbits"] else ["nothing was quantized (check nodes_to_exclude)"]
+    if stats["matmul_nbits_8bit"] and config.accuracy_level == 1:
+        warnings.append(f"{stats['matmul_nbits_8bit']} MatMulNBits at 8 bits with accuracy_level 1: onnxruntime's "
+                        "CPU kernel computes 8-bit weights in fp32 many times slower than at accuracy_level 4")
+    if (requantized := stats.get("grid", {}).get("requantized")):
+        warnings.append(f"algorithm grid: {len(requantized)} weights lie on no grid of blocks of 32 and were "
+                        f"quantized by rtn (first: {requantized[0]})")
     if stats["float_gemms"]:
         warnings.append(f"{stats['float_gemms']} Gemm with a weight stay float (MatMulNBits takes MatMuls only); "
                         f"{READ_INSTEAD}")

@@ -83,13 +83,12 @@ def measure_generation(step: Step, output_names: list[str], prompt: np.ndarray, 
 
 def generation_rows(step: Step, spec: WorkerSpec, protocol: Protocol) -> list[dict[str, Any]]:
     """A generation row for each (batch, prompt length) of the grid."""
-    from transformers import AutoTokenizer
-
     from pipeline.model.cache import prepare_tokenizer
+    from pipeline.model.loading import tokenizer_at
 
     cfg = spec["generation"]
     layout = CacheLayout(**spec["cache"])
-    tokenizer = prepare_tokenizer(AutoTokenizer.from_pretrained(spec["tokenizer_dir"], local_files_only=True))
+    tokenizer = prepare_tokenizer(tokenizer_at(spec["tokenizer_dir"], spec.get("tokenizer_gguf")))
     sentences = load_sentences(Path(cfg["corpus"]))
     return [measure_generation(step, spec["output_names"], prompt_rows(tokenizer, sentences, batch, length), layout,
                                cfg["new_tokens"], cfg["repeats"], protocol)

@@ -85,7 +85,9 @@ def worker_spec(recipe: Recipe, handle: ModelHandle, target: str, artifact: Arti
     }
     if handle.tokenizer is not None:
         spec["vocab_size"] = len(handle.tokenizer)
-        spec["tokenizer_dir"] = str(handle.tokenizer.name_or_path)
+        spec["tokenizer_dir"], gguf_file = handle.tokenizer_location
+        if gguf_file is not None:
+            spec["tokenizer_gguf"] = gguf_file
     else:
         spec["examples"] = {k: {"data": v.tolist(), "dtype": str(v.dtype)} for k, v in handle.factory_examples.items()}
         # the factory must import in the worker as it did here
@@ -157,10 +159,11 @@ def round_plan(bench: BenchSpec, device: str, rounds: int, generations: int = 1)
 
 
 def grid_row(blocks: list[dict[str, Any]], batch: int, seq: int, plan: RoundPlan,
-             problem: str | None = None) -> BenchRow:
+             problem: str | None = None, tokens_per_row: int | None = None) -> BenchRow:
     """A report ROW from one target's blocks at a point: percentiles over every timed call of the
     rounds that count, and throughput from back-to-back calls (or the timed calls, on CPU); unstable when
-    its round medians spread past ``plan.max_round_spread``; with the point's ``problem``, not measured."""
+    its round medians spread past ``plan.max_round_spread``; with the point's ``problem``, not measured.
+    Tokens per second count ``tokens_per_row`` per row and call (default ``seq``; a decode step: 1)."""
     times = [t for block in blocks for t in block["latencies_ms"]]
     row = cast(BenchRow, summarize(times, plan.block.get("cv_threshold", 0.10)))
     medians = np.asarray([np.median(b["latencies_ms"]) for b in blocks], dtype=np.float64)
@@ -173,8 +176,9 @@ def grid_row(blocks: list[dict[str, Any]], batch: int, seq: int, plan: RoundPlan
     else:
         calls, seconds = len(times), sum(times) / 1e3
     gpu = [b["peak_gpu_mb"] for b in blocks if b.get("peak_gpu_mb") is not None]
+    tokens = calls * batch * (tokens_per_row or seq)
     extra: BenchRow = {"round_p50_ms": [float(np.median(b["latencies_ms"])) for b in blocks], "batch": batch,
-                       "seq": seq, "throughput": calls * batch / seconds, "tokens_per_s": calls * batch * seq / seconds,
+                       "seq": seq, "throughput": calls * batch / seconds, "tokens_per_s": tokens / seconds,
                        "throughput_calls": calls, "rounds": len(blocks),
                        "peak_rss_mb": max(b["peak_rss_mb"] for b in blocks), "peak_gpu_mb": max(gpu) if gpu else None}
     row.update(extra)
@@ -238,7 +242,9 @@ def measure_session(launches: list[Launch], plans: dict[Point, RoundPlan], timeo
                 blocks = rounds.blocks(worker.name)
                 if worker.name in failed or not blocks:
                     continue
-                results[worker.name]["rows"].append(grid_row(blocks, batch, seq, plan, rounds.problem))
+                decode = worker.launch.spec.get("decoder_points") == "decode" and "cache" in worker.launch.spec
+                results[worker.name]["rows"].append(grid_row(blocks, batch, seq, plan, rounds.problem,
+                                                             1 if decode else None))
                 entry = ratio_entry(rounds, worker.name, BASELINE, plan.interval_tolerance, plan.min_rounds)
                 if worker.name != BASELINE and BASELINE not in failed and entry is not None:
                     (ratios if entry["measured"] else unmeasured).append(entry)

@@ -27,6 +27,7 @@ class WorkerSpec(TypedDict, total=False):
     protocol: dict[str, Any]  # pipeline.runtime.timing.Protocol's fields
     vocab_size: int  # with a tokenizer
     tokenizer_dir: str
+    tokenizer_gguf: str  # the GGUF file in tokenizer_dir the tokenizer is stored in, when it is
     examples: dict[str, dict[str, Any]]  # a factory model's example inputs: {name: {"data", "dtype"}}
     sys_path: list[str]  # where a factory model imports from
     best_batch: dict[str, Any]  # the recipe's best-batch search, with its memory limit

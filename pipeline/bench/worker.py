@@ -150,10 +150,10 @@ def pad_batch(encoded: Any, rows: list[int], names: list[str], pad_id: int) -> I
 
 def real_data(backend: Any, spec: WorkerSpec, protocol: Protocol) -> dict[str, Any]:
     """Sentences per second through tokenize and run: fixed padding against batching by length."""
-    from transformers import AutoTokenizer
+    from pipeline.model.loading import tokenizer_at
 
     cfg = spec["real_data"]
-    tokenizer = AutoTokenizer.from_pretrained(spec["tokenizer_dir"], local_files_only=True)
+    tokenizer = tokenizer_at(spec["tokenizer_dir"], spec.get("tokenizer_gguf"))
     sentences = load_sentences(Path(cfg["corpus"]))
     names, batch, max_len = spec["input_names"], cfg["batch"], cfg["max_length"]
 

@@ -146,6 +146,7 @@ class ModelHandle:
         self.input_names = list(input_names)
         self.output_names = list(output_names)
         self.base_dir = base_dir or Path.cwd()
+        self._tokenizer_from = ""  # what the tokenizer loaded from, once it has
 
     # -- where things come from -------------------------------------------------------------
     @functools.cached_property
@@ -441,11 +442,20 @@ class ModelHandle:
         for key, shown, candidate in self._tokenizer_candidates():
             tokenizer = _try_tokenizer(key, shown, candidate)
             if tokenizer is not None:
+                self._tokenizer_from = candidate
                 return prepare_tokenizer(tokenizer) if self.task == "text-generation" else tokenizer
         raise ModelError(
             f"model.tokenizer: no tokenizer found for {name or where!r} offline; "
             f"name one with model.tokenizer (a folder or packaged:all-MiniLM-L6-v2)"
         )
+
+    @property
+    def tokenizer_location(self) -> tuple[str, str | None]:
+        """Where the tokenizer loads from in another process: (folder, GGUF file name in it or None)."""
+        if self.tokenizer is None:
+            raise ModelError("model.factory: a factory model has no tokenizer")
+        where = Path(self._tokenizer_from)
+        return (str(where.parent), where.name) if where.name.endswith(GGUF_SUFFIX) else (str(where), None)
 
     def _tokenizer_candidates(self) -> list[tuple[str, str, str]]:
         """(recipe key, name to show, what transformers loads) for each place a tokenizer may be, in order."""
@@ -483,15 +493,21 @@ class ModelHandle:
                            example_inputs=examples, description={"factory": target, "kind": "factory"})
 
 
-def _try_tokenizer(key: str, shown: str, candidate: str) -> Any | None:
-    """The tokenizer at ``candidate``, or None when it has none; a damaged tokenizer file is bad input."""
+def tokenizer_at(folder: str, gguf_file: str | None = None) -> Any:
+    """The tokenizer in ``folder`` (or in its GGUF file ``gguf_file``), offline."""
     from transformers import AutoTokenizer
 
+    if gguf_file is not None:
+        return AutoTokenizer.from_pretrained(folder, gguf_file=gguf_file, local_files_only=True)
+    return AutoTokenizer.from_pretrained(folder, local_files_only=True)
+
+
+def _try_tokenizer(key: str, shown: str, candidate: str) -> Any | None:
+    """The tokenizer at ``candidate``, or None when it has none; a damaged tokenizer file is bad input."""
     try:
         if candidate.endswith(GGUF_SUFFIX):
-            return AutoTokenizer.from_pretrained(str(Path(candidate).parent), gguf_file=Path(candidate).name,
-                                                 local_files_only=True)
-        return AutoTokenizer.from_pretrained(candidate, local_files_only=True)
+            return tokenizer_at(str(Path(candidate).parent), Path(candidate).name)
+        return tokenizer_at(candidate)
     except Exception as exc:  # a damaged file fails in many ways (ValueError, KeyError, TypeError, ...)
         broken = first_broken_json(Path(candidate), TOKENIZER_JSON) if Path(candidate).is_dir() else None
         if broken:

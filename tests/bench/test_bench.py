@@ -130,3 +130,11 @@ def test_a_point_that_could_not_be_measured_marks_its_rows() -> None:
     row = grid_row(_blocks([10.0] * 4), 1, 8, RoundPlan(rounds=4), problem="every round was disturbed")
     assert row["measured"] is False and row["unstable"]
     assert row["unstable_reasons"] == ["not measured: every round was disturbed"]
+
+
+def test_a_decode_step_counts_one_token_per_row_where_a_prefill_counts_its_sequence() -> None:
+    blocks = [{"latencies_ms": [20.0] * 10, "peak_rss_mb": 100.0} for _ in range(4)]  # 50 calls per second
+    prefill = grid_row(blocks, 4, 64, RoundPlan(rounds=4))
+    decode = grid_row(blocks, 4, 64, RoundPlan(rounds=4), tokens_per_row=1)
+    assert prefill["throughput"] == decode["throughput"] == pytest.approx(200.0)
+    assert prefill["tokens_per_s"] == pytest.approx(200.0 * 64) and decode["tokens_per_s"] == pytest.approx(200.0)

@@ -12,17 +12,11 @@ import pytest
 from onnxruntime import InferenceSession
 from pydantic import ValidationError
 
-from passes.export.onnx_export import OnnxExportConfig, OnnxExportPass
 from passes.precision import matmul_nbits
 from passes.precision.matmul_nbits import MatMulNBitsConfig, MatMulNBitsPass
 from pipeline.core.artifact import Artifact, Format
-from pipeline.engine.context import make_context
-from pipeline.engine.pass_api import GateResult, IOSpec, PassContext, PassOutput
+from pipeline.engine.pass_api import GateResult, PassContext, PassOutput
 from pipeline.engine.postconditions import check_onnx
-from pipeline.model.cache import with_cache
-from pipeline.model.loading import ModelHandle
-from pipeline.model.spec import ModelSpec
-from pipeline.recipe.load import DEFAULT_OUTPUTS
 from pipeline.runtime.runner import run_onnx
 from pipeline.verify.metrics import compare
 
@@ -33,28 +27,6 @@ LAYERS, KV_HEADS, HEAD_DIM, VOCAB = 2, 2, 16, 30522
 # min logits cosine to the fp32 export on this random model, the worse of (3 x 1, past 21) and (1 x 5, no past),
 # measured: 8 bits rtn 0.99993; 4 bits, blocks of 32: rtn 0.9888, k_quant 0.9905, hqq 0.9912; rtn blocks of 64 0.9871
 MIN_COSINE = {8: 0.999, 4: 0.975}
-
-
-@pytest.fixture(scope="module")
-def llama_ctx(tiny_llama_config: Path, tmp_path_factory: pytest.TempPathFactory) -> PassContext:
-    spec = ModelSpec(source=str(tiny_llama_config), tokenizer="packaged:all-MiniLM-L6-v2",
-                     attn_implementation="eager")
-    handle = ModelHandle(spec, "text-generation", ["input_ids", "attention_mask"],
-                         DEFAULT_OUTPUTS["text-generation"])
-    axes = {"input_ids": {0: "batch", 1: "sequence"}, "attention_mask": {0: "batch", 1: "total_sequence"},
-            "logits": {0: "batch", 1: "sequence"}}
-    _, axes = with_cache(handle, axes)
-    io = IOSpec(handle.input_names, handle.output_names, axes, export_batch=2, export_seq=16)
-    return make_context(handle, io, base_dir=tmp_path_factory.mktemp("llama"))
-
-
-@pytest.fixture(scope="module")
-def llama_onnx(llama_ctx: PassContext, tmp_path_factory: pytest.TempPathFactory) -> Artifact:
-    out = tmp_path_factory.mktemp("llama_onnx")
-    eager = Artifact(step_folder="eager", format=Format.EAGER, key=llama_ctx.model.source_key)
-    exported = OnnxExportPass(OnnxExportConfig(exporter="torchscript", opset=17)).run(eager, llama_ctx, out)
-    return Artifact(step_folder="01_onnx_export", format=Format.ONNX, key="llama", path=out / exported.file,
-                    parent="eager", produced_by="onnx_export", meta={"precision": "fp32"})
 
 
 def _quantize(parent: Artifact, ctx: PassContext, out: Path, **config: object) -> tuple[PassOutput, Path]:

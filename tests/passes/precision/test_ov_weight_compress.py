@@ -15,17 +15,12 @@ pytest.importorskip("openvino", reason="OpenVINO is not installed (the openvino 
 pytest.importorskip("nncf", reason="NNCF is not installed (the openvino extra)")
 
 from passes._support.ov_layers import find_layers, matmul_precisions  # noqa: E402
-from passes.export.onnx_export import OnnxExportConfig, OnnxExportPass  # noqa: E402
 from passes.export.openvino_convert import OpenVinoConvertConfig, OpenVinoConvertPass  # noqa: E402
 from passes.precision.ov_weight_compress import OvWeightCompressConfig, OvWeightCompressPass  # noqa: E402
 from passes.repair.weight_error import Grid, rounded  # noqa: E402
 from pipeline.core.artifact import Artifact, Format  # noqa: E402
 from pipeline.engine.context import make_context  # noqa: E402
-from pipeline.engine.pass_api import GateResult, IOSpec, PassContext, PassOutput  # noqa: E402
-from pipeline.model.cache import with_cache  # noqa: E402
-from pipeline.model.loading import ModelHandle  # noqa: E402
-from pipeline.model.spec import ModelSpec  # noqa: E402
-from pipeline.recipe.load import DEFAULT_OUTPUTS  # noqa: E402
+from pipeline.engine.pass_api import GateResult, PassContext, PassOutput  # noqa: E402
 from pipeline.runtime.runner import Runner  # noqa: E402
 from pipeline.verify.metrics import compare  # noqa: E402
 
@@ -33,26 +28,16 @@ BODY = 14  # 2 layers x (q, k, v, o, gate, up, down)
 
 
 @pytest.fixture(scope="module")
-def ctx(tiny_llama_config: Path, tmp_path_factory: pytest.TempPathFactory) -> PassContext:
-    """The tiny Llama as a decoder with its key/value cache among the inputs and outputs."""
-    spec = ModelSpec(source=str(tiny_llama_config), tokenizer="packaged:all-MiniLM-L6-v2", attn_implementation="eager")
-    handle = ModelHandle(spec, "text-generation", ["input_ids", "attention_mask"], DEFAULT_OUTPUTS["text-generation"])
-    axes = {"input_ids": {0: "batch", 1: "sequence"}, "attention_mask": {0: "batch", 1: "total_sequence"},
-            "logits": {0: "batch", 1: "sequence"}}
-    _, axes = with_cache(handle, axes)
-    io = IOSpec(handle.input_names, handle.output_names, axes, export_batch=2, export_seq=16)
-    return make_context(handle, io, base_dir=tmp_path_factory.mktemp("compress-ctx"))
+def ctx(llama_ctx: PassContext) -> PassContext:
+    """The tiny Llama as a decoder (this folder's conftest)."""
+    return llama_ctx
 
 
 @pytest.fixture(scope="module")
-def ir(ctx: PassContext, tmp_path_factory: pytest.TempPathFactory) -> Artifact:
+def ir(ctx: PassContext, llama_onnx: Artifact, tmp_path_factory: pytest.TempPathFactory) -> Artifact:
     """The tiny Llama's fp32 IR, through its ONNX export."""
-    onnx_dir, ir_dir = tmp_path_factory.mktemp("onnx"), tmp_path_factory.mktemp("ir")
-    eager = Artifact(step_folder="eager", format=Format.EAGER, key=ctx.model.source_key)
-    exported = OnnxExportPass(OnnxExportConfig()).run(eager, ctx, onnx_dir)
-    onnx = Artifact(step_folder="onnx", format=Format.ONNX, key="onnx", path=onnx_dir / exported.file,
-                    meta=exported.meta)
-    result = OpenVinoConvertPass(OpenVinoConvertConfig()).run(onnx, ctx, ir_dir)
+    ir_dir = tmp_path_factory.mktemp("ir")
+    result = OpenVinoConvertPass(OpenVinoConvertConfig()).run(llama_onnx, ctx, ir_dir)
     return Artifact(step_folder="ir", format=Format.OPENVINO, key="ir", path=ir_dir / result.file, meta=result.meta)
 
 

@@ -32,6 +32,7 @@ def tiny_recipe(write_tiny_recipe: Callable[..., Path]) -> Path:
                              bench={"batches": [1, 2], "seqs": [8, 16]})
 
 
+@pytest.mark.slow  # a whole run with its benchmark: 12 to 17 s
 def test_every_target_is_benchmarked_into_report_rows(tiny_recipe: Path, capsys: pytest.CaptureFixture) -> None:
     assert main(["optimize", str(tiny_recipe), *FAST]) == 0
     report = json.loads(Path("artifacts/tiny/report.json").read_text())
@@ -50,6 +51,7 @@ def test_every_target_is_benchmarked_into_report_rows(tiny_recipe: Path, capsys:
     assert "p99" in out and "best batch" in out
 
 
+@pytest.mark.slow  # a whole run with its benchmark: 12 to 17 s
 def test_a_step_that_fails_its_gate_is_measured_at_one_point_without_extras(tiny_recipe: Path) -> None:
     fails = ["--set", "verify.steps.onnx_export.tolerance.max_abs=1e-30", *NO_REAL_DATA]
     main(["optimize", str(tiny_recipe), *FAST, *fails])
@@ -64,6 +66,7 @@ def test_a_step_that_fails_its_gate_is_measured_at_one_point_without_extras(tiny
     assert len({row["name"]: row for row in report["artifacts"]}["onnx_export"]["bench"]) == 4
 
 
+@pytest.mark.slow  # a whole run with its benchmark: 12 to 17 s
 def test_optimize_reuses_bench_results_and_bench_remeasures(tiny_recipe: Path) -> None:
     default_grid = [arg for arg in FAST if arg != "--full-grid"]
     assert main(["optimize", str(tiny_recipe), *default_grid]) == 0

@@ -52,6 +52,7 @@ def cnn_recipe(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     return path
 
 
+@pytest.mark.slow  # a whole run with its benchmark: 12 to 17 s
 def test_a_factory_module_goes_through_chain_verification_bench_and_ship(cnn_recipe: Path) -> None:
     assert main(["optimize", str(cnn_recipe)]) == 0
     report = json.loads(Path("artifacts/cnn/report.json").read_text())

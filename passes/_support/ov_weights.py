@@ -13,13 +13,23 @@ from __future__ import annotations
 import contextlib
 import io
 import logging
+from pathlib import Path
 from typing import Any
 
+from pipeline.core.artifact import Artifact, Format, Precision
 from pipeline.core.errors import RecipeError
 
 GROUP_OPTION = "DYNAMIC_QUANTIZATION_GROUP_SIZE"
 RUNTIME_OPTIONS = "runtime_options"
 GROUP_SIZES = (64, 32)  # tried in this order: the larger group is faster, the smaller more exact
+
+
+def fp32_ir(parent: Artifact, pass_name: str) -> Path:
+    """The parent's IR file; ValueError naming ``pass_name`` when the parent is no fp32 OpenVINO IR."""
+    if parent.format is not Format.OPENVINO or parent.path is None or parent.precision is not Precision.FP32:
+        raise ValueError(f"{pass_name} reads an fp32 OpenVINO IR, not a {parent.precision} "
+                         f"{parent.format.value} artifact")
+    return parent.path
 
 
 def require_nncf(pass_name: str) -> None:

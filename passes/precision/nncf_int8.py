@@ -28,6 +28,7 @@ from passes._support.ov_weights import (
     compress_int8,
     compressed_matmuls,
     decline_telemetry,
+    fp32_ir,
     require_nncf,
     runtime_options,
     set_group_size,
@@ -110,10 +111,8 @@ class NncfInt8Pass(RepairingPass):
         import openvino as ov
 
         config = cast(NncfInt8Config, self.config)
-        if parent.format is not Format.OPENVINO or parent.path is None or parent.precision is not Precision.FP32:
-            raise ValueError(f"nncf_int8 reads an fp32 OpenVINO IR, not a {parent.precision} "
-                             f"{parent.format.value} artifact")
-        source = ov.Core().read_model(str(parent.path))
+        ir = fp32_ir(parent, self.name)
+        source = ov.Core().read_model(str(ir))
         candidates = {op.get_friendly_name(): op.get_type_name() for op in source.get_ordered_ops()
                       if op.get_type_name() in CANDIDATE_OPS}
         unknown = [name for name in config.ignored if name not in candidates]
@@ -133,8 +132,8 @@ class NncfInt8Pass(RepairingPass):
         warnings: list[str] = []
         group: int | None = None
         for group in [*(config.group_sizes if config.kept_as == "weight_int8" else []), None]:
-            build = Builder(parent.path, samples, config, group)
-            repaired, warnings = convert_with_repair(ctx, parent.path, out_dir, "int8", build, free, config,
+            build = Builder(ir, samples, config, group)
+            repaired, warnings = convert_with_repair(ctx, ir, out_dir, "int8", build, free, config,
                                                      RankedGrowth(rank), fmt=Format.OPENVINO)
             if not warnings or not config.repair:
                 break

@@ -24,7 +24,7 @@ from typing import Any, Literal, cast
 from pydantic import Field, field_validator, model_validator
 
 from passes._support.ov_layers import Layers, constant_types, find_layers, matmul_precisions, weight_precisions
-from passes._support.ov_weights import decline_telemetry, require_nncf, runtime_options, set_group_size
+from passes._support.ov_weights import decline_telemetry, fp32_ir, require_nncf, runtime_options, set_group_size
 from passes._support.sentences import check_sentence_file
 from passes.export.openvino_convert import require_openvino
 from passes.repair.options import RepairingPass, RepairOptions, convert_with_repair
@@ -146,10 +146,7 @@ class OvWeightCompressPass(RepairingPass):
         import openvino as ov
 
         config = cast(OvWeightCompressConfig, self.config)
-        if parent.format is not Format.OPENVINO or parent.path is None or parent.precision is not Precision.FP32:
-            raise ValueError(f"ov_weight_compress reads an fp32 OpenVINO IR, not a {parent.precision} "
-                             f"{parent.format.value} artifact")
-        source = parent.path
+        source = fp32_ir(parent, self.name)
         layers = find_layers(ov.Core().read_model(str(source)))
         samples = prompts(ctx, config) if config.data_aware or config.repair else []
         build = Builder(source, layers, samples if config.data_aware else [], config)

@@ -27,6 +27,7 @@ from passes._support.ov_weights import (
     GROUP_SIZES,
     compress_int8,
     compressed_matmuls,
+    fp32_ir,
     require_nncf,
     runtime_options,
     set_group_size,
@@ -90,10 +91,7 @@ class OvWeightInt8Pass(RepairingPass):
         import openvino as ov
 
         config = cast(OvWeightInt8Config, self.config)
-        if parent.format is not Format.OPENVINO or parent.path is None or parent.precision is not Precision.FP32:
-            raise ValueError(f"ov_weight_int8 reads an fp32 OpenVINO IR, not a {parent.precision} "
-                             f"{parent.format.value} artifact")
-        source = parent.path
+        source = fp32_ir(parent, self.name)
         compressed = compress_int8(ov.Core().read_model(str(source)))
         candidates = {name: "MatMul" for name in compressed_matmuls(compressed)}
         if not candidates:

@@ -20,11 +20,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import pytest  # noqa: E402
 import yaml  # noqa: E402
 
+from passes.export.onnx_export import OnnxExportConfig, OnnxExportPass  # noqa: E402
 from pipeline.core.artifact import Artifact, Format  # noqa: E402
 from pipeline.engine.context import make_context  # noqa: E402
 from pipeline.engine.pass_api import IOSpec, PassContext  # noqa: E402
+from pipeline.model.cache import with_cache  # noqa: E402
 from pipeline.model.loading import ModelHandle  # noqa: E402
 from pipeline.model.spec import ModelSpec  # noqa: E402
+from pipeline.recipe.load import DEFAULT_OUTPUTS  # noqa: E402
 
 # records are sealed with a key of the test session's own, never the user's (children inherit it)
 os.environ.setdefault("MODEL_PIPELINE_SEAL_KEY", os.path.join(tempfile.mkdtemp(prefix="seal-key-"), "seal.key"))
@@ -56,6 +59,31 @@ def tiny_llama_config(tmp_path_factory: pytest.TempPathFactory) -> Path:
     path = tmp_path_factory.mktemp("configs") / "tiny-llama.json"
     path.write_text(json.dumps(TINY_LLAMA))
     return path
+
+
+@pytest.fixture(scope="module")
+def llama_ctx(tiny_llama_config: Path, tmp_path_factory: pytest.TempPathFactory) -> PassContext:
+    """The tiny Llama as a decoder (its key/value cache among the inputs and outputs), exported at batch 2
+    and 16 positions."""
+    spec = ModelSpec(source=str(tiny_llama_config), tokenizer="packaged:all-MiniLM-L6-v2",
+                     attn_implementation="eager")
+    handle = ModelHandle(spec, "text-generation", ["input_ids", "attention_mask"],
+                         DEFAULT_OUTPUTS["text-generation"])
+    axes = {"input_ids": {0: "batch", 1: "sequence"}, "attention_mask": {0: "batch", 1: "total_sequence"},
+            "logits": {0: "batch", 1: "sequence"}}
+    _, axes = with_cache(handle, axes)
+    io = IOSpec(handle.input_names, handle.output_names, axes, export_batch=2, export_seq=16)
+    return make_context(handle, io, base_dir=tmp_path_factory.mktemp("llama"))
+
+
+@pytest.fixture(scope="module")
+def llama_onnx(llama_ctx: PassContext, tmp_path_factory: pytest.TempPathFactory) -> Artifact:
+    """The tiny Llama's fp32 ONNX export (torchscript, opset 17)."""
+    out = tmp_path_factory.mktemp("llama_onnx")
+    eager = Artifact(step_folder="eager", format=Format.EAGER, key=llama_ctx.model.source_key)
+    exported = OnnxExportPass(OnnxExportConfig(exporter="torchscript", opset=17)).run(eager, llama_ctx, out)
+    return Artifact(step_folder="01_onnx_export", format=Format.ONNX, key="llama", path=out / exported.file,
+                    parent="eager", produced_by="onnx_export", meta={"precision": "fp32"})
 
 
 @pytest.fixture(scope="session")

@@ -9,30 +9,15 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import numpy as np
-import pytest
 import torch
 
 from passes.export.onnx_export import OnnxExportConfig, OnnxExportPass
 from pipeline.core.artifact import Artifact, Format
-from pipeline.engine.context import make_context
-from pipeline.engine.pass_api import IOSpec, PassContext
-from pipeline.model.cache import CacheLayout, cache_layout, comparable, with_cache
+from pipeline.engine.pass_api import PassContext
+from pipeline.model.cache import CacheLayout, cache_layout, comparable
 from pipeline.model.inputs import load_sentences
-from pipeline.model.loading import ModelHandle
-from pipeline.model.spec import ModelSpec
 from pipeline.runtime.runner import run_onnx
 from pipeline.verify.greedy import eager_generate, greedy, prompt_batches, token_match
-
-
-@pytest.fixture
-def llama_ctx(tiny_llama_config: Path, tmp_path: Path) -> PassContext:
-    spec = ModelSpec(source=str(tiny_llama_config), tokenizer="packaged:all-MiniLM-L6-v2", attn_implementation="eager")
-    handle = ModelHandle(spec, "text-generation", ["input_ids", "attention_mask"], ["logits"])
-    axes = {"input_ids": {0: "batch", 1: "sequence"}, "attention_mask": {0: "batch", 1: "total_sequence"},
-            "logits": {0: "batch", 1: "sequence"}}
-    _, axes = with_cache(handle, axes)
-    io = IOSpec(handle.input_names, handle.output_names, axes, export_batch=2, export_seq=16)
-    return make_context(handle, io, base_dir=tmp_path)
 
 
 def test_the_cache_holds_the_key_value_heads_of_grouped_query_attention() -> None:

@@ -4,50 +4,27 @@ eager ``generate``'s tokens greedily."""
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 import pytest
 import torch
 
 pytest.importorskip("openvino", reason="OpenVINO is not installed (the openvino extra)")
 
-from passes.export.onnx_export import OnnxExportConfig, OnnxExportPass  # noqa: E402
 from passes.export.openvino_convert import OpenVinoConvertConfig, OpenVinoConvertPass  # noqa: E402
 from pipeline.core.artifact import Artifact, Format  # noqa: E402
-from pipeline.engine.context import make_context  # noqa: E402
-from pipeline.engine.pass_api import IOSpec, PassContext  # noqa: E402
+from pipeline.engine.pass_api import PassContext  # noqa: E402
 from pipeline.engine.postconditions import check_openvino  # noqa: E402
-from pipeline.model.cache import cache_layout, comparable, with_cache  # noqa: E402
+from pipeline.model.cache import cache_layout, comparable  # noqa: E402
 from pipeline.model.inputs import load_sentences  # noqa: E402
-from pipeline.model.loading import ModelHandle  # noqa: E402
-from pipeline.model.spec import ModelSpec  # noqa: E402
-from pipeline.recipe.load import DEFAULT_OUTPUTS  # noqa: E402
 from pipeline.runtime.runner import Runner  # noqa: E402
 from pipeline.verify.greedy import eager_generate, greedy, prompt_batches, token_match  # noqa: E402
 
 
 @pytest.fixture(scope="module")
-def llama_ctx(tiny_llama_config: Path, tmp_path_factory: pytest.TempPathFactory) -> PassContext:
-    """The tiny Llama as a decoder with its key/value cache among the inputs and outputs."""
-    spec = ModelSpec(source=str(tiny_llama_config), tokenizer="packaged:all-MiniLM-L6-v2", attn_implementation="eager")
-    handle = ModelHandle(spec, "text-generation", ["input_ids", "attention_mask"], DEFAULT_OUTPUTS["text-generation"])
-    axes = {"input_ids": {0: "batch", 1: "sequence"}, "attention_mask": {0: "batch", 1: "total_sequence"},
-            "logits": {0: "batch", 1: "sequence"}}
-    _, axes = with_cache(handle, axes)
-    io = IOSpec(handle.input_names, handle.output_names, axes, export_batch=2, export_seq=16)
-    return make_context(handle, io, base_dir=tmp_path_factory.mktemp("llama-ctx"))
-
-
-@pytest.fixture(scope="module")
-def llama_ir(llama_ctx: PassContext, tmp_path_factory: pytest.TempPathFactory) -> Artifact:
-    """The tiny Llama exported to ONNX (TorchScript exporter) and converted to an IR."""
-    onnx_dir, ir_dir = tmp_path_factory.mktemp("llama-onnx"), tmp_path_factory.mktemp("llama-ir")
-    eager = Artifact(step_folder="eager", format=Format.EAGER, key=llama_ctx.model.source_key)
-    exported = OnnxExportPass(OnnxExportConfig()).run(eager, llama_ctx, onnx_dir)
-    onnx = Artifact(step_folder="onnx", format=Format.ONNX, key="onnx", path=onnx_dir / exported.file,
-                    meta=exported.meta)
-    result = OpenVinoConvertPass(OpenVinoConvertConfig()).run(onnx, llama_ctx, ir_dir)
+def llama_ir(llama_ctx: PassContext, llama_onnx: Artifact, tmp_path_factory: pytest.TempPathFactory) -> Artifact:
+    """The tiny Llama's ONNX export (TorchScript exporter) converted to an IR."""
+    ir_dir = tmp_path_factory.mktemp("llama-ir")
+    result = OpenVinoConvertPass(OpenVinoConvertConfig()).run(llama_onnx, llama_ctx, ir_dir)
     return Artifact(step_folder="ir", format=Format.OPENVINO, key="ir", path=ir_dir / result.file, meta=result.meta)
 
 
